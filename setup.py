@@ -1,0 +1,26 @@
+"""fastmtl: multi-task dense prediction (semantics + depth) with Triton kernels.
+
+The top-level ``kernels/`` folder is installed as ``fastmtl.kernels``.
+"""
+from setuptools import setup
+
+setup(
+    name="fastmtl",
+    version="0.1.0",
+    description="Fast multi-task dense prediction (semantic segmentation + depth) with Triton kernels",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["fastmtl", "fastmtl.models", "fastmtl.nn", "fastmtl.data", "fastmtl.kernels"],
+    package_dir={"fastmtl.kernels": "kernels"},
+    install_requires=[
+        "torch>=2.6",
+        "numpy",
+        "pillow",
+        "tqdm",
+        "tensorboard",
+        "triton; sys_platform == 'linux'",
+    ],
+    extras_require={"dev": ["pytest", "pytest-benchmark"]},
+    entry_points={"console_scripts": ["fastmtl = fastmtl.cli:main"]},
+)
