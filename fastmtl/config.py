@@ -1,0 +1,167 @@
+"""The one run configuration: model knobs, data, optimisation. Validated, JSON round-trips.
+
+Field names are the CLI flags with ``-`` -> ``_`` (``--weight-depth`` -> ``weight_depth``).
+Defaults are the report's best recipe (distill_allconnect, ResNet-34, SE, dilation F,T,T,
+log depth, L1 depth loss, Adam, equal task weights, poly schedule).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+MODELS = ("joint", "branched", "distill", "distill_allconnect")
+ENCODER_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101")
+ATTENTION_INITS = ("zero", "default")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+DEPTH_NORMS = ("linear", "log")
+DEPTH_LOSSES = ("l1", "l2", "silog")
+DATASETS = ("synthetic", "miniscapes")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the flag and the valid choices."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass
+class Config:
+    # model
+    model: str = "distill_allconnect"
+    encoder: str = "resnet34"
+    dilation: Tuple[bool, bool, bool] = (False, True, True)
+    aspp: bool = True
+    skip: bool = True
+    se: bool = True
+    attention_init: str = "default"
+    pretrained: Optional[str] = None
+    fused: Optional[bool] = None  # None: fused when the Triton kernels can run on the device
+    aspp_dropout: float = 0.0
+    # data
+    dataset: str = "synthetic"
+    data_root: Optional[str] = None  # None: the built-in synthetic set in the user cache
+    size: Tuple[int, int] = (128, 256)  # training crop H, W
+    depth_norm: str = "log"
+    workers: int = 2
+    # optimisation
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 4
+    epochs: int = 16
+    max_steps: Optional[int] = None
+    weight_semseg: float = 0.5
+    weight_depth: float = 0.5
+    depth_loss: str = "l1"
+    # run
+    out: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    amp: str = "auto"  # auto: bf16 on CUDA, off on CPU
+    channels_last: bool = False
+    eval_every: Optional[int] = None  # steps between evaluations; None: once per epoch
+    quiet: bool = False
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "Config":
+        """Raise :class:`ConfigError` for any value that cannot work; return self."""
+        choices = {
+            "model": MODELS, "encoder": ENCODER_NAMES, "attention_init": ATTENTION_INITS,
+            "optimizer": OPTIMIZERS, "depth_norm": DEPTH_NORMS, "depth_loss": DEPTH_LOSSES,
+            "dataset": DATASETS, "amp": AMP_MODES,
+        }
+        for name, valid in choices.items():
+            value = getattr(self, name)
+            if value not in valid:
+                raise ConfigError(f"{_flag(name)}: unknown value {value!r}; valid choices: {', '.join(valid)}")
+        if len(self.dilation) != 3:
+            raise ConfigError(f"--dilation needs three flags (layer2,layer3,layer4), got {self.dilation!r}")
+        positive = {"lr": self.lr, "batch_size": self.batch_size, "epochs": self.epochs}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"{_flag(name)} must be > 0, got {value}")
+        for name in ("weight_decay", "momentum", "weight_semseg", "weight_depth", "workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.weight_semseg + self.weight_depth <= 0:
+            raise ConfigError("--weight-semseg and --weight-depth cannot both be 0")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"--max-steps must be > 0, got {self.max_steps}")
+        if self.eval_every is not None and self.eval_every <= 0:
+            raise ConfigError(f"--eval-every must be > 0, got {self.eval_every}")
+        if not 0.0 <= self.aspp_dropout < 1.0:
+            raise ConfigError(f"--aspp-dropout must be in [0, 1), got {self.aspp_dropout}")
+        stride = self.output_stride
+        h, w = self.size
+        if h <= 0 or w <= 0 or h % stride or w % stride:
+            raise ConfigError(
+                f"--size {h}x{w}: height and width must be positive multiples of {stride} "
+                f"(the encoder's output stride with --dilation {format_dilation(self.dilation)})"
+            )
+        if self.model == "distill_allconnect" and not self.skip:
+            raise ConfigError("--model distill_allconnect is the all-scale skip decoder: it cannot be used with --no-skip")
+        if self.model == "distill_allconnect" and stride < 8:
+            raise ConfigError("--model distill_allconnect needs features at 8x: use a --dilation with output stride >= 8")
+        return self
+
+    @property
+    def output_stride(self) -> int:
+        return 32 // (2 ** sum(bool(f) for f in self.dilation))
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["dilation"] = list(self.dilation)
+        d["size"] = list(self.size)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config fields {unknown}; valid fields: {', '.join(sorted(known))}")
+        data = dict(data)
+        if "dilation" in data:
+            data["dilation"] = tuple(bool(x) for x in data["dilation"])
+        if "size" in data:
+            data["size"] = tuple(int(x) for x in data["size"])
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        return cls.from_dict(json.loads(text))
+
+
+def format_dilation(flags) -> str:
+    return ",".join("T" if f else "F" for f in flags)
+
+
+def parse_size(text: str, flag: str = "--size") -> Tuple[int, int]:
+    """``"128x256"`` (H x W) -> ``(128, 256)``."""
+    parts = str(text).lower().replace("*", "x").split("x")
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"{flag} must look like HxW, e.g. 128x256, got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise ConfigError(f"{flag} must be positive, got {text!r}")
+    return h, w
+
+
+def parse_dilation(text: str) -> Tuple[bool, bool, bool]:
+    """``"F,F,T"`` -> ``(False, False, True)`` (also accepts true/false/1/0)."""
+    truthy, falsy = {"t", "true", "1", "y", "yes"}, {"f", "false", "0", "n", "no"}
+    parts = [p.strip().lower() for p in str(text).split(",")]
+    if len(parts) != 3 or any(p not in truthy | falsy for p in parts):
+        raise ConfigError(f"--dilation must be three comma-separated flags like F,F,T (layer2,layer3,layer4), got {text!r}")
+    return tuple(p in truthy for p in parts)  # type: ignore[return-value]

@@ -1,0 +1,134 @@
+"""The model suite by name: ``joint``, ``branched``, ``distill``, ``distill_allconnect``.
+
+Every model takes an image batch ``(N, 3, H, W)`` (H and W multiples of the encoder's output
+stride) and returns ``{task: prediction}`` at input resolution, ``(N, outputs_desc[task],
+H, W)``. Distillation models return ``[initial, final]`` per task (deep supervision; the
+last element is the prediction). ``outputs_desc`` describes the tasks, e.g.
+``{"semseg": 19, "depth": 1}``; any number of tasks works.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .encoder import Encoder
+from .heads import ASPP, DecoderAllScale, DecoderDeepLabV3p, DecoderDistill, SelfAttention, aspp_rates, conv_bn_relu, upsample_to
+
+MODEL_NAMES = ("joint", "branched", "distill", "distill_allconnect")
+Prediction = Union[torch.Tensor, List[torch.Tensor]]
+
+
+def bottleneck_head(in_ch: int, output_stride: int, aspp: bool, dropout: float = 0.0) -> nn.Module:
+    """ASPP with rates scaled to the output stride, or a plain 1x1 conv-BN-ReLU to 256 channels."""
+    if aspp:
+        return ASPP(in_ch, 256, aspp_rates(output_stride), dropout)
+    return conv_bn_relu(in_ch, 256, 1)
+
+
+class MultiTaskModel(nn.Module):
+    """Shared encoder + per-model heads. Subclasses implement ``decode``."""
+
+    def __init__(self, outputs_desc: Dict[str, int], encoder: str = "resnet34",
+                 dilation: Sequence[bool] = (False, False, True), se: bool = False, pretrained: Optional[str] = None):
+        super().__init__()
+        if not outputs_desc:
+            raise ValueError("outputs_desc must name at least one task")
+        self.outputs_desc = dict(outputs_desc)
+        self.encoder = Encoder(encoder, dilation, se=se, pretrained=pretrained)
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this (the encoder's output stride)."""
+        return self.encoder.output_stride
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected an image batch of shape (N, 3, H, W), got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        m = self.size_multiple
+        if h % m or w % m:
+            raise ValueError(f"input size {h}x{w} is not supported: height and width must be multiples of {m} "
+                             f"(the encoder's output stride); crop or pad the input")
+
+    def forward(self, x: torch.Tensor) -> Dict[str, Prediction]:
+        self.check_input(x)
+        size = x.shape[-2:]
+        out = self.decode(self.encoder(x))
+        return {t: [upsample_to(p, size) for p in v] if isinstance(v, list) else upsample_to(v, size)
+                for t, v in out.items()}
+
+    def decode(self, features: Dict[int, torch.Tensor]) -> Dict[str, Prediction]:
+        raise NotImplementedError
+
+
+class JointModel(MultiTaskModel):
+    """The report's deeplabv3p: one shared ASPP + decoder, one head of ``sum(outputs)`` channels split per task."""
+
+    def __init__(self, outputs_desc, encoder="resnet34", dilation=(False, False, True), se=False, pretrained=None,
+                 aspp=True, skip=True, aspp_dropout=0.0):
+        super().__init__(outputs_desc, encoder, dilation, se, pretrained)
+        ch = self.encoder.feature_channels
+        self.aspp = bottleneck_head(ch[self.encoder.output_stride], self.encoder.output_stride, aspp, aspp_dropout)
+        self.decoder = DecoderDeepLabV3p(256, ch[4], sum(self.outputs_desc.values()), skip)
+
+    def decode(self, features):
+        predictions, _ = self.decoder(self.aspp(features[self.encoder.output_stride]), features[4])
+        return dict(zip(self.outputs_desc, predictions.split(list(self.outputs_desc.values()), dim=1)))
+
+
+class BranchedModel(MultiTaskModel):
+    """Per-task ASPP + DeepLabV3+ decoder on the shared encoder."""
+
+    def __init__(self, outputs_desc, encoder="resnet34", dilation=(False, False, True), se=False, pretrained=None,
+                 aspp=True, skip=True, aspp_dropout=0.0):
+        super().__init__(outputs_desc, encoder, dilation, se, pretrained)
+        ch, os_ = self.encoder.feature_channels, self.encoder.output_stride
+        self.aspp = nn.ModuleDict({t: bottleneck_head(ch[os_], os_, aspp, aspp_dropout) for t in self.outputs_desc})
+        self.decoder = nn.ModuleDict({t: DecoderDeepLabV3p(256, ch[4], n, skip) for t, n in self.outputs_desc.items()})
+
+    def task_features(self, features):
+        """``{task: (initial predictions, decoder features)}``."""
+        bottleneck = features[self.encoder.output_stride]
+        return {t: self.decoder[t](self.aspp[t](bottleneck), features[4]) for t in self.outputs_desc}
+
+    def decode(self, features):
+        return {t: pred for t, (pred, _) in self.task_features(features).items()}
+
+
+class DistillModel(BranchedModel):
+    """Branched + task distillation with spatial attention (report Fig. 11).
+
+    Each task's decoder features go through its ``SelfAttention``; task ``t``'s final
+    prediction is ``decoder2[t](features_t + sum_{s != t} attention[s](features_s))``.
+    ``all_scale=True`` swaps the 4x-skip decoder for the all-scale skip decoder (report Fig. 16;
+    the model ``distill_allconnect``), which works at 2x.
+    """
+
+    def __init__(self, outputs_desc, encoder="resnet34", dilation=(False, False, True), se=False, pretrained=None,
+                 aspp=True, skip=True, aspp_dropout=0.0, attention_init="zero", all_scale=False):
+        super().__init__(outputs_desc, encoder, dilation, se, pretrained, aspp, skip, aspp_dropout)
+        if all_scale:
+            ch = self.encoder.feature_channels
+            self.decoder = nn.ModuleDict({t: DecoderAllScale(256, ch, n) for t, n in self.outputs_desc.items()})
+        feat_ch = next(iter(self.decoder.values())).out_channels
+        self.attention = nn.ModuleDict({t: SelfAttention(feat_ch, feat_ch, attention_init) for t in self.outputs_desc})
+        self.decoder2 = nn.ModuleDict({t: DecoderDistill(feat_ch, n) for t, n in self.outputs_desc.items()})
+
+    def task_features(self, features):
+        bottleneck = features[self.encoder.output_stride]
+        if isinstance(next(iter(self.decoder.values())), DecoderAllScale):
+            return {t: self.decoder[t](self.aspp[t](bottleneck), features) for t in self.outputs_desc}
+        return super().task_features(features)
+
+    def decode(self, features):
+        per_task = self.task_features(features)
+        out = {}
+        for t, (initial, own) in per_task.items():
+            fused = own
+            for s, (_, other) in per_task.items():
+                if s != t:
+                    fused = self.attention[s](other, residual=fused)
+            out[t] = [initial, self.decoder2[t](fused)]
+        return out

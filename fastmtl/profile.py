@@ -1,0 +1,125 @@
+"""``fastmtl profile``: parameters, MACs (FlopCounterMode FLOPs / 2) and throughput of a model.
+
+MACs count convolutions and matmuls only (what ``torch.utils.flop_counter`` counts; BN,
+activations, pooling and interpolation are free), for one image of the given size.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .losses import last_prediction
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: torch.nn.Module, size: Tuple[int, int], depth: int = 0) -> Tuple[int, Dict[str, int]]:
+    """MACs of one forward pass of a ``(1, 3, H, W)`` input in eval mode.
+
+    Returns ``(total, {module path: macs})`` for modules up to ``depth`` levels below the
+    model (empty for depth 0; modules without MACs left out). Runs under ``no_grad``, also
+    when called inside ``inference_mode`` (where FlopCounterMode alone would count nothing).
+    """
+    device = next(model.parameters()).device
+    x = torch.zeros(1, 3, *size, device=device)
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False, depth=max(depth, 1))
+    try:
+        with torch.inference_mode(False), torch.no_grad(), counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    counts = {name.split(".", 1)[1]: sum(ops.values()) // 2
+              for name, ops in counter.get_flop_counts().items() if "." in name}
+
+    def macs_of(path: str, module: torch.nn.Module) -> int:
+        # containers that are never called themselves (ModuleDict, ModuleList) sum their children
+        if path in counts:
+            return counts[path]
+        return sum(macs_of(f"{path}.{name}", child) for name, child in module.named_children())
+
+    per_module = {path: macs_of(path, module) for path, module in model.named_modules()
+                  if path and path.count(".") < depth}
+    return counter.get_total_flops() // 2, {k: v for k, v in per_module.items() if v}
+
+
+def _median_time(fn, warmup: int, repeats: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    times: List[float] = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_throughput(model: torch.nn.Module, size: Tuple[int, int], batch_size: int, device: torch.device,
+                       warmup: int = 2, repeats: int = 5, amp_dtype: Optional[torch.dtype] = None) -> Dict[str, float]:
+    """Forward (eval, no_grad) and train-step (forward + backward + SGD step) images/s; median of ``repeats``."""
+    model = model.to(device)
+    x = torch.randn(batch_size, 3, *size, device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+    autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)  # noqa: E731
+
+    def forward():
+        with torch.no_grad(), autocast():
+            model(x)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            out = model(x)
+            loss = sum(last_prediction(v).float().mean() for v in out.values())
+        loss.backward()
+        optimizer.step()
+
+    model.eval()
+    t_fwd = _median_time(forward, warmup, repeats, device)
+    model.train()
+    t_train = _median_time(train_step, warmup, repeats, device)
+    return {"forward_images_per_s": batch_size / t_fwd, "train_images_per_s": batch_size / t_train}
+
+
+def profile_model(model: torch.nn.Module, size: Tuple[int, int], depth: int = 0, throughput: bool = False,
+                  device: str = "cpu", batch_size: int = 2, amp_dtype: Optional[torch.dtype] = None) -> Dict:
+    """Everything ``fastmtl profile`` prints, as a dict."""
+    macs, per_module = count_macs(model, size, depth)
+    result = {"params": count_params(model), "macs": int(macs), "gmacs": macs / 1e9, "size": list(size)}
+    if depth:
+        result["modules"] = per_module
+    if throughput:
+        dev = torch.device(device)
+        result["device"] = str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev)
+        result["batch_size"] = batch_size
+        result.update(measure_throughput(model, size, batch_size, dev, amp_dtype=amp_dtype))
+    return result
+
+
+def format_profile(result: Dict) -> str:
+    """A readable table of :func:`profile_model`'s result."""
+    lines = [f"params      {result['params'] / 1e6:10.3f} M  ({result['params']:,})",
+             f"MACs        {result['gmacs']:10.3f} G  at {result['size'][0]}x{result['size'][1]}"]
+    if "forward_images_per_s" in result:
+        lines.append(f"forward     {result['forward_images_per_s']:10.2f} images/s  ({result['device']}, batch {result['batch_size']})")
+        lines.append(f"train step  {result['train_images_per_s']:10.2f} images/s")
+    modules = result.get("modules")
+    if modules:
+        width = max(len(k) for k in modules)
+        lines += ["", f"{'module'.ljust(width)}  {'GMACs':>9}  {'share':>6}"]
+        total = max(result["macs"], 1)
+        for name, macs in modules.items():
+            indent = "  " * name.count(".")
+            lines.append(f"{(indent + name).ljust(width + 2 * name.count('.'))}  {macs / 1e9:9.3f}  {100 * macs / total:5.1f}%")
+    return "\n".join(lines)
