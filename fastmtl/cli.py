@@ -83,10 +83,128 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    if args.resume:
+        cfg = None
+    else:
+        cfg = config_from_args(args)
+    summary = train(cfg, resume=args.resume)
+    if summary is not None and args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, args.data_root, args.split, resolve_device(args.device),
+                                  workers=args.workers, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for k, v in metrics.items():
+            print(f"{k:12s} {v:8.3f}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict
+
+    written = predict(args.checkpoint, args.inputs, args.out, resolve_device(args.device))
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def cmd_data_synthetic(args: argparse.Namespace) -> int:
+    from .data.synthetic import generate_dataset
+
+    if args.train < 1 or args.val < 1:
+        raise ConfigError("--train and --val must be >= 1")
+    h, w = args.size
+    if h < 16 or w < 16:
+        raise ConfigError(f"--size {h}x{w}: at least 16x16")
+    path = generate_dataset(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed,
+                            workers=args.workers, progress=not args.quiet)
+    print(f"wrote the synthetic dataset to {path}")
+    return 0
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    d = Config()
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=_SUPPRESS, help="synthetic | miniscapes (default synthetic)")
+    g.add_argument("--data-root", default=_SUPPRESS, metavar="DIR",
+                   help="dataset folder (default: the built-in synthetic set, generated once into the user cache)")
+    g.add_argument("--size", type=_size, default=_SUPPRESS, metavar="HxW", help="training crop (default: 128x256 on GPU, 64x128 on the CPU budget)")
+    g.add_argument("--depth-norm", default=_SUPPRESS, help=f"linear | log (default {d.depth_norm})")
+    g.add_argument("--workers", type=int, default=_SUPPRESS, help=f"data loader processes (default {d.workers})")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--optimizer", default=_SUPPRESS, help=f"sgd | adam | adamw (default {d.optimizer})")
+    g.add_argument("--lr", type=float, default=_SUPPRESS, help=f"learning rate (default {d.lr})")
+    g.add_argument("--momentum", type=float, default=_SUPPRESS, help=f"SGD momentum (default {d.momentum})")
+    g.add_argument("--weight-decay", type=float, default=_SUPPRESS, help=f"(default {d.weight_decay})")
+    g.add_argument("--batch-size", type=int, default=_SUPPRESS, help=f"per process (default {d.batch_size})")
+    g.add_argument("--epochs", type=int, default=_SUPPRESS, help="epochs (default: 16 on GPU; CPU budget: 240 steps)")
+    g.add_argument("--max-steps", type=int, default=_SUPPRESS, help="stop after this many optimizer steps")
+    g.add_argument("--weight-semseg", type=float, default=_SUPPRESS, help=f"task weight (default {d.weight_semseg})")
+    g.add_argument("--weight-depth", type=float, default=_SUPPRESS, help=f"task weight (default {d.weight_depth})")
+    g.add_argument("--depth-loss", default=_SUPPRESS, help=f"l1 | l2 | silog (default {d.depth_loss})")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default=_SUPPRESS, metavar="DIR", help=f"run directory (default {d.out})")
+    g.add_argument("--seed", type=int, default=_SUPPRESS, help=f"(default {d.seed})")
+    g.add_argument("--device", default=_SUPPRESS, help="auto | cpu | cuda | cuda:N (default auto)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=_SUPPRESS, help="torch.compile model and loss")
+    g.add_argument("--fused", action=argparse.BooleanOptionalAction, default=_SUPPRESS,
+                   help="fused Triton modules (default: on when the kernels can run on the device)")
+    g.add_argument("--amp", default=_SUPPRESS, help="auto | bf16 | fp16 | off (default auto: bf16 on CUDA, off on CPU)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=_SUPPRESS, help="channels_last memory format")
+    g.add_argument("--eval-every", type=int, default=_SUPPRESS, metavar="STEPS", help="evaluate every N steps (default: every epoch)")
+    g.add_argument("--quiet", action="store_true", default=_SUPPRESS, help="log lines instead of a progress bar")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly (its config is used)")
+    g.add_argument("--json", action="store_true", help="print summary.json at the end")
+
+
 def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastmtl", description="Multi-task semantics + depth with fused Triton kernels.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+
+    p = sub.add_parser("train", help="train a model (default: the report's best recipe on the built-in dataset)")
+    add_model_args(p)
+    add_train_args(p)
+    p.set_defaults(func=commands["train"])
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file or a run directory (best.pt)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="default: the checkpoint's dataset")
+    p.add_argument("--split", default="val", help="split folder to evaluate (default val)")
+    p.add_argument("--device", default="auto", help="default: cuda if available")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the run's")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=commands["eval"])
+
+    p = sub.add_parser("predict", help="segmentation, depth and a panel PNG per image")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file or a run directory (best.pt)")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=commands["predict"])
+
+    p = sub.add_parser("data", help="datasets")
+    data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    data_sub.required = True
+    q = data_sub.add_parser("synthetic", help="render the procedural street-scene dataset")
+    q.add_argument("--out", required=True, metavar="DIR")
+    q.add_argument("--train", type=int, default=2000, help="train images (default 2000)")
+    q.add_argument("--val", type=int, default=250, help="val images (default 250)")
+    q.add_argument("--size", type=_size, default=(128, 256), metavar="HxW", help="image size (default 128x256)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=commands["data_synthetic"])
 
     p = sub.add_parser("profile", help="parameters, GMACs and throughput of a model")
     add_model_args(p)
@@ -103,7 +221,8 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS: Dict[str, Callable] = {"profile": cmd_profile}
+COMMANDS: Dict[str, Callable] = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "profile": cmd_profile,
+                                  "data_synthetic": cmd_data_synthetic}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

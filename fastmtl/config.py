@@ -45,7 +45,7 @@ class Config:
     # data
     dataset: str = "synthetic"
     data_root: Optional[str] = None  # None: the built-in synthetic set in the user cache
-    size: Tuple[int, int] = (128, 256)  # training crop H, W
+    size: Optional[Tuple[int, int]] = None  # training crop H, W; None: the budget's (see train.py)
     depth_norm: str = "log"
     workers: int = 2
     # optimisation
@@ -54,7 +54,7 @@ class Config:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     batch_size: int = 4
-    epochs: int = 16
+    epochs: Optional[int] = None  # None with max_steps None: the device's budget (see train.py)
     max_steps: Optional[int] = None
     weight_semseg: float = 0.5
     weight_depth: float = 0.5
@@ -85,7 +85,7 @@ class Config:
             raise ConfigError(f"--dilation needs three flags (layer2,layer3,layer4), got {self.dilation!r}")
         positive = {"lr": self.lr, "batch_size": self.batch_size, "epochs": self.epochs}
         for name, value in positive.items():
-            if not value > 0:
+            if value is not None and not value > 0:
                 raise ConfigError(f"{_flag(name)} must be > 0, got {value}")
         for name in ("weight_decay", "momentum", "weight_semseg", "weight_depth", "workers"):
             if getattr(self, name) < 0:
@@ -99,7 +99,7 @@ class Config:
         if not 0.0 <= self.aspp_dropout < 1.0:
             raise ConfigError(f"--aspp-dropout must be in [0, 1), got {self.aspp_dropout}")
         stride = self.output_stride
-        h, w = self.size
+        h, w = self.size if self.size is not None else (stride, stride)
         if h <= 0 or w <= 0 or h % stride or w % stride:
             raise ConfigError(
                 f"--size {h}x{w}: height and width must be positive multiples of {stride} "
@@ -118,7 +118,7 @@ class Config:
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["dilation"] = list(self.dilation)
-        d["size"] = list(self.size)
+        d["size"] = list(self.size) if self.size is not None else None
         return d
 
     @classmethod
@@ -130,7 +130,7 @@ class Config:
         data = dict(data)
         if "dilation" in data:
             data["dilation"] = tuple(bool(x) for x in data["dilation"])
-        if "size" in data:
+        if data.get("size") is not None:
             data["size"] = tuple(int(x) for x in data["size"])
         return cls(**data)
 

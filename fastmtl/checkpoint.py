@@ -1,0 +1,69 @@
+"""Checkpoints: atomic writes (temp file + fsync + rename) and safe loads (``weights_only=True``).
+
+A checkpoint is a dict of tensors and plain Python data only::
+
+    {"format": "fastmtl-checkpoint", "version": 1, "config": Config.to_dict(),
+     "outputs_desc": {"semseg": 19, "depth": 1}, "dataset": DatasetInfo as dict,
+     "normalizer": DepthNormalizer.to_dict(), "model": state_dict, "step": int, "epoch": int,
+     "metrics": {...}, "best": {...} | None, plus resume state: "optimizer", "scheduler",
+     "scaler", "rng"}
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Union
+
+import torch
+
+FORMAT = "fastmtl-checkpoint"
+
+
+def save_atomic(obj: Any, path: Union[str, Path]) -> None:
+    """``torch.save`` to ``path`` so that a crash at any moment leaves either the old file or the new one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
+    """Load a fastmtl checkpoint on CPU with ``weights_only=True`` (a pickle that would run code is refused)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"--checkpoint: no such file: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"--checkpoint {path}: cannot be loaded safely (weights_only=True): {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"--checkpoint {path}: not a fastmtl checkpoint (no format field {FORMAT!r})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: Dict[str, Any], fused: bool = False):
+    """Rebuild the model of a checkpoint and load its weights. Returns ``(model, config)``."""
+    from .config import Config
+    from .models import build_model
+
+    config = Config.from_dict(ckpt["config"])
+    config.pretrained = None  # the weights come from the checkpoint
+    model = build_model(config, ckpt["outputs_desc"], fused=fused)
+    model.load_state_dict(ckpt["model"])
+    return model, config

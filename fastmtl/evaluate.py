@@ -1,0 +1,77 @@
+"""Evaluation: the one function used by training and by ``fastmtl eval`` (so their numbers agree)."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Dict, Optional
+
+import torch
+
+from .losses import last_prediction
+from .metrics import MultiTaskMeter
+
+
+def amp_dtype_for(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``--amp`` (``auto``: bf16 on CUDA, off elsewhere)."""
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "off"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    """``torch.autocast`` for ``amp_dtype`` on ``device``, or a no-op when it is None."""
+    if amp_dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, normalizer, num_classes: int, depth_range, device: torch.device,
+             amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+             ignore_index: int = 255) -> Dict[str, float]:
+    """mIoU, SI-logRMSE, multitask and the depth extras of ``model`` over ``loader``.
+
+    Batches are the data pipeline's dicts (``rgb (N, 3, H, W)`` normalised, ``semseg (N, H, W)``,
+    ``depth (N, 1, H, W)`` metres with NaN invalid). Predictions are the last element of a
+    deep-supervision list; depth is mapped back to metres with ``normalizer.denormalize``.
+    """
+    was_training = model.training
+    model.eval()
+    meter = MultiTaskMeter(num_classes, depth_range, ignore_index)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    try:
+        for batch in loader:
+            rgb = batch["rgb"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            with autocast_context(device, amp_dtype):
+                out = model(rgb)
+            depth_m = normalizer.denormalize(last_prediction(out["depth"]).float())
+            meter.update(last_prediction(out["semseg"]).float(), batch["semseg"].to(device),
+                         depth_m, batch["depth"].to(device))
+    finally:
+        model.train(was_training)
+    return meter.compute()
+
+
+def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split: str = "val", device: str = "cpu",
+                        workers: int = 2, batch_size: Optional[int] = None) -> Dict[str, float]:
+    """``fastmtl eval``: the metrics of a checkpoint, computed exactly as the training run does."""
+    from pathlib import Path
+
+    from torch.utils.data import DataLoader
+
+    from . import data as fdata
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    model, cfg = model_from_checkpoint(ckpt)
+    dev = torch.device(device)
+    model = model.to(dev)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    root = data_root or cfg.data_root
+    root = Path(root) if root else fdata.default_data_root()
+    dataset = fdata.SegDepthFolder(root, split, kind=cfg.dataset, transform=fdata.eval_transform(multiple=32))
+    loader = DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=dev.type == "cuda")
+    info = ckpt["dataset"]
+    return evaluate(model, loader, fdata.DepthNormalizer.from_dict(ckpt["normalizer"]), info["num_classes"],
+                    tuple(info["depth_range"]), dev, amp_dtype_for(cfg.amp, dev), cfg.channels_last, info["ignore_index"])

@@ -1,0 +1,86 @@
+"""``fastmtl predict``: colourised segmentation, depth colour map and a side-by-side panel per image."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, List, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .data.classes import colorize
+from .losses import last_prediction
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def collect_images(inputs: Sequence[str]) -> List[Path]:
+    """Image files named directly or found (non-recursively) in the given directories, sorted."""
+    files: List[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"predict: no such image or directory: {p}")
+    if not files:
+        raise FileNotFoundError(f"predict: no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(inputs)}")
+    return files
+
+
+def depth_colormap(depth_m: np.ndarray, depth_range: Sequence[float]) -> np.ndarray:
+    """``(H, W)`` metres -> ``(H, W, 3)`` uint8, near = warm, far = cool, on a log scale."""
+    lo, hi = float(depth_range[0]), float(depth_range[1])
+    t = (np.log(np.clip(depth_m, lo, hi)) - np.log(lo)) / (np.log(hi) - np.log(lo))
+    # a compact "turbo"-like ramp: red (near) -> yellow -> green -> blue (far)
+    stops = np.array([[180, 4, 38], [245, 160, 40], [220, 230, 60], [60, 190, 120], [40, 80, 190], [30, 30, 90]], np.float32)
+    pos = t * (len(stops) - 1)
+    i = np.clip(pos.astype(np.int64), 0, len(stops) - 2)
+    frac = (pos - i)[..., None]
+    return (stops[i] * (1 - frac) + stops[i + 1] * frac).astype(np.uint8)
+
+
+def load_image(path: Path, multiple: int) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)`` cropped top-left to a multiple of ``multiple``."""
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    except Exception as e:
+        raise ValueError(f"predict: {path} is not a readable image ({e})") from None
+    h, w = (rgb.shape[0] // multiple) * multiple, (rgb.shape[1] // multiple) * multiple
+    if h == 0 or w == 0:
+        raise ValueError(f"predict: {path} is {rgb.shape[1]}x{rgb.shape[0]}, smaller than the model's multiple {multiple}")
+    return rgb[:h, :w]
+
+
+@torch.no_grad()
+def predict(checkpoint: str, inputs: Iterable[str], out_dir: str, device: str = "cpu") -> List[Path]:
+    """Write ``{name}_semseg.png``, ``{name}_depth.png`` and ``{name}_panel.png`` per image to ``out_dir``."""
+    from .data import DepthNormalizer
+
+    ckpt = load_checkpoint(checkpoint)
+    model, _ = model_from_checkpoint(ckpt)
+    model = model.to(device).eval()
+    normalizer = DepthNormalizer.from_dict(ckpt["normalizer"])
+    depth_range = ckpt["dataset"]["depth_range"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in collect_images(list(inputs)):
+        rgb = load_image(path, max(32, model.size_multiple))
+        x = torch.from_numpy((rgb.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).permute(2, 0, 1)[None]
+        pred = model(x.to(device))
+        labels = last_prediction(pred["semseg"]).argmax(1)[0].cpu().numpy()
+        depth_m = normalizer.denormalize(last_prediction(pred["depth"]).float())[0, 0].cpu().numpy()
+        seg_img, depth_img = colorize(labels), depth_colormap(depth_m, depth_range)
+        panel = np.concatenate([rgb, seg_img, depth_img], axis=1)
+        for suffix, img in (("semseg", seg_img), ("depth", depth_img), ("panel", panel)):
+            target = out / f"{path.stem}_{suffix}.png"
+            Image.fromarray(img).save(target)
+            written.append(target)
+    return written
