@@ -56,8 +56,6 @@ def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split:
     """``fastmtl eval``: the metrics of a checkpoint, computed exactly as the training run does."""
     from pathlib import Path
 
-    from torch.utils.data import DataLoader
-
     from . import data as fdata
     from .checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -70,8 +68,7 @@ def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split:
     root = data_root or cfg.data_root
     root = Path(root) if root else fdata.default_data_root()
     dataset = fdata.SegDepthFolder(root, split, kind=cfg.dataset, transform=fdata.eval_transform(multiple=32))
-    loader = DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=dev.type == "cuda")
+    loader = fdata.build_loader(dataset, batch_size or cfg.batch_size, shuffle=False, workers=workers, seed=cfg.seed)
     info = ckpt["dataset"]
     return evaluate(model, loader, fdata.DepthNormalizer.from_dict(ckpt["normalizer"]), info["num_classes"],
                     tuple(info["depth_range"]), dev, amp_dtype_for(cfg.amp, dev), cfg.channels_last, info["ignore_index"])

@@ -10,11 +10,10 @@ from PIL import Image
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data.classes import colorize
+from .data.transforms import normalize_rgb
 from .losses import last_prediction
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def collect_images(inputs: Sequence[str]) -> List[Path]:
@@ -49,7 +48,7 @@ def load_image(path: Path, multiple: int) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)`` cropped top-left to a multiple of ``multiple``."""
     try:
         with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"))
+            rgb = np.array(im.convert("RGB"))
     except Exception as e:
         raise ValueError(f"predict: {path} is not a readable image ({e})") from None
     h, w = (rgb.shape[0] // multiple) * multiple, (rgb.shape[1] // multiple) * multiple
@@ -73,7 +72,7 @@ def predict(checkpoint: str, inputs: Iterable[str], out_dir: str, device: str = 
     written = []
     for path in collect_images(list(inputs)):
         rgb = load_image(path, max(32, model.size_multiple))
-        x = torch.from_numpy((rgb.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).permute(2, 0, 1)[None]
+        x = normalize_rgb({"rgb": torch.from_numpy(rgb).permute(2, 0, 1)})["rgb"][None]
         pred = model(x.to(device))
         labels = last_prediction(pred["semseg"]).argmax(1)[0].cpu().numpy()
         depth_m = normalizer.denormalize(last_prediction(pred["depth"]).float())[0, 0].cpu().numpy()

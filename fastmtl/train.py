@@ -15,6 +15,7 @@ optimizer, scheduler, scaler and RNG state come from ``last.pt``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -143,7 +144,7 @@ class ResumableBatchSampler(Sampler):
 
 
 class SeededTransform(Dataset):
-    """Applies ``transform(sample, rng)`` with a generator seeded from the sampler's key."""
+    """Applies ``transform(sample, generator)`` with a torch generator seeded from the sampler's key."""
 
     def __init__(self, base: Dataset, transform):
         self.base, self.transform = base, transform
@@ -153,7 +154,7 @@ class SeededTransform(Dataset):
 
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, 0)
-        return self.transform(self.base[index], np.random.default_rng(seed))
+        return self.transform(self.base[index], torch.Generator().manual_seed(seed))
 
 
 def make_loaders(cfg: Config, root: Path, rt: Runtime):
@@ -167,8 +168,7 @@ def make_loaders(cfg: Config, root: Path, rt: Runtime):
     common = dict(num_workers=cfg.workers, pin_memory=pin, persistent_workers=cfg.workers > 0)
     train_loader = DataLoader(SeededTransform(train_set, fdata.train_transform(cfg.size)), batch_sampler=sampler,
                               generator=torch.Generator().manual_seed(cfg.seed), **common)
-    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False,
-                            generator=torch.Generator().manual_seed(cfg.seed), **common)
+    val_loader = fdata.build_loader(val_set, cfg.batch_size, shuffle=False, workers=cfg.workers, seed=cfg.seed)
     return train_loader, val_loader, sampler
 
 
@@ -264,7 +264,7 @@ class Run:
             rng["cuda"] = torch.cuda.get_rng_state(self.rt.device)
         return {
             "format": FORMAT, "version": 1, "config": self.cfg.to_dict(), "outputs_desc": self.outputs_desc,
-            "dataset": self.info.to_dict(), "normalizer": self.normalizer.to_dict(),
+            "dataset": dataclasses.asdict(self.info), "normalizer": self.normalizer.to_dict(),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "step": self.step, "metrics": metrics or {}, "best": self.best, "rng": rng,

@@ -1,0 +1,99 @@
+"""End to end: train -> eval with equal numbers, exact resume, 2-process DDP, predict's files."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastmtl.checkpoint import load_checkpoint
+from fastmtl.cli import main
+from fastmtl.config import Config
+from fastmtl.data.synthetic import generate_dataset
+from fastmtl.train import train
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    generate_dataset(root, train=8, val=4, size=(64, 96), seed=1, workers=1, progress=False)
+    return root
+
+
+def tiny_config(data_root, out, **overrides):
+    cfg = dict(model="distill", encoder="resnet18", dilation=(False, False, True), data_root=str(data_root),
+               size=(64, 64), batch_size=2, workers=0, max_steps=4, eval_every=2, quiet=True, out=str(out),
+               lr=1e-3, device="cpu")
+    cfg.update(overrides)
+    return Config(**cfg)
+
+
+def test_train_then_eval_gives_the_same_numbers(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    summary = train(tiny_config(tiny_data, out))
+    for name in ("config.json", "metrics.jsonl", "summary.json", "last.pt", "best.pt"):
+        assert (out / name).exists(), name
+    assert any(p.name.startswith("events.out.tfevents") for p in out.iterdir())
+    assert summary == json.loads((out / "summary.json").read_text())
+    for key in ("best", "final"):
+        assert set(summary[key]) >= {"miou", "si_log_rmse", "multitask", "step"}
+    assert summary["images_per_second"] > 0 and summary["wall_seconds"] > 0
+    assert summary["final"]["step"] == 4
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4]
+    resolved = Config.from_json((out / "config.json").read_text())
+    assert resolved.fused is False and resolved.size == (64, 64)
+
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "best.pt"), "--json", "--device", "cpu", "--workers", "0"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    for k in ("miou", "si_log_rmse", "multitask"):
+        assert evaluated[k] == pytest.approx(summary["best"][k], rel=1e-6, abs=1e-6)
+
+
+def test_resume_is_exact(tiny_data, tmp_path):
+    straight = tmp_path / "straight"
+    train(tiny_config(tiny_data, straight, max_steps=5, eval_every=5))
+    resumed = tmp_path / "resumed"
+    train(tiny_config(tiny_data, resumed, max_steps=5, eval_every=5), stop_after=3)
+    assert load_checkpoint(resumed / "last.pt")["step"] == 3
+    train(None, resume=str(resumed))
+    a = load_checkpoint(straight / "last.pt")
+    b = load_checkpoint(resumed / "last.pt")
+    assert a["step"] == b["step"] == 5
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+
+
+def test_predict_writes_three_images_per_input(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, out, max_steps=1, eval_every=1))
+    pred_dir = tmp_path / "pred"
+    rgb_dir = tiny_data / "val" / "rgb"
+    assert main(["predict", "--checkpoint", str(out), str(rgb_dir), "--out", str(pred_dir), "--device", "cpu"]) == 0
+    from PIL import Image
+
+    n = len(list(rgb_dir.iterdir()))
+    files = sorted(p.name for p in pred_dir.iterdir())
+    assert len(files) == 3 * n
+    with Image.open(pred_dir / "0_panel.png") as panel, Image.open(pred_dir / "0_semseg.png") as seg:
+        assert panel.size == (3 * seg.size[0], seg.size[1]) and seg.mode == "RGB"
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(tiny_data, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "fastmtl", "train", "--model", "joint", "--encoder", "resnet18", "--dilation", "F,F,T",
+           "--data-root", str(tiny_data), "--size", "64x64", "--batch-size", "2", "--workers", "0",
+           "--max-steps", "2", "--eval-every", "2", "--quiet", "--out", str(out), "--device", "cpu"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final"]["step"] == 2
+    # 2 ranks x batch 2 per step
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1
