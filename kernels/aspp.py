@@ -1,0 +1,546 @@
+"""ASPP projection without the five-branch concat.
+
+DeepLabV3's ASPP concatenates ``K`` same-shape branch outputs ``b_k (N, Cb, H, W)`` and the
+spatially constant image-pooling branch, then projects with a 1x1 conv ``Wp (Cout, (K+1)*Cb)``.
+Splitting ``Wp`` by branch, the pooled part becomes a per-sample bias ``bias_n = Wp_pool @ p_n``
+and the rest is one GEMM over pixels that reads every branch where it lies::
+
+    y[n, o, p]  = sum_k sum_c weight[o, k*Cb + c] * b_k[n, c, p] + bias[n, o]
+    out         = relu?(y * scale[o] + shift[o])        # optional eval-mode BatchNorm epilogue
+
+Ops (namespace ``fastmtl``):
+
+* ``aspp_project(branches, weight, bias, scale=None, shift=None, relu=False) -> out``
+* ``aspp_project_backward(grad, out, branches, weight, scale, preact, relu)
+  -> (grad_branches, grad_weight, grad_sums)``
+
+both with fake (meta) kernels and FLOP formulas; ``aspp_project`` has an autograd formula that
+calls ``aspp_project_backward`` (no double backward). Each op runs the Triton kernels when
+:func:`fastmtl.kernels.dispatch.use_triton` says so and the plain-PyTorch references
+(:func:`aspp_project_reference`, :func:`aspp_project_backward_reference`) otherwise.
+
+Kernels (all accumulate in fp32, fp64 for fp64 inputs; int64 addressing):
+
+* ``_project_kernel``: the forward GEMM over up to 4 branch pointers per launch (more branches
+  chain launches through an accumulator buffer) with the bias / scale-shift / ReLU epilogue.
+  It also computes ``grad_b_k = weight_k^T @ grad_y`` (one launch per branch, ``NB=1``).
+* ``_grad_prep_kernel``: ``grad_y = grad * (out > 0) * scale`` plus the per-sample channel sums
+  that give the bias, shift and scale gradients.
+* ``_weight_grad_kernel``: ``grad_weight_k = sum_{n,p} grad_y @ b_k^T``, split over pixels
+  (deterministic: the partial sums are added by ``torch.sum``).
+
+Layouts: any strides; NCHW and channels_last are read in place (``H*W`` flattens to one pixel
+axis), other layouts are copied first. Outputs are channels_last when ``branches[0]`` is
+channels_last (and not also NCHW-contiguous), NCHW otherwise. fp16 / bf16 / fp32 use ``tl.dot``
+(fp32 in TF32 when ``torch.backends.cudnn.allow_tf32``, like the cuDNN conv it replaces); fp64,
+and bf16 under the Triton interpreter (whose bf16 ``tl.dot`` is wrong), use broadcast
+multiply + ``tl.sum`` products through the same kernels.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+from .dispatch import HAS_TRITON, interpreter_enabled, use_triton
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+MAX_BRANCHES_PER_LAUNCH = 4
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ----------------------------------------------------------------------------- kernels
+if HAS_TRITON:
+    @triton.jit
+    def _mac(acc, a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+        """``acc + a @ b`` for ``a (M, K)``, ``b (K, N)``: tensor cores, or exact products in acc's dtype."""
+        if USE_DOT:
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        else:
+            acc += tl.sum(a.to(acc.dtype)[:, :, None] * b.to(acc.dtype)[None, :, :], axis=1)
+        return acc
+
+
+    @triton.jit
+    def _project_kernel(
+        b0_ptr, b1_ptr, b2_ptr, b3_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, acc_ptr, out_ptr,
+        R, C, P,
+        s_bn, s_bc, s_bp,
+        s_wr, s_wc,
+        s_biasn, s_biasr,
+        s_on, s_or, s_op,
+        NB: tl.constexpr, HAS_ACC: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr,
+        RELU: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    ):
+        """``out[n, r, p] = epilogue(acc[n, r, p] + sum_{k<NB, c<C} w[r, k*C + c] * b_k[n, c, p])``.
+
+        Branches ``b_k`` are ``(N, C, P)`` with shared strides ``s_b*``; ``w`` is ``(R, NB*C)``;
+        ``acc`` (read when HAS_ACC) and ``out`` are ``(N, R, P)`` with strides ``s_o*``.
+        Grid: ``(cdiv(P, BLOCK_P), cdiv(R, BLOCK_R), N)``.
+        """
+        pid_p = tl.program_id(0)
+        pid_r = tl.program_id(1)
+        n = tl.program_id(2).to(tl.int64)
+        offs_r = (pid_r * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+        offs_p = (pid_p * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+        mask_r = offs_r < R
+        mask_p = offs_p < P
+        mask_out = mask_r[:, None] & mask_p[None, :]
+        out_offs = n * s_on + offs_r[:, None] * s_or + offs_p[None, :] * s_op
+        if HAS_ACC:
+            acc = tl.load(acc_ptr + out_offs, mask=mask_out, other=0.0).to(ACC)
+        else:
+            acc = tl.zeros((BLOCK_R, BLOCK_P), dtype=ACC)
+        for k in tl.static_range(NB):
+            if k == 0:
+                b_ptr = b0_ptr
+            elif k == 1:
+                b_ptr = b1_ptr
+            elif k == 2:
+                b_ptr = b2_ptr
+            else:
+                b_ptr = b3_ptr
+            b_base = b_ptr + n * s_bn
+            for c0 in range(0, C, BLOCK_C):
+                offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+                mask_c = offs_c < C
+                a = tl.load(w_ptr + offs_r[:, None] * s_wr + (k * C + offs_c)[None, :] * s_wc,
+                            mask=mask_r[:, None] & mask_c[None, :], other=0.0)
+                b = tl.load(b_base + offs_c[:, None] * s_bc + offs_p[None, :] * s_bp,
+                            mask=mask_c[:, None] & mask_p[None, :], other=0.0)
+                acc = _mac(acc, a, b, USE_DOT, PRECISION)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + n * s_biasn + offs_r * s_biasr, mask=mask_r, other=0.0).to(ACC)
+            acc += bias[:, None]
+        if HAS_AFFINE:
+            scale = tl.load(scale_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)
+            shift = tl.load(shift_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)
+            acc = acc * scale[:, None] + shift[:, None]
+        if RELU:
+            acc = tl.where(acc > 0, acc, 0.0)
+        tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask_out)
+
+
+    @triton.jit
+    def _grad_prep_kernel(
+        g_ptr, out_ptr, pre_ptr, scale_ptr, gy_ptr, sums_ptr,
+        R, P,
+        s_gn, s_gr, s_gp,
+        s_on, s_or, s_op,
+        s_pn, s_pr, s_pp,
+        s_yn, s_yr, s_yp,
+        s_sb, s_ss, s_sn,
+        RELU: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_PRE: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+    ):
+        """Backward through the epilogue, one ``(BLOCK_R, BLOCK_P)`` tile of sample ``n``.
+
+        ``gz = grad * (out > 0)`` (just ``grad`` without RELU); writes ``gy = gz * scale``
+        (``(N, R, P)``, strides ``s_y*``) and the tile's partial sums over ``p`` into
+        ``sums[pid_p, 0, n, r] = sum gz`` and, with HAS_PRE, ``sums[pid_p, 1, n, r] = sum gz * pre``
+        (``sums`` is ``(n_pblocks, S, N, R)``, contiguous in ``r``).
+        Grid: ``(cdiv(P, BLOCK_P), cdiv(R, BLOCK_R), N)``.
+        """
+        pid_p = tl.program_id(0)
+        pid_r = tl.program_id(1)
+        n = tl.program_id(2).to(tl.int64)
+        offs_r = (pid_r * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+        offs_p = (pid_p * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+        mask_r = offs_r < R
+        mask = mask_r[:, None] & (offs_p < P)[None, :]
+        g = tl.load(g_ptr + n * s_gn + offs_r[:, None] * s_gr + offs_p[None, :] * s_gp, mask=mask, other=0.0).to(ACC)
+        if RELU:
+            o = tl.load(out_ptr + n * s_on + offs_r[:, None] * s_or + offs_p[None, :] * s_op, mask=mask, other=0.0)
+            g = tl.where(o > 0, g, 0.0)
+        sums_base = sums_ptr + pid_p.to(tl.int64) * s_sb + n * s_sn + offs_r
+        tl.store(sums_base, tl.sum(g, axis=1), mask=mask_r)
+        if HAS_PRE:
+            y = tl.load(pre_ptr + n * s_pn + offs_r[:, None] * s_pr + offs_p[None, :] * s_pp, mask=mask, other=0.0)
+            tl.store(sums_base + s_ss, tl.sum(g * y.to(ACC), axis=1), mask=mask_r)
+        if HAS_SCALE:
+            g = g * tl.load(scale_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)[:, None]
+        tl.store(gy_ptr + n * s_yn + offs_r[:, None] * s_yr + offs_p[None, :] * s_yp,
+                 g.to(gy_ptr.dtype.element_ty), mask=mask)
+
+
+    @triton.jit
+    def _weight_grad_kernel(
+        gy_ptr, b_ptr, part_ptr,
+        R, C, P, NP, Q_PER_SPLIT,
+        s_gn, s_gr, s_gp,
+        s_bn, s_bc, s_bp,
+        s_ts, s_tr, s_tc,
+        ACC: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr,
+    ):
+        """``part[split, r, c] = sum_{q in split} gy[n, r, p] * b[n, c, p]`` over flat ``q = n*P + p``.
+
+        ``gy (N, R, P)``, ``b (N, C, P)``; each split covers ``Q_PER_SPLIT`` (a multiple of
+        BLOCK_Q) consecutive ``q``. Grid: ``(cdiv(R, BLOCK_R), cdiv(C, BLOCK_C), n_splits)``.
+        """
+        pid_r = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        split = tl.program_id(2).to(tl.int64)
+        offs_r = (pid_r * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+        offs_c = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+        mask_r = offs_r < R
+        mask_c = offs_c < C
+        acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=ACC)
+        q_start = split * Q_PER_SPLIT
+        q_end = tl.minimum(q_start + Q_PER_SPLIT, NP)
+        for q0 in range(q_start, q_end, BLOCK_Q):
+            offs_q = q0 + tl.arange(0, BLOCK_Q).to(tl.int64)
+            mask_q = offs_q < q_end
+            n = offs_q // P
+            p = offs_q % P
+            g = tl.load(gy_ptr + n[None, :] * s_gn + offs_r[:, None] * s_gr + p[None, :] * s_gp,
+                        mask=mask_r[:, None] & mask_q[None, :], other=0.0)
+            b = tl.load(b_ptr + n[:, None] * s_bn + offs_c[None, :] * s_bc + p[:, None] * s_bp,
+                        mask=mask_q[:, None] & mask_c[None, :], other=0.0)
+            acc = _mac(acc, g, b, USE_DOT, PRECISION)
+        tl.store(part_ptr + split * s_ts + offs_r[:, None] * s_tr + offs_c[None, :] * s_tc, acc,
+                 mask=mask_r[:, None] & mask_c[None, :])
+
+
+# ----------------------------------------------------------------------------- helpers
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _is_channels_last(t: Tensor) -> bool:
+    """The output layout rule: channels_last iff ``t`` is channels_last and not NCHW-contiguous."""
+    return (not t.is_contiguous()) and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _memory_format(t: Tensor) -> torch.memory_format:
+    return torch.channels_last if _is_channels_last(t) else torch.contiguous_format
+
+
+def _empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device, channels_last: bool = False) -> Tensor:
+    """Every buffer the ops return or the kernels write (tests replace it to poison them)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(tuple(shape), dtype=dtype, device=device, memory_format=fmt)
+
+
+def _new_like(like: Tensor, channels: int, dtype: torch.dtype) -> Tensor:
+    """``(N, channels, H, W)`` in ``like``'s layout (see :func:`_is_channels_last`)."""
+    n, _, h, w = like.shape
+    return _empty((n, channels, h, w), dtype, like.device, _is_channels_last(like))
+
+
+def _check_forward(branches: Sequence[Tensor], weight: Tensor, bias: Tensor,
+                   scale: Optional[Tensor], shift: Optional[Tensor]) -> None:
+    if len(branches) == 0:
+        raise ValueError("aspp_project needs at least one branch")
+    b0 = branches[0]
+    if b0.dim() != 4 or b0.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"branches must be 4-D (N, C, H, W) float tensors, got {tuple(b0.shape)} {b0.dtype}")
+    for b in branches[1:]:
+        if b.shape != b0.shape or b.dtype != b0.dtype or b.device != b0.device:
+            raise ValueError("all branches must have the same shape, dtype and device")
+    n, cb = b0.shape[0], b0.shape[1]
+    if weight.dim() != 2 or weight.shape[1] != len(branches) * cb or weight.dtype != b0.dtype:
+        raise ValueError(f"weight must be (Cout, {len(branches)}*{cb}) of dtype {b0.dtype}, "
+                         f"got {tuple(weight.shape)} {weight.dtype}")
+    cout = weight.shape[0]
+    if any(t is not None and t.device != b0.device for t in (weight, bias, scale, shift)):
+        raise ValueError("weight, bias, scale and shift must be on the branches' device")
+    if tuple(bias.shape) != (n, cout):
+        raise ValueError(f"bias must be (N, Cout) = ({n}, {cout}), got {tuple(bias.shape)}")
+    if (scale is None) != (shift is None):
+        raise ValueError("scale and shift go together")
+    if scale is not None and (tuple(scale.shape) != (cout,) or tuple(shift.shape) != (cout,)):
+        raise ValueError(f"scale and shift must be ({cout},)")
+
+
+def _use_dot(dtype: torch.dtype, device: torch.device) -> bool:
+    if dtype == torch.float64:
+        return False
+    return not (dtype == torch.bfloat16 and device.type == "cpu" and interpreter_enabled())
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "tf32" if dtype != torch.float32 or torch.backends.cudnn.allow_tf32 else "ieee"
+
+
+def _tl_acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _block(size: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(size)))
+
+
+def _gemm_blocks(dtype: torch.dtype, device: torch.device, rows: int, inner: int, cols: int) -> dict:
+    """Tile sizes: big ones under the interpreter (its cost is per program), MMA tiles on GPU."""
+    if device.type == "cpu":
+        return dict(BLOCK_R=_block(rows, 16, 64), BLOCK_C=_block(inner, 16, 64), BLOCK_P=_block(cols, 16, 64))
+    if not _use_dot(dtype, device):
+        return dict(BLOCK_R=16, BLOCK_C=16, BLOCK_P=32, num_warps=4)
+    return dict(BLOCK_R=_block(rows, 16, 128), BLOCK_C=64 if dtype.itemsize == 2 else 32,
+                BLOCK_P=128, num_warps=8, num_stages=3)
+
+
+def _pixels(t: Tensor) -> Tensor:
+    """``(N, C, H, W) -> (N, C, H*W)``, a view for NCHW / channels_last, a copy otherwise."""
+    return t.flatten(2)
+
+
+# ----------------------------------------------------------------------------- launchers
+def _launch_project(branches: Sequence[Tensor], weight: Tensor, bias: Optional[Tensor],
+                    scale: Optional[Tensor], shift: Optional[Tensor], relu: bool, out: Tensor) -> Tensor:
+    """Fill ``out (N, R, H, W)`` with ``epilogue(weight @ concat(branches) + bias)``; ``weight (R, K*C)``."""
+    flat = [_pixels(b) for b in branches]
+    if len({f.stride() for f in flat}) > 1:  # one set of strides for all branch pointers
+        flat = [f.contiguous() for f in flat]
+    n, c, p = flat[0].shape
+    r = weight.shape[0]
+    dtype, device = flat[0].dtype, flat[0].device
+    out_flat = _pixels(out)
+    blocks = _gemm_blocks(dtype, device, r, c, p)
+    grid = (triton.cdiv(p, blocks["BLOCK_P"]), triton.cdiv(r, blocks["BLOCK_R"]), n)
+    if scale is not None:
+        scale, shift = scale.contiguous(), shift.contiguous()
+    groups = [list(range(i, min(i + MAX_BRANCHES_PER_LAUNCH, len(flat))))
+              for i in range(0, len(flat), MAX_BRANCHES_PER_LAUNCH)]
+    acc_buf = None
+    if len(groups) > 1:  # partial sums of the earlier groups, in out's layout
+        acc_buf = _pixels(_new_like(out, r, _acc_dtype(dtype)))
+    for gi, group in enumerate(groups):
+        last = gi == len(groups) - 1
+        dst = out_flat if last else acc_buf
+        ptrs = [flat[k] for k in group] + [flat[group[0]]] * (MAX_BRANCHES_PER_LAUNCH - len(group))
+        w = weight[:, group[0] * c:]
+        _project_kernel[grid](
+            *ptrs, w,
+            bias if (last and bias is not None) else dst,
+            scale if (last and scale is not None) else dst,
+            shift if (last and shift is not None) else dst,
+            acc_buf if gi > 0 else dst, dst,
+            r, c, p,
+            *flat[0].stride(), *w.stride(),
+            *(bias.stride() if bias is not None else (0, 0)),
+            *dst.stride(),
+            NB=len(group), HAS_ACC=gi > 0, HAS_BIAS=last and bias is not None,
+            HAS_AFFINE=last and scale is not None, RELU=last and relu,
+            ACC=_tl_acc(dtype), USE_DOT=_use_dot(dtype, device), PRECISION=_precision(dtype),
+            **blocks,
+        )
+    return out
+
+
+def _project_triton(branches, weight, bias, scale, shift, relu) -> Tensor:
+    out = _new_like(branches[0], weight.shape[0], branches[0].dtype)
+    return _launch_project(branches, weight, bias, scale, shift, relu, out)
+
+
+def _backward_triton(grad, out, branches, weight, scale, preact, relu):
+    n, cb, h, w = branches[0].shape
+    cout = weight.shape[0]
+    dtype, device = branches[0].dtype, branches[0].device
+    acc = _acc_dtype(dtype)
+    p = h * w
+
+    # 1. grad_y = grad * relu'(out) * scale, and its per-sample channel sums
+    gy = _new_like(branches[0], cout, dtype)
+    g_f, o_f, gy_f = _pixels(grad), _pixels(out), _pixels(gy)
+    pre_f = _pixels(preact) if preact is not None else o_f
+    if device.type == "cpu":
+        bl = dict(BLOCK_R=_block(cout, 16, 64), BLOCK_P=_block(p, 16, 128))
+    else:
+        bl = dict(BLOCK_R=32, BLOCK_P=128, num_warps=4)
+    n_pb = triton.cdiv(p, bl["BLOCK_P"])
+    n_sums = 2 if preact is not None else 1
+    part_sums = _empty((n_pb, n_sums, n, cout), acc, device)
+    _grad_prep_kernel[(n_pb, triton.cdiv(cout, bl["BLOCK_R"]), n)](
+        g_f, o_f, pre_f, scale.contiguous() if scale is not None else o_f, gy_f, part_sums,
+        cout, p,
+        *g_f.stride(), *o_f.stride(), *pre_f.stride(), *gy_f.stride(),
+        part_sums.stride(0), part_sums.stride(1), part_sums.stride(2),
+        RELU=relu, HAS_SCALE=scale is not None, HAS_PRE=preact is not None, ACC=_tl_acc(dtype), **bl,
+    )
+    grad_sums = part_sums.sum(0)
+
+    # 2. grad_b_k = weight_k^T @ grad_y  (the forward kernel with one branch)
+    grad_branches = []
+    for k in range(len(branches)):
+        gb = _new_like(branches[0], cb, dtype)
+        _launch_project([gy], weight[:, k * cb:(k + 1) * cb].t(), None, None, None, False, gb)
+        grad_branches.append(gb)
+
+    # 3. grad_weight_k = sum over (n, p) of grad_y @ b_k^T, split over pixels, partials summed in torch
+    if device.type == "cpu":
+        bw = dict(BLOCK_R=_block(cout, 16, 64), BLOCK_C=_block(cb, 16, 64), BLOCK_Q=_block(n * p, 16, 64))
+        target_programs = 2
+    else:
+        if _use_dot(dtype, device):
+            bw = dict(BLOCK_R=64, BLOCK_C=64, BLOCK_Q=64 if dtype.itemsize == 2 else 32, num_warps=4, num_stages=3)
+        else:
+            bw = dict(BLOCK_R=16, BLOCK_C=16, BLOCK_Q=32, num_warps=4)
+        target_programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    tiles = triton.cdiv(cout, bw["BLOCK_R"]) * triton.cdiv(cb, bw["BLOCK_C"]) * len(branches)
+    n_qb = triton.cdiv(n * p, bw["BLOCK_Q"])
+    n_split = max(1, min(n_qb, triton.cdiv(target_programs, tiles)))
+    q_per_split = triton.cdiv(n_qb, n_split) * bw["BLOCK_Q"]
+    n_split = triton.cdiv(n * p, q_per_split)
+    part_w = _empty((n_split, cout, len(branches) * cb), acc, device)
+    for k, b in enumerate(branches):
+        b_f = _pixels(b)
+        part_k = part_w[:, :, k * cb:]
+        _weight_grad_kernel[(triton.cdiv(cout, bw["BLOCK_R"]), triton.cdiv(cb, bw["BLOCK_C"]), n_split)](
+            gy_f, b_f, part_k,
+            cout, cb, p, n * p, q_per_split,
+            *gy_f.stride(), *b_f.stride(), *part_k.stride(),
+            ACC=_tl_acc(dtype), USE_DOT=_use_dot(dtype, device), PRECISION=_precision(dtype), **bw,
+        )
+    grad_weight = part_w.sum(0).to(weight.dtype)
+    return grad_branches, grad_weight, grad_sums
+
+
+# ----------------------------------------------------------------------------- references
+def aspp_project_reference(branches: Sequence[Tensor], weight: Tensor, bias: Tensor,
+                           scale: Optional[Tensor] = None, shift: Optional[Tensor] = None,
+                           relu: bool = False) -> Tensor:
+    """Plain PyTorch ``aspp_project``: 1x1 conv of the channel concat + bias (+ scale/shift) (+ ReLU).
+
+    Shapes as in :func:`aspp_project`; computed in the branches' dtype, output in the op's layout.
+    """
+    x = torch.cat(list(branches), dim=1)
+    y = F.conv2d(x, weight[:, :, None, None]) + bias.to(x.dtype)[:, :, None, None]
+    if scale is not None:
+        y = y * scale.to(y.dtype)[:, None, None] + shift.to(y.dtype)[:, None, None]
+    if relu:
+        y = torch.relu(y)
+    return y.contiguous(memory_format=_memory_format(branches[0]))
+
+
+def aspp_project_backward_reference(grad: Tensor, out: Tensor, branches: Sequence[Tensor], weight: Tensor,
+                                    scale: Optional[Tensor] = None, preact: Optional[Tensor] = None,
+                                    relu: bool = False) -> Tuple[List[Tensor], Tensor, Tensor]:
+    """Plain PyTorch ``aspp_project_backward`` (same arguments and results)."""
+    dtype = branches[0].dtype
+    acc = _acc_dtype(dtype)
+    gz = grad.to(acc)
+    if relu:
+        gz = gz * (out > 0)
+    sums = [gz.sum((2, 3))] + ([(gz * preact.to(acc)).sum((2, 3))] if preact is not None else [])
+    gy = (gz * scale.to(acc)[:, None, None] if scale is not None else gz).to(dtype)
+    cb = branches[0].shape[1]
+    grad_branches = [
+        F.conv2d(gy, weight[:, k * cb:(k + 1) * cb].t()[:, :, None, None]).contiguous(
+            memory_format=_memory_format(branches[0]))
+        for k in range(len(branches))
+    ]
+    grad_weight = torch.einsum("nohw,njhw->oj", gy, torch.cat(list(branches), dim=1)).to(weight.dtype)
+    return grad_branches, grad_weight, torch.stack(sums)
+
+
+# ----------------------------------------------------------------------------- ops
+@torch.library.custom_op("fastmtl::aspp_project", mutates_args=())
+def aspp_project(branches: List[Tensor], weight: Tensor, bias: Tensor, scale: Optional[Tensor] = None,
+                 shift: Optional[Tensor] = None, relu: bool = False) -> Tensor:
+    """ASPP projection GEMM with a per-sample bias and an optional BatchNorm(eval)+ReLU epilogue.
+
+    Args:
+        branches: ``K`` tensors ``(N, Cb, H, W)`` of one dtype (fp16/bf16/fp32/fp64), any strides.
+        weight: ``(Cout, K*Cb)``, the branches' dtype, any strides (e.g. a column slice of the
+            projection conv's weight).
+        bias: ``(N, Cout)``, any float dtype: the pooled branch's contribution.
+        scale, shift: ``(Cout,)`` or both None: ``y * scale + shift`` (folded eval BatchNorm).
+        relu: apply ReLU last.
+
+    Returns ``(N, Cout, H, W)`` in the branches' dtype; channels_last if ``branches[0]`` is.
+    """
+    _check_forward(branches, weight, bias, scale, shift)
+    if not use_triton(branches[0]):
+        return aspp_project_reference(branches, weight, bias, scale, shift, relu)
+    return _project_triton(branches, weight, bias, scale, shift, relu)
+
+
+@aspp_project.register_fake
+def _aspp_project_fake(branches, weight, bias, scale=None, shift=None, relu=False):
+    _check_forward(branches, weight, bias, scale, shift)
+    return _new_like(branches[0], weight.shape[0], branches[0].dtype)
+
+
+@torch.library.custom_op("fastmtl::aspp_project_backward", mutates_args=())
+def aspp_project_backward(grad: Tensor, out: Tensor, branches: List[Tensor], weight: Tensor,
+                          scale: Optional[Tensor], preact: Optional[Tensor],
+                          relu: bool) -> Tuple[List[Tensor], Tensor, Tensor]:
+    """Backward of :func:`aspp_project` (all but the tiny bias/scale/shift reductions).
+
+    Args:
+        grad, out: ``(N, Cout, H, W)``: the output gradient and the forward output (its sign
+            is the ReLU mask), any strides.
+        branches, weight, scale, relu: as given to the forward.
+        preact: ``(N, Cout, H, W)`` pre-epilogue ``y`` (the forward recomputed without
+            scale/shift/relu) when the scale gradient is wanted, else None.
+
+    Returns ``(grad_branches, grad_weight, grad_sums)``: ``K`` tensors ``(N, Cb, H, W)`` (layout
+    as the forward output), ``(Cout, K*Cb)`` contiguous in weight's dtype, and ``(S, N, Cout)``
+    in fp32 (fp64 for fp64) with ``grad_sums[0] = sum_hw gz`` and, when ``preact`` is given,
+    ``grad_sums[1] = sum_hw gz * preact``, where ``gz = grad * (out > 0 if relu else 1)``.
+    Then ``grad_bias = grad_sums[0] * scale``, ``grad_shift = grad_sums[0].sum(0)``,
+    ``grad_scale = grad_sums[1].sum(0)``.
+    """
+    if not use_triton(branches[0]):
+        return aspp_project_backward_reference(grad, out, branches, weight, scale, preact, relu)
+    return _backward_triton(grad, out, branches, weight, scale, preact, relu)
+
+
+@aspp_project_backward.register_fake
+def _aspp_project_backward_fake(grad, out, branches, weight, scale, preact, relu):
+    b0 = branches[0]
+    n, cb = b0.shape[0], b0.shape[1]
+    cout = weight.shape[0]
+    grad_branches = [_new_like(b0, cb, b0.dtype) for _ in branches]
+    grad_weight = torch.empty((cout, weight.shape[1]), dtype=weight.dtype, device=weight.device)
+    grad_sums = torch.empty((2 if preact is not None else 1, n, cout), dtype=_acc_dtype(b0.dtype), device=b0.device)
+    return grad_branches, grad_weight, grad_sums
+
+
+def _setup_context(ctx, inputs, output):
+    branches, weight, bias, scale, shift, relu = inputs
+    ctx.relu = relu
+    ctx.save_for_backward(*branches, weight, bias, scale, shift, output)
+
+
+def _backward(ctx, grad):
+    *branches, weight, bias, scale, shift, out = ctx.saved_tensors
+    passed = len(ctx.needs_input_grad)  # the dispatcher drops trailing defaulted arguments
+    _, _, need_bias, need_scale, need_shift, _ = (*ctx.needs_input_grad, *([False] * (6 - passed)))
+    preact = None
+    if scale is not None and need_scale:
+        preact = aspp_project(branches, weight, bias)
+    grad_branches, grad_weight, grad_sums = aspp_project_backward(
+        grad, out, branches, weight, scale, preact, ctx.relu)
+    gz_sum = grad_sums[0]
+    grad_bias = (gz_sum * scale if scale is not None else gz_sum).to(bias.dtype) if need_bias else None
+    grad_scale = grad_sums[1].sum(0).to(scale.dtype) if preact is not None else None
+    grad_shift = gz_sum.sum(0).to(shift.dtype) if shift is not None and need_shift else None
+    return (grad_branches, grad_weight, grad_bias, grad_scale, grad_shift, None)[:passed]
+
+
+aspp_project.register_autograd(_backward, setup_context=_setup_context)
+
+
+@register_flop_formula(torch.ops.fastmtl.aspp_project)
+def _aspp_project_flops(branches_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """One GEMM: ``2 * N*H*W * (K*Cb) * Cout``."""
+    n, cout, h, w = out_shape
+    return 2 * n * h * w * weight_shape[1] * cout
+
+
+@register_flop_formula(torch.ops.fastmtl.aspp_project_backward)
+def _aspp_project_backward_flops(grad_shape, out_arg_shape, branches_shape, weight_shape, *args,
+                                 out_shape=None, **kwargs) -> int:
+    """Two GEMMs (branch and weight gradients): ``4 * N*H*W * (K*Cb) * Cout``."""
+    n, cout, h, w = grad_shape
+    return 4 * n * h * w * weight_shape[1] * cout
