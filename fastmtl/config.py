@@ -87,6 +87,9 @@ class Config:
         for name, value in positive.items():
             if value is not None and not value > 0:
                 raise ConfigError(f"{_flag(name)} must be > 0, got {value}")
+        if self.aspp and self.batch_size < 2:
+            raise ConfigError("--batch-size 1 with --aspp: the ASPP image-pooling branch has a BatchNorm over a 1x1 "
+                              "map, which needs at least 2 images per batch (and per process) in training")
         for name in ("weight_decay", "momentum", "weight_semseg", "weight_depth", "workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")

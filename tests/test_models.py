@@ -109,6 +109,7 @@ def test_distill_with_three_tasks():
     (dict(size=(100, 256)), "multiples of 8"),
     (dict(model="distill_allconnect", skip=False), "--no-skip"),
     (dict(attention_init="ones"), "zero, default"),
+    (dict(batch_size=1), "at least 2 images"),
 ])
 def test_config_errors_list_valid_choices(bad, match):
     with pytest.raises(ConfigError, match=match):
