@@ -131,6 +131,18 @@ def cmd_data_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import IMPLS, MODES, OPS, BenchOptions, format_report, parse_list, run_bench
+
+    opts = BenchOptions(ops=parse_list(args.ops, OPS, "ops"), modes=parse_list(args.modes, MODES, "modes"),
+                        impls=parse_list(args.impls, IMPLS, "impls") if args.impls else None,
+                        size=args.bench_size, device=resolve_device(args.device), dtype=args.dtype,
+                        progress=sys.stderr.isatty())
+    report = run_bench(opts)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
     d = Config()
     g = p.add_argument_group("data")
@@ -218,11 +230,24 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=False, help="fused Triton modules")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=commands["profile"])
+
+    p = sub.add_parser("bench", help="time the fused ops against eager and torch.compile references")
+    p.add_argument("--ops", default="se_scale,sigmoid_gate,aspp,silog", help="comma-separated ops (default: all four)")
+    p.add_argument("--modes", default="forward,backward,full", help="comma-separated passes (default: all three)")
+    p.add_argument("--impls", default=None, metavar="LIST",
+                   help="eager,compile,fused,fused_compile (default: all on CUDA, eager on CPU; fused rows need CUDA)")
+    p.add_argument("--size", dest="bench_size", default=None, metavar="small|full",
+                   help="full: batch 8 at 256x512 (default on CUDA); small: batch 2 at 64x128 (default on CPU)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+                   help="activation dtype (default auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--device", default="auto", help="default: cuda if available")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=commands["bench"])
     return parser
 
 
 COMMANDS: Dict[str, Callable] = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "profile": cmd_profile,
-                                  "data_synthetic": cmd_data_synthetic}
+                                  "data_synthetic": cmd_data_synthetic, "bench": cmd_bench}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -230,7 +255,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except (ValueError, OSError) as e:  # ConfigError, bad files, unreadable or unwritable paths
         print(f"fastmtl {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 MODELS = ("joint", "branched", "distill", "distill_allconnect")
@@ -68,7 +68,6 @@ class Config:
     channels_last: bool = False
     eval_every: Optional[int] = None  # steps between evaluations; None: once per epoch
     quiet: bool = False
-    extra: Dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "Config":
         """Raise :class:`ConfigError` for any value that cannot work; return self."""

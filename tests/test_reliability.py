@@ -1,0 +1,184 @@
+"""Reliability: interrupted runs, unusable output folders, missing data, untrusted files, flat memory."""
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastmtl import checkpoint as ckpt_mod
+from fastmtl.checkpoint import load_checkpoint, save_atomic
+from fastmtl.cli import main
+from fastmtl.config import Config, ConfigError
+from fastmtl.data.synthetic import generate_dataset
+from fastmtl.train import train
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reliability") / "synthetic"
+    generate_dataset(root, train=8, val=4, size=(32, 64), seed=2, workers=1, progress=False)
+    return root
+
+
+def train_args(data_root, out, max_steps, eval_every):
+    return ["train", "--model", "joint", "--encoder", "resnet18", "--dilation", "F,F,T", "--data-root", str(data_root),
+            "--size", "32x32", "--batch-size", "2", "--workers", "0", "--max-steps", str(max_steps),
+            "--eval-every", str(eval_every), "--quiet", "--out", str(out), "--device", "cpu", "--lr", "1e-3"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny_data, tmp_path):
+    steps, every = 15, 3
+    straight = tmp_path / "straight"
+    assert main(train_args(tiny_data, straight, steps, every)) == 0
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "fastmtl", *train_args(tiny_data, run, steps, every)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    # metrics.jsonl gets its line just before last.pt is replaced: once step 9 is logged, last.pt holds
+    # step 6 or 9, a checkpoint in the middle of an epoch (4 steps per epoch); kill during what follows
+    while time.time() < deadline and proc.poll() is None:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and any(json.loads(l)["step"] >= 9 for l in metrics.read_text().splitlines() if l.strip()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stdout.read()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "summary.json").exists()
+    interrupted_at = load_checkpoint(run / "last.pt")["step"]  # loads: not corrupt
+    assert 6 <= interrupted_at < steps
+
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(run / "last.pt")
+    assert a["step"] == b["step"] == steps
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+
+
+def test_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_atomic({"format": ckpt_mod.FORMAT, "step": 1}, path)
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_atomic({"format": ckpt_mod.FORMAT, "step": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "no temp file left behind"
+
+
+def test_unwritable_output_dir_fails_before_training(tiny_data, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert main(train_args(tiny_data, blocker / "run", 2, 2)) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and str(blocker) in err
+
+
+def test_full_output_dir_fails_before_training(tiny_data, tmp_path, monkeypatch, capsys):
+    real_write = Path.write_bytes
+
+    def no_space(self, data):
+        if self.name == ".write-test":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", no_space)
+    assert main(train_args(tiny_data, tmp_path / "run", 2, 2)) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_missing_data_root_fails_before_any_model_is_built(tmp_path, capsys, monkeypatch):
+    import fastmtl.train as train_mod
+
+    def must_not_build(*a, **k):
+        raise AssertionError("the model was built before the data root was checked")
+
+    monkeypatch.setattr(train_mod, "build_model", must_not_build)
+    assert main(train_args(tmp_path / "no-such-data", tmp_path / "run", 2, 2)) == 2
+    assert "no-such-data" in capsys.readouterr().err
+
+
+def test_crafted_checkpoint_is_refused_and_runs_no_code(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": ckpt_mod.FORMAT, "model": Exploit()}, evil)
+    assert main(["eval", "--checkpoint", str(evil), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "weights_only" in err and str(evil) in err
+    assert not marker.exists(), "the pickle's code must not run"
+
+
+def test_not_a_checkpoint_is_a_clear_error(tmp_path, capsys):
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(1)}, other)
+    assert main(["eval", "--checkpoint", str(other), "--device", "cpu"]) == 2
+    assert "not a fastmtl checkpoint" in capsys.readouterr().err
+
+
+def test_negative_lr_and_unknown_names_list_choices(capsys):
+    with pytest.raises(ConfigError, match="--lr must be > 0"):
+        Config(lr=-1).validate()
+    assert main(["train", "--encoder", "resnet7"]) == 2
+    assert "resnet18, resnet34, resnet50, resnet101" in capsys.readouterr().err
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="RSS is read from /proc")
+def test_evaluation_over_1000_images_keeps_flat_memory(tiny_data, tmp_path):
+    from fastmtl import data as fdata
+    from fastmtl.evaluate import evaluate
+    from fastmtl.models import build_model
+
+    root = tmp_path / "soak"
+    shutil.copy(tiny_data / "meta.json", root.mkdir() or root / "meta.json")
+    for sub in ("rgb", "semseg", "depth"):
+        src = next((tiny_data / "val" / sub).iterdir())
+        dst = root / "val" / sub
+        dst.mkdir(parents=True)
+        for i in range(1200):
+            os.link(src, dst / f"{i}{src.suffix}")
+    dataset = fdata.SegDepthFolder(root, "val", transform=fdata.eval_transform(32))
+    loader = fdata.build_loader(dataset, 8, shuffle=False, workers=0, seed=0)
+    info = fdata.dataset_info(root)
+    model = build_model(Config(model="joint", encoder="resnet18", dilation=(False, False, True)), {"semseg": 19, "depth": 1})
+    rss = []
+
+    def watched():
+        for i, batch in enumerate(loader):
+            if i % 25 == 0:
+                rss.append(_rss_mb())
+            yield batch
+
+    normalizer = fdata.DepthNormalizer.from_stats("log", info.depth_stats)
+    metrics = evaluate(model, watched(), normalizer, 19, info.depth_range, torch.device("cpu"))
+    assert len(dataset) == 1200 and metrics["miou"] >= 0
+    warm = rss[2]  # after the first 50 batches (allocator warm-up)
+    assert max(rss[2:]) - warm < 40, f"RSS grew from {warm:.0f} MB to {max(rss):.0f} MB"
