@@ -9,6 +9,7 @@ import sys
 from typing import Callable, Dict, List, Optional
 
 from .config import Config, ConfigError, format_dilation, parse_dilation, parse_size
+from .errors import TrainingDiverged
 
 _SUPPRESS = argparse.SUPPRESS
 
@@ -255,7 +256,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:  # ConfigError, bad files, unreadable or unwritable paths
+    except (ValueError, OSError, TrainingDiverged) as e:  # ConfigError, bad files, paths, a diverged run
         print(f"fastmtl {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

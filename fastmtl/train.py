@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from . import data as fdata
 from .checkpoint import FORMAT, load_checkpoint, save_atomic
 from .config import Config, ConfigError
+from .errors import TrainingDiverged
 from .evaluate import amp_dtype_for, autocast_context, evaluate
 from .losses import MultiTaskLoss
 from .models import build_model
@@ -364,7 +365,7 @@ class Run:
                     bad_steps += 1
                     self.log(f"step {self.step}: non-finite loss, step skipped ({bad_steps} in a row)")
                     if bad_steps >= MAX_BAD_STEPS:
-                        raise RuntimeError(f"training diverged: {bad_steps} non-finite losses in a row at step "
+                        raise TrainingDiverged(f"training diverged: {bad_steps} non-finite losses in a row at step "
                                            f"{self.step}; the last good checkpoint is {self.out / 'last.pt'}")
                     continue
                 bad_steps = 0

@@ -182,3 +182,26 @@ def test_evaluation_over_1000_images_keeps_flat_memory(tiny_data, tmp_path):
     assert len(dataset) == 1200 and metrics["miou"] >= 0
     warm = rss[2]  # after the first 50 batches (allocator warm-up)
     assert max(rss[2:]) - warm < 40, f"RSS grew from {warm:.0f} MB to {max(rss):.0f} MB"
+
+
+def test_non_finite_loss_skips_steps_then_stops_keeping_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
+    import fastmtl.train as train_mod
+
+    calls = {"n": 0}
+    real_forward = train_mod.MultiTaskLoss.forward
+
+    def poisoned(self, *args):
+        total, parts = real_forward(self, *args)
+        calls["n"] += 1
+        return (total * float("nan") if calls["n"] > 2 else total), parts
+
+    monkeypatch.setattr(train_mod.MultiTaskLoss, "forward", poisoned)
+    out = tmp_path / "run"
+    cfg = Config(model="joint", encoder="resnet18", dilation=(False, False, True), data_root=str(tiny_data),
+                 size=(32, 32), batch_size=2, workers=0, max_steps=40, eval_every=2, quiet=True, out=str(out),
+                 device="cpu")
+    with pytest.raises(RuntimeError, match=r"diverged: 10 non-finite losses in a row at step 2.*last\.pt"):
+        train(cfg)
+    good = load_checkpoint(out / "last.pt")
+    assert good["step"] == 2
+    assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())

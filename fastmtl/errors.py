@@ -1,0 +1,5 @@
+"""Errors the ``fastmtl`` command reports as one clear line (exit code 2) instead of a traceback."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite losses in a row; the message names the last good checkpoint."""
