@@ -101,7 +101,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data_root, args.split, resolve_device(args.device),
-                                  workers=args.workers, batch_size=args.batch_size)
+                                  workers=args.workers, batch_size=args.batch_size, on_bad_sample=args.on_bad_sample)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -153,6 +153,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", type=_size, default=_SUPPRESS, metavar="HxW", help="training crop (default: 128x256 on GPU, 64x128 on the CPU budget)")
     g.add_argument("--depth-norm", default=_SUPPRESS, help=f"linear | log (default {d.depth_norm})")
     g.add_argument("--workers", type=int, default=_SUPPRESS, help=f"data loader processes (default {d.workers})")
+    g.add_argument("--on-bad-sample", default=_SUPPRESS, help="error | skip: a broken or inconsistent sample stops "
+                   "the run naming the file (default), or is skipped with a warning and counted in summary.json")
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", default=_SUPPRESS, help=f"sgd | adam | adamw (default {d.optimizer})")
     g.add_argument("--lr", type=float, default=_SUPPRESS, help=f"learning rate (default {d.lr})")
@@ -196,6 +198,7 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="default: cuda if available")
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--on-bad-sample", choices=("error", "skip"), default="error", help="as for train")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=commands["eval"])
 

@@ -19,6 +19,7 @@ DEPTH_NORMS = ("linear", "log")
 DEPTH_LOSSES = ("l1", "l2", "silog")
 DATASETS = ("synthetic", "miniscapes")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+ON_BAD_SAMPLE = ("error", "skip")
 
 
 class ConfigError(ValueError):
@@ -48,6 +49,7 @@ class Config:
     size: Optional[Tuple[int, int]] = None  # training crop H, W; None: the budget's (see train.py)
     depth_norm: str = "log"
     workers: int = 2
+    on_bad_sample: str = "error"  # or "skip": drop unreadable / inconsistent samples with a warning
     # optimisation
     optimizer: str = "adam"
     lr: float = 1e-4
@@ -74,7 +76,7 @@ class Config:
         choices = {
             "model": MODELS, "encoder": ENCODER_NAMES, "attention_init": ATTENTION_INITS,
             "optimizer": OPTIMIZERS, "depth_norm": DEPTH_NORMS, "depth_loss": DEPTH_LOSSES,
-            "dataset": DATASETS, "amp": AMP_MODES,
+            "dataset": DATASETS, "amp": AMP_MODES, "on_bad_sample": ON_BAD_SAMPLE,
         }
         for name, valid in choices.items():
             value = getattr(self, name)

@@ -6,6 +6,7 @@ from typing import Dict, Optional
 
 import torch
 
+from .data.folder import nonempty_batches
 from .losses import last_prediction
 from .metrics import MultiTaskMeter
 
@@ -39,7 +40,7 @@ def evaluate(model: torch.nn.Module, loader, normalizer, num_classes: int, depth
     meter = MultiTaskMeter(num_classes, depth_range, ignore_index)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     try:
-        for batch in loader:
+        for batch in nonempty_batches(loader):
             rgb = batch["rgb"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
             with autocast_context(device, amp_dtype):
                 out = model(rgb)
@@ -52,7 +53,7 @@ def evaluate(model: torch.nn.Module, loader, normalizer, num_classes: int, depth
 
 
 def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split: str = "val", device: str = "cpu",
-                        workers: int = 2, batch_size: Optional[int] = None) -> Dict[str, float]:
+                        workers: int = 2, batch_size: Optional[int] = None, on_bad_sample: str = "error") -> Dict[str, float]:
     """``fastmtl eval``: the metrics of a checkpoint, computed exactly as the training run does."""
     from pathlib import Path
 
@@ -67,7 +68,8 @@ def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split:
         model = model.to(memory_format=torch.channels_last)
     root = data_root or cfg.data_root
     root = Path(root) if root else fdata.default_data_root()
-    dataset = fdata.SegDepthFolder(root, split, kind=cfg.dataset, transform=fdata.eval_transform(multiple=32))
+    dataset = fdata.SegDepthFolder(root, split, kind=cfg.dataset, transform=fdata.eval_transform(multiple=32),
+                                   on_bad_sample=on_bad_sample)
     loader = fdata.build_loader(dataset, batch_size or cfg.batch_size, shuffle=False, workers=workers, seed=cfg.seed)
     info = ckpt["dataset"]
     return evaluate(model, loader, fdata.DepthNormalizer.from_dict(ckpt["normalizer"]), info["num_classes"],

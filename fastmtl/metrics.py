@@ -14,6 +14,8 @@ from typing import Dict, Tuple
 
 import torch
 
+from .kernels.silog import silog
+
 DEPTH_FLOOR = 0.01
 
 
@@ -49,21 +51,16 @@ class SemsegMeter:
 
 
 def si_log_rmse_per_image(pred: torch.Tensor, target: torch.Tensor, depth_range: Tuple[float, float]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-image SI-logRMSE of metric depth maps ``(N, 1, H, W)`` or ``(N, H, W)``.
+    """Per-image SI-logRMSE of metric depth maps ``(N, 1, H, W)`` or ``(N, H, W)``, in float64.
 
-    Returns ``(values (N,) in float64, valid (N,) bool)``; images with no valid pixel have
-    ``valid = False`` (and value 0).
+    Computed by the ``fastmtl.silog_stats`` reduction (Triton on CUDA). Returns
+    ``(values (N,), valid (N,) bool)``; images with no valid pixel have ``valid = False``
+    (and value 0). NaN predictions count as the far end of the range.
     """
-    pred = pred.reshape(pred.shape[0], -1).double()
-    target = target.reshape(target.shape[0], -1).double()
-    valid = torch.isfinite(target) & (target > 0)
-    gt = target.clamp_min(DEPTH_FLOOR)
-    p = torch.nan_to_num(pred, nan=depth_range[1]).clamp(*depth_range).clamp_min(DEPTH_FLOOR)
-    d = torch.where(valid, gt.log() - p.log(), torch.zeros_like(gt))
-    n = valid.sum(1)
-    nd = n.clamp_min(1).double()
-    var = (d.pow(2).sum(1) / nd - (d.sum(1) / nd) ** 2).clamp_min(0)
-    return 100.0 * var.sqrt(), n > 0
+    pred = torch.nan_to_num(pred.double(), nan=depth_range[1])
+    values = silog(pred, target.double(), min_depth=depth_range[0], max_depth=depth_range[1], eps=DEPTH_FLOOR)
+    valid = ~values.isnan()
+    return torch.where(valid, values, torch.zeros_like(values)), valid
 
 
 class DepthMeter:

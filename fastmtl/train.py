@@ -155,12 +155,14 @@ class SeededTransform(Dataset):
 
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, 0)
-        return self.transform(self.base[index], torch.Generator().manual_seed(seed))
+        sample = self.base[index]  # None: a bad sample under --on-bad-sample skip
+        return None if sample is None else self.transform(sample, torch.Generator().manual_seed(seed))
 
 
 def make_loaders(cfg: Config, root: Path, rt: Runtime):
-    train_set = fdata.SegDepthFolder(root, "train", kind=cfg.dataset)
-    val_set = fdata.SegDepthFolder(root, "val", kind=cfg.dataset, transform=fdata.eval_transform(multiple=32))
+    train_set = fdata.SegDepthFolder(root, "train", kind=cfg.dataset, on_bad_sample=cfg.on_bad_sample)
+    val_set = fdata.SegDepthFolder(root, "val", kind=cfg.dataset, transform=fdata.eval_transform(multiple=32),
+                                   on_bad_sample=cfg.on_bad_sample)
     if len(train_set) < cfg.batch_size * rt.world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size}: the train split of {root} has only {len(train_set)} samples")
     sampler = ResumableBatchSampler(len(train_set), cfg.batch_size, cfg.seed, rt.rank, rt.world_size)
@@ -168,7 +170,8 @@ def make_loaders(cfg: Config, root: Path, rt: Runtime):
     # own generators: creating a loader iterator must not consume the global RNG (exact resume)
     common = dict(num_workers=cfg.workers, pin_memory=pin, persistent_workers=cfg.workers > 0)
     train_loader = DataLoader(SeededTransform(train_set, fdata.train_transform(cfg.size)), batch_sampler=sampler,
-                              generator=torch.Generator().manual_seed(cfg.seed), **common)
+                              collate_fn=fdata.collate_skip_bad, generator=torch.Generator().manual_seed(cfg.seed),
+                              **common)
     val_loader = fdata.build_loader(val_set, cfg.batch_size, shuffle=False, workers=cfg.workers, seed=cfg.seed)
     return train_loader, val_loader, sampler
 
@@ -233,7 +236,7 @@ class Run:
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.amp_dtype == torch.float16)
         self.loss_fn = MultiTaskLoss(cfg.weight_semseg, cfg.weight_depth, cfg.depth_loss, self.normalizer,
                                      ignore_index=self.info.ignore_index)
-        self.step, self.best = 0, None
+        self.step, self.best, self.skipped_samples = 0, None, 0
         if ckpt is not None:
             self._restore(ckpt)
 
@@ -300,7 +303,7 @@ class Run:
         """Prediction panels and depth histograms (report Fig. 22) for the first val batch."""
         from .data.classes import colorize
 
-        batch = next(iter(self.val_loader))
+        batch = next(fdata.nonempty_batches(self.val_loader))
         self.model.eval()
         with torch.no_grad(), autocast_context(self.rt.device, self.rt.amp_dtype):
             out = self.model(batch["rgb"][:4].to(self.rt.device))
@@ -360,6 +363,12 @@ class Run:
             epoch, start_batch = divmod(self.step, self.steps_per_epoch)
             self.sampler.set_epoch(epoch, start_batch)
             for batch in self.train_loader:
+                self.skipped_samples += batch["skipped"]
+                # what --on-bad-sample skip left of the batch may be too small: ASPP's pooling BN needs 2
+                left = batch["rgb"].shape[0] if "rgb" in batch else 0
+                if left < (2 if cfg.aspp else 1):
+                    self.skipped_samples += left
+                    continue
                 loss, parts = self.train_step(batch)
                 if math.isnan(loss):
                     bad_steps += 1
@@ -427,6 +436,7 @@ class Run:
             "best": self.best, "final": {**_headline(final_metrics), "step": self.step},
             "final_all": final_metrics, "baselines": trivial_baselines(self),
             "images_per_second": images_per_second, "wall_seconds": wall, "device": str(self.rt.device),
+            "skipped_train_samples": self.skipped_samples,
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         b = summary["baselines"]
@@ -445,13 +455,13 @@ def trivial_baselines(run: Run) -> Dict[str, Dict[str, float]]:
     from .metrics import DepthMeter, SemsegMeter
 
     counts = torch.zeros(run.info.num_classes, dtype=torch.int64)
-    for batch in run.val_loader:
+    for batch in fdata.nonempty_batches(run.val_loader):
         t = batch["semseg"]
         counts += torch.bincount(t[t != run.info.ignore_index].flatten(), minlength=run.info.num_classes)
     majority = int(counts.argmax())
     seg, depth = SemsegMeter(run.info.num_classes, run.info.ignore_index), DepthMeter(run.info.depth_range)
     mean_depth = float(run.info.depth_stats["mean"])
-    for batch in run.val_loader:
+    for batch in fdata.nonempty_batches(run.val_loader):
         seg.update(torch.full_like(batch["semseg"], majority), batch["semseg"])
         depth.update(torch.full_like(batch["depth"], mean_depth), batch["depth"])
     return {"majority_class": {"class": majority, **seg.compute()}, "mean_depth": {"depth_m": mean_depth, **depth.compute()}}

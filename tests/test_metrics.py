@@ -65,7 +65,9 @@ def test_si_log_rmse_hand_computed():
     assert si_log_rmse_per_image(pred * 3, gt, (4.0, 300.0))[0].item() == pytest.approx(si.item())
 
 
-def test_depth_metrics_match_numpy_float64():
+@pytest.mark.parametrize("kernels", ["reference", "triton"])
+def test_depth_metrics_match_numpy_float64(kernels, monkeypatch):
+    monkeypatch.setenv("FASTMTL_KERNELS", kernels)  # the SI-log reduction runs through the kernel too
     rng = np.random.default_rng(3)
     gt = rng.uniform(1, 400, size=(5, 1, 11, 13))
     gt[rng.random(gt.shape) < 0.2] = np.nan

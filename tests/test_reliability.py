@@ -205,3 +205,26 @@ def test_non_finite_loss_skips_steps_then_stops_keeping_the_last_good_checkpoint
     good = load_checkpoint(out / "last.pt")
     assert good["step"] == 2
     assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
+
+
+@pytest.fixture
+def data_with_a_broken_image(tiny_data, tmp_path):
+    root = tmp_path / "broken"
+    shutil.copytree(tiny_data, root)
+    (root / "train" / "rgb" / "3.png").write_bytes(b"this is not a png")
+    return root
+
+
+def test_bad_sample_error_policy_names_the_file(data_with_a_broken_image, tmp_path, capsys):
+    assert main(train_args(data_with_a_broken_image, tmp_path / "run", 4, 4)) == 2
+    err = capsys.readouterr().err
+    assert str(data_with_a_broken_image / "train" / "rgb" / "3.png") in err
+
+
+def test_bad_sample_skip_policy_trains_and_counts(data_with_a_broken_image, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="3.png"):
+        assert main(train_args(data_with_a_broken_image, out, 4, 4) + ["--on-bad-sample", "skip"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped_train_samples"] >= 1
+    assert summary["final"]["step"] == 4

@@ -2,8 +2,9 @@
 
 * :func:`generate_dataset`, :func:`ensure_default_dataset`, :func:`default_data_root`,
   :func:`render_sample` (:mod:`fastmtl.data.synthetic`);
-* :class:`SegDepthFolder`, :func:`dataset_info`, :class:`DatasetInfo`, :func:`build_loader`
-  (:mod:`fastmtl.data.folder`);
+* :class:`SegDepthFolder`, :func:`dataset_info`, :class:`DatasetInfo`, :func:`build_loader`,
+  bad-sample handling :data:`ON_BAD_SAMPLE`, :class:`BadSampleError`,
+  :class:`BadSampleWarning`, :func:`collate_skip_bad` (:mod:`fastmtl.data.folder`);
 * :func:`train_transform`, :func:`eval_transform`, :class:`DepthNormalizer`
   (:mod:`fastmtl.data.transforms`);
 * class names/colours (:mod:`fastmtl.data.classes`).
@@ -11,9 +12,14 @@
 from .classes import CLASS_COLORS, CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, colorize
 from .folder import (
     KINDS,
+    ON_BAD_SAMPLE,
+    BadSampleError,
+    BadSampleWarning,
     DatasetInfo,
     SegDepthFolder,
     build_loader,
+    collate_skip_bad,
+    nonempty_batches,
     dataset_info,
     decode_miniscapes_depth,
     seed_worker,
@@ -39,7 +45,8 @@ from .transforms import (
 
 __all__ = [
     "CLASS_COLORS", "CLASS_NAMES", "IGNORE_INDEX", "NUM_CLASSES", "colorize",
-    "KINDS", "DatasetInfo", "SegDepthFolder", "build_loader", "dataset_info",
+    "KINDS", "ON_BAD_SAMPLE", "BadSampleError", "BadSampleWarning", "DatasetInfo",
+    "SegDepthFolder", "build_loader", "collate_skip_bad", "nonempty_batches", "dataset_info",
     "decode_miniscapes_depth", "seed_worker",
     "DEPTH_RANGE", "GENERATOR_VERSION", "default_data_root", "ensure_default_dataset",
     "generate_dataset", "render_sample",

@@ -1,8 +1,11 @@
-"""Readers for MiniScapes-layout folders: MiniScapes itself and the built-in synthetic set.
+r"""Readers for MiniScapes-layout folders: MiniScapes itself and the built-in synthetic set.
 
 Layout: ``{root}/{split}/{rgb,semseg,depth}/{i}.{jpg|png}`` with integer ``i``; the sample
-indices are the integers found by listing the folders (only names of the form
-``<digits>.<png|jpg|jpeg>`` are considered, so every path stays inside ``root``).
+indices are the integers found by listing the folders (only names matching
+``^[0-9]+\.(png|jpg|jpeg)$`` are considered; rgb may be JPG or PNG, semseg and depth must be
+PNG). File names therefore never come from anywhere but a directory listing, and
+:func:`_list_split` refuses any dataset folder or file (symlink) that resolves outside the
+data root.
 
 Both kinds give the same sample dict (before transforms):
 
@@ -16,25 +19,38 @@ Encodings: MiniScapes stores rgb as JPG, semseg as PNG mode ``P`` or ``L`` and d
 ``disp = (1/4 - 1/300) * (v - 1) / 254 + 1/300``, ``depth = 1 / disp``, 4..300 m). The
 synthetic set (``meta.json`` with ``"format": "fastmtl-synthetic"``) stores depth as
 described by its ``depth_encoding`` (uint16, ``depth = v * scale``, ``invalid`` value).
+
+Bad input (see :class:`SegDepthFolder`, ``on_bad_sample``) never gives a silent wrong
+sample: every file is fully decoded (``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is left False;
+truncated PNG/JPG files are errors), and sizes, label ranges and decoded depth values are
+checked. Accepted conversions (not errors): rgb in mode ``L``, ``LA``, ``1``, ``P``, ``PA``,
+``RGBA``/``RGBX`` (alpha dropped, not composited), ``CMYK`` or ``YCbCr`` is converted to RGB;
+semseg may be ``L``, ``P`` (the palette index is the label) or 16-bit ``I;16`` (values must
+still be class ids or the ignore value).
 """
 from __future__ import annotations
 
 import functools
 import json
+import math
+import os
 import random
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import default_collate
 
 from .classes import CLASS_COLORS, CLASS_NAMES, IGNORE_INDEX
 
 KINDS = ("auto", "synthetic", "miniscapes")
+ON_BAD_SAMPLE = ("error", "skip")
 SUBFOLDERS = ("rgb", "semseg", "depth")
 SYNTHETIC_FORMAT = "fastmtl-synthetic"
 MINISCAPES_DEPTH_RANGE = (4.0, 300.0)
@@ -42,35 +58,191 @@ MINISCAPES_DEPTH_MEAN = 27.0727
 MINISCAPES_DEPTH_STD = 29.1264
 MINISCAPES_LOG_STATS_MAPS = 100
 
-_FILE_NAME = re.compile(r"^(\d+)\.(png|jpg|jpeg)$", re.IGNORECASE)
+# ASCII digits only (``\d`` would accept other scripts' digits), fullmatch (``$`` would accept
+# a trailing newline), at most 18 digits (int() of a huge digit string raises).
+_FILE_NAME = re.compile(r"([0-9]{1,18})\.(png|jpg|jpeg)", re.IGNORECASE | re.ASCII)
 _EXTENSIONS = {"rgb": (".jpg", ".jpeg", ".png"), "semseg": (".png",), "depth": (".png",)}
+_FORMATS = {"rgb": ("JPEG", "PNG"), "semseg": ("PNG",), "depth": ("PNG",)}
+_RGB_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "L", "LA", "1", "P", "PA", "CMYK", "YCbCr")
+_LABEL_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I")
+_MINISCAPES_DEPTH_MODES = ("L",)
+_SYNTHETIC_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk type and its CRC
 
 
-def decode_miniscapes_depth(v: np.ndarray) -> np.ndarray:
-    """MiniScapes 8-bit inverse depth ``(H, W)`` -> float32 metres, NaN where ``v == 0``."""
+class BadSampleError(ValueError):
+    """A sample that cannot be used as it is on disk: unreadable, truncated or not an image,
+    sizes that differ, labels out of range, invalid decoded depth, or a missing/ambiguous file.
+
+    ``str(err)`` is ``"{path}: {reason}"``; the parts are kept as ``path`` (a ``Path`` or
+    None), ``reason`` and ``index`` (the sample's file index, or None).
+    """
+
+    def __init__(self, reason: str, path=None, index: Optional[int] = None) -> None:
+        self.reason = str(reason)
+        self.path = Path(path) if path is not None else None
+        self.index = index
+        super().__init__(f"{self.path}: {self.reason}" if self.path is not None else self.reason)
+
+    def __reduce__(self):  # keep path/reason/index through pickling (DataLoader workers)
+        return (type(self), (self.reason, self.path, self.index))
+
+
+class BadSampleWarning(UserWarning):
+    """Warned (once per file and dataset object) when ``on_bad_sample="skip"`` drops a sample."""
+
+
+def collate_skip_bad(batch: list) -> dict:
+    """``collate_fn`` for ``on_bad_sample="skip"``: default-collates the samples that are not
+    None and adds ``"skipped"``, the number of None entries (dropped bad samples).
+
+    A batch of only None gives ``{"skipped": n}`` alone, so check ``"rgb" in batch`` before
+    using it. The batch may thus be smaller than the loader's ``batch_size``.
+    """
+    good = [s for s in batch if s is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return {"skipped": skipped}
+    out = default_collate(good)
+    if not isinstance(out, dict):
+        raise TypeError(f"collate_skip_bad needs dict samples, got {type(good[0]).__name__}")
+    out["skipped"] = skipped
+    return out
+
+
+def nonempty_batches(loader):
+    """The batches of ``loader`` that hold at least one sample (see :func:`collate_skip_bad`)."""
+    return (batch for batch in loader if "rgb" in batch)
+
+
+def _decode_miniscapes_formula(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v).astype(np.float64)
     disp = (1 / 4 - 1 / 300) * (v - 1) / 254 + 1 / 300
     return np.where(v > 0, 1.0 / disp, np.nan).astype(np.float32)
 
 
+_MINISCAPES_LUT = _decode_miniscapes_formula(np.arange(256))
+_MINISCAPES_LUT.flags.writeable = False
+
+
+def decode_miniscapes_depth(v: np.ndarray) -> np.ndarray:
+    """MiniScapes 8-bit inverse depth ``(H, W)`` -> float32 metres, NaN where ``v == 0``
+    (uint8 input goes through a 256-entry table of the same formula: identical values)."""
+    v = np.asarray(v)
+    if v.dtype == np.uint8:
+        return _MINISCAPES_LUT[v]
+    return _decode_miniscapes_formula(v)
+
+
 def decode_scaled_depth(v: np.ndarray, scale: float, invalid: int = 0) -> np.ndarray:
     """Integer depth ``(H, W)`` -> float32 metres ``v * scale``, NaN where ``v == invalid``."""
     v = np.asarray(v)
-    return np.where(v != invalid, v.astype(np.float64) * scale, np.nan).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is checked by the reader
+        return np.where(v != invalid, v.astype(np.float64) * scale, np.nan).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------
+# meta.json
+# --------------------------------------------------------------------------------------
+def _inside(path: Path, root_resolved: Path) -> bool:
+    return path.resolve() == root_resolved or path.resolve().is_relative_to(root_resolved)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _no_duplicate_keys(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
 
 
 def read_meta(root) -> Optional[dict]:
-    """Parsed ``{root}/meta.json`` (plain JSON data), or None when there is none."""
-    path = Path(root) / "meta.json"
+    """Parsed ``{root}/meta.json`` (plain JSON data only: no NaN/Infinity constants, no
+    duplicate keys), or None when there is none. Errors name the file."""
+    root = Path(root)
+    path = root / "meta.json"
     if not path.is_file():
         return None
+    if not _inside(path, root.resolve()):
+        raise ValueError(f"{path} resolves outside the dataset root {root} (symlink); refused")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
+        meta = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant,
+                          object_pairs_hook=_no_duplicate_keys)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError and the hooks above
         raise ValueError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(meta, dict):
-        raise ValueError(f"{path} must hold a JSON object")
+        raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")
     return meta
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def parse_synthetic_meta(meta: dict, path) -> dict:
+    """Check a synthetic ``meta.json`` object field by field; returns the normalised fields
+    (``classes``, ``colors``, ``ignore_index``, ``depth_encoding``, ``depth_range``,
+    ``depth_stats``). A missing field or a wrong type is a ValueError naming ``path`` and
+    the field (values are never coerced: ``"depth_range": "1,250"`` is an error)."""
+    def bad(field, expected):
+        shown = repr(meta[field]) if field in meta else "nothing (missing)"
+        shown = shown if len(shown) < 80 else shown[:77] + "..."
+        return ValueError(f"{path}: field {field!r} must be {expected}; got {shown}")
+
+    classes = meta.get("classes")
+    if (not isinstance(classes, list) or not 1 <= len(classes) <= IGNORE_INDEX
+            or not all(isinstance(c, str) and c for c in classes)):
+        raise bad("classes", f"a list of 1..{IGNORE_INDEX} non-empty class-name strings")
+    colors = meta.get("colors")
+    if (not isinstance(colors, list) or len(colors) != len(classes)
+            or not all(isinstance(c, list) and len(c) == 3
+                       and all(_is_int(v) and 0 <= v <= 255 for v in c) for c in colors)):
+        raise bad("colors", f"a list of {len(classes)} [r, g, b] lists of ints 0..255 (one per class)")
+    ignore = meta.get("ignore_index")
+    if not _is_int(ignore) or ignore != IGNORE_INDEX:
+        raise bad("ignore_index", f"the int {IGNORE_INDEX} (the ignore label fastmtl pads and "
+                                  "masks with)")
+    enc = meta.get("depth_encoding")
+    if (not isinstance(enc, dict) or enc.get("type") != "uint16" or not _is_number(enc.get("scale"))
+            or not enc["scale"] > 0
+            or not (_is_int(enc.get("invalid", 0)) and 0 <= enc.get("invalid", 0) <= 65535)):
+        raise bad("depth_encoding", 'an object {"type": "uint16", "scale": number > 0, '
+                                    '"invalid": int 0..65535 (optional, default 0)}')
+    rng = meta.get("depth_range")
+    if (not isinstance(rng, list) or len(rng) != 2 or not all(_is_number(v) for v in rng)
+            or not 0 < rng[0] < rng[1]):
+        raise bad("depth_range", "a list [min, max] of finite numbers with 0 < min < max (metres)")
+    stats = meta.get("depth_stats")
+    keys = ("mean", "std", "log_mean", "log_std")
+    if (not isinstance(stats, dict) or not all(_is_number(stats.get(k)) for k in keys)
+            or not stats["std"] > 0 or not stats["log_std"] > 0):
+        raise bad("depth_stats", 'an object with finite numbers "mean", "std" > 0, "log_mean", '
+                                 '"log_std" > 0')
+    return {
+        "classes": tuple(classes), "colors": tuple(tuple(c) for c in colors),
+        "ignore_index": ignore,
+        "depth_encoding": {"type": "uint16", "scale": float(enc["scale"]),
+                           "invalid": int(enc.get("invalid", 0))},
+        "depth_range": (float(rng[0]), float(rng[1])),
+        "depth_stats": {k: float(stats[k]) for k in keys},
+    }
+
+
+def _synthetic_meta(root: Path) -> dict:
+    path = root / "meta.json"
+    meta = read_meta(root)
+    if meta is None:
+        raise FileNotFoundError(f"{path} not found")
+    return parse_synthetic_meta(meta, path)
 
 
 def resolve_kind(root, kind: str = "auto") -> str:
@@ -79,7 +251,7 @@ def resolve_kind(root, kind: str = "auto") -> str:
         raise ValueError(f"unknown dataset kind {kind!r}; choose one of {', '.join(KINDS)}")
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found: {root}")
+        raise FileNotFoundError(f"dataset root not found (or not a folder): {root}")
     meta = read_meta(root)
     is_synthetic = meta is not None and meta.get("format") == SYNTHETIC_FORMAT
     if kind == "auto":
@@ -106,29 +278,34 @@ class DatasetInfo:
     depth_stats: Dict[str, float]
 
 
-def dataset_info(root, kind: str = "auto") -> DatasetInfo:
+def _check_policy(on_bad_sample: str) -> str:
+    if on_bad_sample not in ON_BAD_SAMPLE:
+        raise ValueError(f"unknown on_bad_sample {on_bad_sample!r}; choose one of "
+                         f"{', '.join(ON_BAD_SAMPLE)}")
+    return on_bad_sample
+
+
+def dataset_info(root, kind: str = "auto", on_bad_sample: str = "error") -> DatasetInfo:
     """Classes, colours, ignore value, depth range and depth statistics of a dataset.
 
-    Synthetic: everything from ``meta.json``. MiniScapes: the 19 Cityscapes classes, depth
-    range (4, 300) m and the published mean 27.0727 m / std 29.1264 m. MiniScapes log-depth
-    statistics are not published, so ``log_mean``/``log_std`` are computed here,
-    deterministically, from the valid pixels of the first (lowest-index) up to 100 depth maps
-    of the ``train`` split.
+    Synthetic: everything from ``meta.json`` (checked by :func:`parse_synthetic_meta`).
+    MiniScapes: the 19 Cityscapes classes, depth range (4, 300) m and the published mean
+    27.0727 m / std 29.1264 m. MiniScapes log-depth statistics are not published, so
+    ``log_mean``/``log_std`` are computed here, deterministically, from the valid pixels of
+    the first (lowest-index) up to 100 depth maps of the ``train`` split. With
+    ``on_bad_sample="skip"`` incomplete samples and unreadable/invalid depth maps are passed
+    over (with a :class:`BadSampleWarning`) and the first 100 good maps are used; with
+    ``"error"`` they raise :class:`BadSampleError`.
     """
     root = Path(root)
+    _check_policy(on_bad_sample)
     if resolve_kind(root, kind) == "synthetic":
-        meta = read_meta(root)
-        try:
-            return DatasetInfo(
-                num_classes=len(meta["classes"]), class_names=tuple(meta["classes"]),
-                colors=tuple(tuple(int(v) for v in c) for c in meta["colors"]),
-                ignore_index=int(meta["ignore_index"]),
-                depth_range=(float(meta["depth_range"][0]), float(meta["depth_range"][1])),
-                depth_stats={k: float(meta["depth_stats"][k])
-                             for k in ("mean", "std", "log_mean", "log_std")})
-        except (KeyError, TypeError, IndexError, ValueError) as err:
-            raise ValueError(f"{root / 'meta.json'}: missing or malformed field ({err!r})") from None
-    log_mean, log_std = _miniscapes_log_stats(str(root.resolve()))
+        meta = _synthetic_meta(root)
+        return DatasetInfo(
+            num_classes=len(meta["classes"]), class_names=meta["classes"], colors=meta["colors"],
+            ignore_index=meta["ignore_index"], depth_range=meta["depth_range"],
+            depth_stats=meta["depth_stats"])
+    log_mean, log_std = _miniscapes_log_stats(str(root.resolve()), on_bad_sample)
     return DatasetInfo(
         num_classes=len(CLASS_NAMES), class_names=CLASS_NAMES, colors=CLASS_COLORS,
         ignore_index=IGNORE_INDEX, depth_range=MINISCAPES_DEPTH_RANGE,
@@ -137,11 +314,23 @@ def dataset_info(root, kind: str = "auto") -> DatasetInfo:
 
 
 @functools.lru_cache(maxsize=8)
-def _miniscapes_log_stats(root: str) -> Tuple[float, float]:
-    files = _list_split(Path(root), "train")["depth"]
+def _miniscapes_log_stats(root: str, on_bad_sample: str = "error") -> Tuple[float, float]:
+    base = Path(root) / "train"
+    files, wrong = _list_split(Path(root), "train")
+    indices, _ = _complete_indices(files, wrong, base, on_bad_sample)
     total = total_sq = count = 0.0
-    for i in sorted(files)[:MINISCAPES_LOG_STATS_MAPS]:
-        depth = decode_miniscapes_depth(_read_gray(files[i], ("L",)))
+    used = 0
+    for i in indices:
+        if used >= MINISCAPES_LOG_STATS_MAPS:
+            break
+        try:
+            depth = _read_depth(files["depth"][i][0], None, i)
+        except BadSampleError as err:
+            if on_bad_sample == "error":
+                raise
+            warnings.warn(f"depth statistics skip sample {i}: {err}", BadSampleWarning, stacklevel=2)
+            continue
+        used += 1
         ld = np.log(depth[np.isfinite(depth)].astype(np.float64))
         total, total_sq, count = total + ld.sum(), total_sq + (ld * ld).sum(), count + ld.size
     if count == 0:
@@ -150,115 +339,338 @@ def _miniscapes_log_stats(root: str) -> Tuple[float, float]:
     return float(mean), float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
 
 
-def _list_folder(folder: Path, extensions) -> Dict[int, Path]:
-    found: Dict[int, Path] = {}
-    for path in folder.iterdir():
-        m = _FILE_NAME.match(path.name)
-        if not m or path.suffix.lower() not in extensions:
-            continue
-        i = int(m.group(1))
-        if i in found:
-            raise ValueError(f"two files for index {i} in {folder}: {found[i].name}, {path.name}")
-        found[i] = folder / path.name
-    return found
+# --------------------------------------------------------------------------------------
+# listing
+# --------------------------------------------------------------------------------------
+def _check_split_name(split) -> None:
+    if (not isinstance(split, str) or split in ("", ".", "..")
+            or any(c in split for c in ("/", "\\", "\0", os.sep)) or Path(split).name != split):
+        raise ValueError(f"split must be a plain folder name such as 'train' (no '/', '\\' or "
+                         f"'..'), got {split!r}")
 
 
-def _list_split(root: Path, split: str) -> Dict[str, Dict[int, Path]]:
-    """``{subfolder: {index: path}}`` of a split, with all consistency checks."""
+def _list_folder(folder: Path, sub: str, root_resolved: Path):
+    """``({index: [paths]}, {index: [wrong-extension names]})`` of one subfolder.
+
+    Only names matching :data:`_FILE_NAME` with an extension allowed for ``sub`` count; a
+    matching entry that is a symlink resolving outside the root is an error (any policy)."""
+    found: Dict[int, List[Path]] = {}
+    wrong_ext: Dict[int, List[str]] = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            m = _FILE_NAME.fullmatch(entry.name)
+            if not m:
+                continue
+            i = int(m.group(1))
+            if "." + m.group(2).lower() not in _EXTENSIONS[sub]:
+                wrong_ext.setdefault(i, []).append(entry.name)
+                continue
+            path = folder / entry.name
+            if entry.is_symlink() and not _inside(path, root_resolved):
+                raise BadSampleError(f"symlink resolves outside the dataset root "
+                                     f"{root_resolved} (to {path.resolve()}); refused", path, i)
+            found.setdefault(i, []).append(path)
+    return found, wrong_ext
+
+
+def _list_split(root: Path, split: str):
+    """``(files, wrong_ext)``: ``files = {subfolder: {index: [paths]}}`` of a split (usually
+    one path per index; several are an ambiguity that :func:`_complete_indices` reports) and
+    ``wrong_ext = {subfolder: {index: [names]}}`` of numbered files with an extension the
+    folder does not accept (``depth/5.jpg``), for messages. Runs the structural checks that
+    are errors under any policy first: root, split and subfolders exist, nothing resolves
+    outside the root, the split is not empty."""
+    root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found: {root}")
-    if split in ("", ".", "..") or Path(split).name != split or "\\" in split:
-        raise ValueError(f"split must be a plain folder name such as 'train', got {split!r}")
+        raise FileNotFoundError(f"dataset root not found (or not a folder): {root}")
+    _check_split_name(split)
+    root_resolved = root.resolve()
     base = root / split
     if not base.is_dir():
         have = sorted(p.name for p in root.iterdir() if p.is_dir())
         raise FileNotFoundError(f"split folder not found: {base} (found: {', '.join(have) or 'none'})")
-    files = {}
+    files: Dict[str, Dict[int, List[Path]]] = {}
+    wrong: Dict[str, Dict[int, List[str]]] = {}
     for sub in SUBFOLDERS:
         folder = base / sub
         if not folder.is_dir():
-            raise FileNotFoundError(f"missing folder {folder}")
-        files[sub] = _list_folder(folder, _EXTENSIONS[sub])
-    counts = {sub: len(f) for sub, f in files.items()}
-    if not any(counts.values()):
-        raise ValueError(f"no samples in {base} (expected {{i}}.jpg/png files in rgb/, semseg/, depth/)")
-    ref = set(files["rgb"])
-    for sub in SUBFOLDERS[1:]:
-        if set(files[sub]) != ref:
-            missing = sorted(ref ^ set(files[sub]))[:5]
-            raise ValueError(f"mismatched samples in {base}: counts {counts}; indices not in every "
-                             f"folder: {missing}")
-    return files
+            raise FileNotFoundError(f"missing folder {folder} (every split needs "
+                                    f"{', '.join(SUBFOLDERS)})")
+        if not _inside(folder, root_resolved):
+            raise ValueError(f"{folder} resolves outside the dataset root {root} "
+                             f"(to {folder.resolve()}); refused")
+        files[sub], wrong[sub] = _list_folder(folder, sub, root_resolved)
+    if not any(files[sub] for sub in SUBFOLDERS):
+        raise ValueError(f"no samples in {base} (expected {{i}}.jpg/png files in rgb/, semseg/, "
+                         f"depth/; names must match <digits>.png|jpg|jpeg)")
+    return files, wrong
 
 
-def _read_gray(path: Path, modes) -> np.ndarray:
-    with Image.open(path) as img:
-        if img.mode not in modes:
-            raise ValueError(f"{path}: expected PNG mode {' or '.join(modes)}, got {img.mode}")
+def _complete_indices(files, wrong, base: Path, on_bad_sample: str) -> Tuple[List[int], Dict[int, str]]:
+    """Sorted indices with exactly one file in each subfolder, and ``{index: reason}`` of the
+    others (a file missing from a triple, or two files for one index).
+
+    Listing-time policy: under ``"error"`` any such index raises :class:`BadSampleError`
+    (naming the files); under ``"skip"`` those indices are left out of the dataset (so
+    ``len()`` counts complete samples only) with one :class:`BadSampleWarning` listing them.
+    """
+    every = set()
+    for sub in SUBFOLDERS:
+        every |= set(files[sub])
+    problems: Dict[int, Tuple[Path, str]] = {}
+    for i in sorted(every):
+        for sub in SUBFOLDERS:
+            paths = files[sub].get(i, [])
+            if len(paths) > 1:
+                problems[i] = (paths[0], f"two files for index {i} in {base / sub}: "
+                                         f"{', '.join(sorted(p.name for p in paths))}")
+                break
+            if not paths:
+                shown = f"{i}.png" if sub != "rgb" else f"{i}.jpg|jpeg|png"
+                hint = ""
+                if i in wrong[sub]:
+                    hint = (f" (found {', '.join(wrong[sub][i])}, but {sub} files must be "
+                            f"{'/'.join(e[1:] for e in _EXTENSIONS[sub])})")
+                have = [s for s in SUBFOLDERS if files[s].get(i)]
+                problems[i] = (base / sub / shown, f"missing file of sample {i}: {sub}/{shown} "
+                                                   f"not found but {', '.join(have)} exist{hint}")
+                break
+    indices = sorted(every - set(problems))
+    if problems:
+        counts = {sub: len(files[sub]) for sub in SUBFOLDERS}
+        first = sorted(problems)
+        detail = "; ".join(f"{problems[i][0]}: {problems[i][1]}" for i in first[:5])
+        more = f"; and {len(first) - 5} more" if len(first) > 5 else ""
+        msg = (f"mismatched samples in {base}: counts {counts}; indices not in every folder "
+               f"exactly once: {first[:10]}{' ...' if len(first) > 10 else ''} ({detail}{more})")
+        if on_bad_sample == "error":
+            raise BadSampleError(msg, None, first[0])
+        warnings.warn(f"skipping {len(first)} incomplete sample(s): {msg}", BadSampleWarning,
+                      stacklevel=3)
+        if not indices:
+            raise ValueError(f"no complete samples in {base} (every index is incomplete or "
+                             f"ambiguous; see the warning above)")
+    return indices, {i: f"{p}: {r}" for i, (p, r) in problems.items()}
+
+
+# --------------------------------------------------------------------------------------
+# decoding
+# --------------------------------------------------------------------------------------
+_warned_truncated_flag = False
+
+
+def _decode(path: Path, sub: str, index: Optional[int], to_array: Callable[[Image.Image], np.ndarray]):
+    """Open ``path``, fully decode it (truncation is an error) and convert it with
+    ``to_array`` while it is open. Anything unreadable -> :class:`BadSampleError`."""
+    global _warned_truncated_flag
+    if ImageFile.LOAD_TRUNCATED_IMAGES and not _warned_truncated_flag:
+        _warned_truncated_flag = True
+        warnings.warn("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was set True by other code: truncated "
+                      "JPG files can no longer be detected (fastmtl leaves it False)", RuntimeWarning,
+                      stacklevel=3)
+    formats = _FORMATS[sub]
+    try:
+        f = open(path, "rb")
+    except OSError as err:
+        reason = "file not found" if isinstance(err, FileNotFoundError) else f"cannot read: {err}"
+        raise BadSampleError(f"{sub}: {reason}", path, index) from None
+    with f:
+        try:
+            img = Image.open(f, formats=formats)
+        except Image.UnidentifiedImageError:
+            raise BadSampleError(f"{sub}: not a {' or '.join(formats)} image (unrecognised file "
+                                 f"contents)", path, index) from None
+        except MemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file
+            raise BadSampleError(f"{sub}: corrupt or truncated image (cannot open it: "
+                                 f"{type(err).__name__}: {err})", path, index) from None
+        with img:
+            try:
+                img.load()
+            except MemoryError:
+                raise
+            except Exception as err:  # noqa: BLE001 - OSError "truncated", SyntaxError, zlib...
+                raise BadSampleError(f"{sub}: corrupt or truncated {img.format} "
+                                     f"({type(err).__name__}: {err})", path, index) from None
+            if img.format == "PNG":
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - 4096))
+                if _PNG_END not in f.read():
+                    raise BadSampleError(f"{sub}: truncated PNG (no IEND chunk at the end of "
+                                         f"the file)", path, index)
+            return to_array(img)
+
+
+def _read_rgb(path: Path, index: Optional[int]) -> np.ndarray:
+    def to_array(img):
+        if img.mode not in _RGB_MODES:
+            raise BadSampleError(f"rgb: unsupported image mode {img.mode} (expected 8-bit RGB, "
+                                 f"RGBA, CMYK, grey or palette)", path, index)
+        if img.mode in ("P", "PA"):  # via RGBA: PIL warns on P -> RGB with transparency
+            img = img.convert("RGBA")
+        return np.array(img.convert("RGB"))
+    return _decode(path, "rgb", index, to_array)
+
+
+def _read_labels(path: Path, index: Optional[int], num_classes: int, ignore: int) -> np.ndarray:
+    def to_array(img):
+        if img.mode not in _LABEL_MODES:
+            raise BadSampleError(f"semseg: expected a single-channel PNG of class ids (mode "
+                                 f"{', '.join(_LABEL_MODES)}), got {img.mode}", path, index)
         return np.array(img)
+    labels = _decode(path, "semseg", index, to_array)
+    bad = labels >= num_classes
+    if labels.dtype.kind == "i":
+        bad |= labels < 0
+    bad &= labels != ignore
+    if bad.any():
+        values = np.unique(labels[bad])
+        shown = ", ".join(str(v) for v in values[:8]) + (", ..." if values.size > 8 else "")
+        raise BadSampleError(f"semseg: {int(bad.sum())} pixel(s) with labels out of range "
+                             f"({shown}); expected 0..{num_classes - 1} or {ignore} (ignore)",
+                             path, index)
+    return labels.astype(np.int64)
 
 
+def _read_depth(path: Path, synthetic: Optional[Tuple[float, int]], index: Optional[int]) -> np.ndarray:
+    """Decoded depth (metres, NaN invalid). ``synthetic`` is ``(scale, invalid)`` for the
+    uint16 encoding, None for MiniScapes 8-bit inverse depth. Raw "invalid" pixels (0 for
+    MiniScapes) become NaN, which is normal; any other pixel must decode to a finite depth
+    > 0."""
+    modes = _SYNTHETIC_DEPTH_MODES if synthetic else _MINISCAPES_DEPTH_MODES
+
+    def to_array(img):
+        if img.mode not in modes:
+            want = "16-bit grey PNG (mode I;16)" if synthetic else "8-bit grey PNG (mode L)"
+            raise BadSampleError(f"depth: expected a {want}, got mode {img.mode}", path, index)
+        return np.array(img)
+    raw = _decode(path, "depth", index, to_array)
+    if synthetic:
+        scale, invalid_value = synthetic
+        depth = decode_scaled_depth(raw, scale, invalid_value)
+        invalid = raw == invalid_value
+    else:
+        depth = decode_miniscapes_depth(raw)
+        invalid = raw == 0
+    ok = np.isfinite(depth) & (depth > 0)
+    bad = ~(ok | invalid)
+    if bad.any():
+        vals = depth[bad]
+        raise BadSampleError(
+            f"depth: {int(bad.sum())} pixel(s) decode to invalid depth (negative or zero: "
+            f"{int((vals <= 0).sum())}, NaN: {int(np.isnan(vals).sum())}, "
+            f"inf: {int(np.isinf(vals).sum())}); depth must be finite and > 0", path, index)
+    return depth
+
+
+# --------------------------------------------------------------------------------------
+# dataset
+# --------------------------------------------------------------------------------------
 class SegDepthFolder(Dataset):
     """A split of a MiniScapes-layout folder as a torch ``Dataset`` of sample dicts.
 
     Args:
         root: dataset root (holds ``train/``, ``val/``, ... and, for synthetic, ``meta.json``).
-        split: split folder name.
+        split: split folder name (a plain name: no ``/``, ``\\`` or ``..``).
         transform: callable on the sample dict (see :mod:`fastmtl.data.transforms`).
         kind: ``"auto"`` (synthetic iff meta.json says so), ``"synthetic"`` or ``"miniscapes"``.
+        on_bad_sample: ``"error"`` (default) raises :class:`BadSampleError` (a ValueError
+            naming the file and the problem) for a bad sample; ``"skip"`` makes
+            ``dataset[j]`` return None instead, with a :class:`BadSampleWarning` once per
+            file; use :func:`collate_skip_bad` as the loader's ``collate_fn``.
 
     Sample (before transforms): ``rgb`` uint8 ``(3, H, W)``, ``semseg`` int64 ``(H, W)``
     (255 = ignore), ``depth`` float32 ``(1, H, W)`` metres with NaN where invalid, ``index``
     int (the file index). ``dataset[j]`` is the j-th smallest file index.
+
+    Bad samples: a file that is not a (PNG, or for rgb JPG) image, truncated or corrupt;
+    rgb/semseg/depth of different sizes; semseg labels outside ``0..num_classes-1`` other
+    than the ignore value (also 16-bit labels > 255); depth pixels (other than the
+    encoding's "invalid" value, which decodes to NaN as usual) that decode to a value that
+    is not finite and > 0. A depth map with no valid pixel is *not* bad: it is an all-NaN map.
+
+    Listing-time policy (decided when the dataset is built): an index whose triple is
+    incomplete (e.g. ``rgb/5.jpg`` without ``depth/5.png``) or ambiguous (``rgb/5.jpg`` and
+    ``rgb/5.png``) raises :class:`BadSampleError` under ``"error"``; under ``"skip"`` it is
+    left out of ``indices`` (``len()`` counts complete samples), listed in
+    :attr:`incomplete` and reported in one :class:`BadSampleWarning`. Structural problems
+    are errors under both policies: missing root/split/subfolder (FileNotFoundError), an
+    empty split, a bad split name, a folder or symlink resolving outside ``root``, or a
+    malformed ``meta.json`` (ValueError).
+
+    With DataLoader workers each worker holds its own copy, so "once per file" is per worker.
     """
 
     def __init__(self, root, split: str, transform: Optional[Callable[[dict], dict]] = None,
-                 kind: str = "auto") -> None:
+                 kind: str = "auto", on_bad_sample: str = "error") -> None:
         self.root = Path(root)
         self.split = split
         self.transform = transform
+        self.on_bad_sample = _check_policy(on_bad_sample)
         self.kind = resolve_kind(self.root, kind)
-        files = _list_split(self.root, split)
-        self.indices: List[int] = sorted(files["rgb"])
-        self._files = files
         if self.kind == "synthetic":
-            enc = read_meta(self.root).get("depth_encoding", {})
-            if enc.get("type") != "uint16" or not isinstance(enc.get("scale"), (int, float)):
-                raise ValueError(f"{self.root / 'meta.json'}: unsupported depth_encoding {enc!r}")
-            self._scale, self._invalid = float(enc["scale"]), int(enc.get("invalid", 0))
+            meta = _synthetic_meta(self.root)
+            self.num_classes, self.ignore_index = len(meta["classes"]), meta["ignore_index"]
+            enc = meta["depth_encoding"]
+            self._depth_encoding: Optional[Tuple[float, int]] = (enc["scale"], enc["invalid"])
+        else:
+            self.num_classes, self.ignore_index = len(CLASS_NAMES), IGNORE_INDEX
+            self._depth_encoding = None
+        files, wrong = _list_split(self.root, split)
+        self.indices, self.incomplete = _complete_indices(files, wrong, self.root / split,
+                                                          on_bad_sample)
+        self._files: Dict[str, Dict[int, Path]] = {
+            sub: {i: files[sub][i][0] for i in self.indices} for sub in SUBFOLDERS}
+        self._warned: set = set()
 
     def __len__(self) -> int:
         return len(self.indices)
 
     @functools.cached_property
     def info(self) -> DatasetInfo:
-        """:func:`dataset_info` of the root."""
-        return dataset_info(self.root, self.kind)
+        """:func:`dataset_info` of the root (with this dataset's ``on_bad_sample``)."""
+        return dataset_info(self.root, self.kind, self.on_bad_sample)
+
+    def paths(self, j: int) -> Dict[str, Path]:
+        """``{"rgb": path, "semseg": path, "depth": path}`` of sample ``j``."""
+        i = self.indices[j]
+        return {sub: self._files[sub][i] for sub in SUBFOLDERS}
 
     def load(self, j: int) -> dict:
-        """Sample ``j`` decoded from disk, before any transform."""
+        """Sample ``j`` decoded and checked, before any transform; raises
+        :class:`BadSampleError` for a bad sample whatever ``on_bad_sample`` is."""
         i = self.indices[j]
-        paths = {sub: self._files[sub][i] for sub in SUBFOLDERS}
-        with Image.open(paths["rgb"]) as img:
-            rgb = np.array(img.convert("RGB"))
-        semseg = _read_gray(paths["semseg"], ("L", "P"))
-        if self.kind == "synthetic":
-            raw = _read_gray(paths["depth"], ("I;16", "I"))
-            depth = decode_scaled_depth(raw, self._scale, self._invalid)
-        else:
-            depth = decode_miniscapes_depth(_read_gray(paths["depth"], ("L",)))
-        if not rgb.shape[:2] == semseg.shape == depth.shape:
-            raise ValueError(f"sample {i} of {self.root / self.split}: sizes differ "
-                             f"(rgb {rgb.shape[:2]}, semseg {semseg.shape}, depth {depth.shape})")
+        paths = self.paths(j)
+        rgb = _read_rgb(paths["rgb"], i)
+        semseg = _read_labels(paths["semseg"], i, self.num_classes, self.ignore_index)
+        depth = _read_depth(paths["depth"], self._depth_encoding, i)
+        for sub, arr in (("semseg", semseg), ("depth", depth)):
+            if arr.shape != rgb.shape[:2]:
+                raise BadSampleError(
+                    f"{sub}: size (H, W) = {arr.shape} differs from rgb {paths['rgb'].name} "
+                    f"{rgb.shape[:2]} (rgb, semseg and depth of a sample must match)",
+                    paths[sub], i)
         return {
             "rgb": torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))),
-            "semseg": torch.from_numpy(semseg.astype(np.int64)),
+            "semseg": torch.from_numpy(semseg),
             "depth": torch.from_numpy(depth[None]),
             "index": i,
         }
 
-    def __getitem__(self, j: int) -> dict:
-        sample = self.load(j)
+    def __getitem__(self, j: int) -> Optional[dict]:
+        if self.on_bad_sample == "error":
+            sample = self.load(j)
+        else:
+            try:
+                sample = self.load(j)
+            except BadSampleError as err:
+                key = str(err.path)
+                if key not in self._warned:
+                    self._warned.add(key)
+                    warnings.warn(f"skipping bad sample {err.index} of {self.root / self.split}: "
+                                  f"{err}", BadSampleWarning, stacklevel=2)
+                return None
         return self.transform(sample) if self.transform is not None else sample
 
 
@@ -282,7 +694,7 @@ def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int,
     generator = torch.Generator()
     generator.manual_seed(int(seed))
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate_skip_bad,
         pin_memory=torch.cuda.is_available(), drop_last=drop_last,
         persistent_workers=workers > 0, generator=generator,
         worker_init_fn=seed_worker if workers > 0 else None)

@@ -205,7 +205,8 @@ class DepthNormalizer:
 
     ``linear``: ``(d - mean) / std``; ``log``: ``(log d - mean) / std`` where ``mean``/``std``
     are then the statistics of natural-log depth. Works on tensors of any shape and device
-    (run it on the batch, after transfer); NaN (invalid) stays NaN. Depth must be > 0 or NaN.
+    (run it on the batch, after transfer); NaN (invalid) stays NaN, and so does any depth
+    that is not finite and > 0 (:meth:`normalize` never returns +-inf: no log of zero).
     """
 
     mode: str
@@ -216,10 +217,16 @@ class DepthNormalizer:
         if self.mode not in DEPTH_MODES:
             raise ValueError(f"unknown depth normalisation {self.mode!r}; "
                              f"choose one of {', '.join(DEPTH_MODES)}")
-        if not self.std > 0:
-            raise ValueError(f"depth std must be > 0, got {self.std!r}")
-        object.__setattr__(self, "mean", float(self.mean))
-        object.__setattr__(self, "std", float(self.std))
+        try:
+            mean, std = float(self.mean), float(self.std)
+        except (TypeError, ValueError):
+            raise ValueError(f"depth mean/std must be numbers, got {self.mean!r}, {self.std!r}") from None
+        if not (math.isfinite(std) and std > 0):
+            raise ValueError(f"depth std must be a finite number > 0, got {self.std!r}")
+        if not math.isfinite(mean):
+            raise ValueError(f"depth mean must be a finite number, got {self.mean!r}")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
 
     @classmethod
     def from_stats(cls, mode: str, depth_stats: Mapping[str, float]) -> "DepthNormalizer":
@@ -230,9 +237,15 @@ class DepthNormalizer:
         return cls(mode, depth_stats["mean"], depth_stats["std"])
 
     def normalize(self, depth_m: torch.Tensor) -> torch.Tensor:
-        """Metres -> normalised target (same shape)."""
-        x = depth_m.log() if self.mode == "log" else depth_m
-        return (x - self.mean) / self.std
+        """Metres -> normalised target (same shape); NaN wherever ``depth_m`` is not finite
+        and > 0 (invalid), and wherever the result would overflow to +-inf."""
+        if not depth_m.is_floating_point():
+            depth_m = depth_m.float()
+        valid = torch.isfinite(depth_m) & (depth_m > 0)
+        x = torch.where(valid, depth_m, torch.nan)
+        x = x.log() if self.mode == "log" else x
+        out = (x - self.mean) / self.std
+        return torch.where(torch.isfinite(out), out, torch.nan)
 
     def denormalize(self, pred: torch.Tensor) -> torch.Tensor:
         """Normalised prediction -> metres (exact inverse of :meth:`normalize`)."""
