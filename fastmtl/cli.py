@@ -161,7 +161,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--momentum", type=float, default=_SUPPRESS, help=f"SGD momentum (default {d.momentum})")
     g.add_argument("--weight-decay", type=float, default=_SUPPRESS, help=f"(default {d.weight_decay})")
     g.add_argument("--batch-size", type=int, default=_SUPPRESS, help=f"per process (default {d.batch_size})")
-    g.add_argument("--epochs", type=int, default=_SUPPRESS, help="epochs (default: 16 on GPU; CPU budget: 240 steps)")
+    g.add_argument("--epochs", type=int, default=_SUPPRESS, help="epochs (default: 16 on GPU; CPU budget: 200 steps)")
     g.add_argument("--max-steps", type=int, default=_SUPPRESS, help="stop after this many optimizer steps")
     g.add_argument("--weight-semseg", type=float, default=_SUPPRESS, help=f"task weight (default {d.weight_semseg})")
     g.add_argument("--weight-depth", type=float, default=_SUPPRESS, help=f"task weight (default {d.weight_depth})")

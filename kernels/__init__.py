@@ -1,7 +1,27 @@
 """fastmtl's Triton kernels (installed as ``fastmtl.kernels``).
 
-One file per op: Triton kernels, launcher, ``torch.library`` registration in the
-``fastmtl`` namespace (forward, backward, fake, flop formula) and the plain-PyTorch
-reference. :mod:`fastmtl.kernels.dispatch` picks the implementation per call.
+Importing the package registers every op in the ``torch.ops.fastmtl`` namespace:
+
+* ``se_scale``: squeeze-and-excitation, ``x * sigmoid(W2 relu(W1 mean_hw(x) + b1) + b2)``,
+  optionally ``relu(that + identity)`` (the ResNet block tail); ``se_scale_backward``: its gradients.
+* ``sigmoid_gate``: the attention gate ``f * sigmoid(a)``, optionally ``+ r``;
+  ``sigmoid_gate_backward``: its gradients.
+* ``silog_stats``: per-image ``(sum d, sum d^2, count)`` of the log depth error
+  ``d = log(target) - log(pred)`` over valid pixels (:func:`silog` / :func:`silog_from_stats`
+  turn them into the SI-log metric / loss); ``silog_stats_backward``: its gradient wrt ``pred``.
+* ``aspp_project``: the ASPP projection ``relu?((W @ concat(branches) + bias) * scale + shift)``
+  without the concat; ``aspp_project_backward``: its gradients.
+
+One module per op, exported here under its file name (:mod:`.se_scale`, :mod:`.sigmoid_gate`,
+:mod:`.silog`, :mod:`.aspp`; the op functions keep to their modules, e.g.
+``fastmtl.kernels.se_scale.se_scale``, since an op named like its module would hide it): Triton
+kernels, launchers (``*_forward_triton`` / ``*_backward_triton``, ``silog_stats_triton``),
+``torch.library`` registration (forward, backward, fake, autograd, FLOP formula where it
+counts) and the plain-PyTorch references (``*_reference``). :mod:`.dispatch` picks the
+implementation per call (``FASTMTL_KERNELS``) and is re-exported here; :mod:`._utils` holds
+the helpers the ops share.
 """
-from .dispatch import HAS_TRITON, kernel_mode, kernels_available, use_triton  # noqa: F401
+from . import aspp, se_scale, sigmoid_gate, silog  # noqa: F401  (registers the ops)
+from .dispatch import HAS_TRITON, kernel_mode, kernels_available, use_triton
+
+__all__ = ["HAS_TRITON", "aspp", "kernel_mode", "kernels_available", "se_scale", "sigmoid_gate", "silog", "use_triton"]

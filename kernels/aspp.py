@@ -15,7 +15,8 @@ Ops (namespace ``fastmtl``):
   -> (grad_branches, grad_weight, grad_sums)``
 
 both with fake (meta) kernels and FLOP formulas; ``aspp_project`` has an autograd formula that
-calls ``aspp_project_backward`` (no double backward). Each op runs the Triton kernels when
+calls ``aspp_project_backward`` (no double backward). Each op runs the Triton kernels
+(:func:`aspp_project_forward_triton`, :func:`aspp_project_backward_triton`) when
 :func:`fastmtl.kernels.dispatch.use_triton` says so and the plain-PyTorch references
 (:func:`aspp_project_reference`, :func:`aspp_project_backward_reference`) otherwise.
 
@@ -45,14 +46,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
+from ._utils import FLOAT_DTYPES, compute_dtype, on_input_device, pow2_block, split_reduction, tl_dtype
 from .dispatch import HAS_TRITON, interpreter_enabled, use_triton
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from ._utils import program_tile
+
 MAX_BRANCHES_PER_LAUNCH = 4
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -85,11 +88,7 @@ if HAS_TRITON:
         ``acc`` (read when HAS_ACC) and ``out`` are ``(N, R, P)`` with strides ``s_o*``.
         Grid: ``(cdiv(P, BLOCK_P), cdiv(R, BLOCK_R), N)``.
         """
-        pid_p = tl.program_id(0)
-        pid_r = tl.program_id(1)
-        n = tl.program_id(2).to(tl.int64)
-        offs_r = (pid_r * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
-        offs_p = (pid_p * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+        n, offs_r, offs_p = program_tile(BLOCK_R, BLOCK_P)
         mask_r = offs_r < R
         mask_p = offs_p < P
         mask_out = mask_r[:, None] & mask_p[None, :]
@@ -148,26 +147,21 @@ if HAS_TRITON:
         (``sums`` is ``(n_pblocks, S, N, R)``, contiguous in ``r``).
         Grid: ``(cdiv(P, BLOCK_P), cdiv(R, BLOCK_R), N)``.
         """
-        pid_p = tl.program_id(0)
-        pid_r = tl.program_id(1)
-        n = tl.program_id(2).to(tl.int64)
-        offs_r = (pid_r * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
-        offs_p = (pid_p * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+        n, offs_r, offs_p = program_tile(BLOCK_R, BLOCK_P)
         mask_r = offs_r < R
         mask = mask_r[:, None] & (offs_p < P)[None, :]
         g = tl.load(g_ptr + n * s_gn + offs_r[:, None] * s_gr + offs_p[None, :] * s_gp, mask=mask, other=0.0).to(ACC)
         if RELU:
             o = tl.load(out_ptr + n * s_on + offs_r[:, None] * s_or + offs_p[None, :] * s_op, mask=mask, other=0.0)
             g = tl.where(o > 0, g, 0.0)
-        sums_base = sums_ptr + pid_p.to(tl.int64) * s_sb + n * s_sn + offs_r
+        sums_base = sums_ptr + tl.program_id(0).to(tl.int64) * s_sb + n * s_sn + offs_r
         tl.store(sums_base, tl.sum(g, axis=1), mask=mask_r)
         if HAS_PRE:
             y = tl.load(pre_ptr + n * s_pn + offs_r[:, None] * s_pr + offs_p[None, :] * s_pp, mask=mask, other=0.0)
             tl.store(sums_base + s_ss, tl.sum(g * y.to(ACC), axis=1), mask=mask_r)
         if HAS_SCALE:
             g = g * tl.load(scale_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)[:, None]
-        tl.store(gy_ptr + n * s_yn + offs_r[:, None] * s_yr + offs_p[None, :] * s_yp,
-                 g.to(gy_ptr.dtype.element_ty), mask=mask)
+        tl.store(gy_ptr + n * s_yn + offs_r[:, None] * s_yr + offs_p[None, :] * s_yp, g.to(gy_ptr.dtype.element_ty), mask=mask)
 
 
     @triton.jit
@@ -210,12 +204,10 @@ if HAS_TRITON:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _is_channels_last(t: Tensor) -> bool:
-    """The output layout rule: channels_last iff ``t`` is channels_last and not NCHW-contiguous."""
+    """The output layout rule: channels_last iff ``t`` is channels_last and not NCHW-contiguous
+    (stricter than :func:`._utils.out_memory_format` of the other ops: e.g. a channel slice of a
+    channels_last tensor gives NCHW outputs here)."""
     return (not t.is_contiguous()) and t.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -240,7 +232,7 @@ def _check_forward(branches: Sequence[Tensor], weight: Tensor, bias: Tensor,
     if len(branches) == 0:
         raise ValueError("aspp_project needs at least one branch")
     b0 = branches[0]
-    if b0.dim() != 4 or b0.dtype not in _FLOAT_DTYPES:
+    if b0.dim() != 4 or b0.dtype not in FLOAT_DTYPES:
         raise ValueError(f"branches must be 4-D (N, C, H, W) float tensors, got {tuple(b0.shape)} {b0.dtype}")
     for b in branches[1:]:
         if b.shape != b0.shape or b.dtype != b0.dtype or b.device != b0.device:
@@ -270,21 +262,13 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32" if dtype != torch.float32 or torch.backends.cudnn.allow_tf32 else "ieee"
 
 
-def _tl_acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _block(size: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, triton.next_power_of_2(size)))
-
-
 def _gemm_blocks(dtype: torch.dtype, device: torch.device, rows: int, inner: int, cols: int) -> dict:
     """Tile sizes: big ones under the interpreter (its cost is per program), MMA tiles on GPU."""
     if device.type == "cpu":
-        return dict(BLOCK_R=_block(rows, 16, 64), BLOCK_C=_block(inner, 16, 64), BLOCK_P=_block(cols, 16, 64))
+        return dict(BLOCK_R=pow2_block(rows, 16, 64), BLOCK_C=pow2_block(inner, 16, 64), BLOCK_P=pow2_block(cols, 16, 64))
     if not _use_dot(dtype, device):
         return dict(BLOCK_R=16, BLOCK_C=16, BLOCK_P=32, num_warps=4)
-    return dict(BLOCK_R=_block(rows, 16, 128), BLOCK_C=64 if dtype.itemsize == 2 else 32,
+    return dict(BLOCK_R=pow2_block(rows, 16, 128), BLOCK_C=64 if dtype.itemsize == 2 else 32,
                 BLOCK_P=128, num_warps=8, num_stages=3)
 
 
@@ -312,7 +296,7 @@ def _launch_project(branches: Sequence[Tensor], weight: Tensor, bias: Optional[T
               for i in range(0, len(flat), MAX_BRANCHES_PER_LAUNCH)]
     acc_buf = None
     if len(groups) > 1:  # partial sums of the earlier groups, in out's layout
-        acc_buf = _pixels(_new_like(out, r, _acc_dtype(dtype)))
+        acc_buf = _pixels(_new_like(out, r, compute_dtype(flat[0])))
     for gi, group in enumerate(groups):
         last = gi == len(groups) - 1
         dst = out_flat if last else acc_buf
@@ -330,22 +314,30 @@ def _launch_project(branches: Sequence[Tensor], weight: Tensor, bias: Optional[T
             *dst.stride(),
             NB=len(group), HAS_ACC=gi > 0, HAS_BIAS=last and bias is not None,
             HAS_AFFINE=last and scale is not None, RELU=last and relu,
-            ACC=_tl_acc(dtype), USE_DOT=_use_dot(dtype, device), PRECISION=_precision(dtype),
+            ACC=tl_dtype(dtype), USE_DOT=_use_dot(dtype, device), PRECISION=_precision(dtype),
             **blocks,
         )
     return out
 
 
-def _project_triton(branches, weight, bias, scale, shift, relu) -> Tensor:
+@on_input_device
+def aspp_project_forward_triton(branches: Sequence[Tensor], weight: Tensor, bias: Tensor,
+                                scale: Optional[Tensor] = None, shift: Optional[Tensor] = None,
+                                relu: bool = False) -> Tensor:
+    """Triton ``aspp_project`` (arguments and result as :func:`aspp_project`)."""
     out = _new_like(branches[0], weight.shape[0], branches[0].dtype)
     return _launch_project(branches, weight, bias, scale, shift, relu, out)
 
 
-def _backward_triton(grad, out, branches, weight, scale, preact, relu):
+@on_input_device
+def aspp_project_backward_triton(grad: Tensor, out: Tensor, branches: Sequence[Tensor], weight: Tensor,
+                                 scale: Optional[Tensor] = None, preact: Optional[Tensor] = None,
+                                 relu: bool = False) -> Tuple[List[Tensor], Tensor, Tensor]:
+    """Triton ``aspp_project_backward`` (arguments and results as :func:`aspp_project_backward`)."""
     n, cb, h, w = branches[0].shape
     cout = weight.shape[0]
     dtype, device = branches[0].dtype, branches[0].device
-    acc = _acc_dtype(dtype)
+    acc = compute_dtype(branches[0])
     p = h * w
 
     # 1. grad_y = grad * relu'(out) * scale, and its per-sample channel sums
@@ -353,7 +345,7 @@ def _backward_triton(grad, out, branches, weight, scale, preact, relu):
     g_f, o_f, gy_f = _pixels(grad), _pixels(out), _pixels(gy)
     pre_f = _pixels(preact) if preact is not None else o_f
     if device.type == "cpu":
-        bl = dict(BLOCK_R=_block(cout, 16, 64), BLOCK_P=_block(p, 16, 128))
+        bl = dict(BLOCK_R=pow2_block(cout, 16, 64), BLOCK_P=pow2_block(p, 16, 128))
     else:
         bl = dict(BLOCK_R=32, BLOCK_P=128, num_warps=4)
     n_pb = triton.cdiv(p, bl["BLOCK_P"])
@@ -364,7 +356,7 @@ def _backward_triton(grad, out, branches, weight, scale, preact, relu):
         cout, p,
         *g_f.stride(), *o_f.stride(), *pre_f.stride(), *gy_f.stride(),
         part_sums.stride(0), part_sums.stride(1), part_sums.stride(2),
-        RELU=relu, HAS_SCALE=scale is not None, HAS_PRE=preact is not None, ACC=_tl_acc(dtype), **bl,
+        RELU=relu, HAS_SCALE=scale is not None, HAS_PRE=preact is not None, ACC=tl_dtype(dtype), **bl,
     )
     grad_sums = part_sums.sum(0)
 
@@ -377,19 +369,14 @@ def _backward_triton(grad, out, branches, weight, scale, preact, relu):
 
     # 3. grad_weight_k = sum over (n, p) of grad_y @ b_k^T, split over pixels, partials summed in torch
     if device.type == "cpu":
-        bw = dict(BLOCK_R=_block(cout, 16, 64), BLOCK_C=_block(cb, 16, 64), BLOCK_Q=_block(n * p, 16, 64))
-        target_programs = 2
+        bw = dict(BLOCK_R=pow2_block(cout, 16, 64), BLOCK_C=pow2_block(cb, 16, 64), BLOCK_Q=pow2_block(n * p, 16, 64))
+    elif _use_dot(dtype, device):
+        bw = dict(BLOCK_R=64, BLOCK_C=64, BLOCK_Q=64 if dtype.itemsize == 2 else 32, num_warps=4, num_stages=3)
     else:
-        if _use_dot(dtype, device):
-            bw = dict(BLOCK_R=64, BLOCK_C=64, BLOCK_Q=64 if dtype.itemsize == 2 else 32, num_warps=4, num_stages=3)
-        else:
-            bw = dict(BLOCK_R=16, BLOCK_C=16, BLOCK_Q=32, num_warps=4)
-        target_programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+        bw = dict(BLOCK_R=16, BLOCK_C=16, BLOCK_Q=32, num_warps=4)
     tiles = triton.cdiv(cout, bw["BLOCK_R"]) * triton.cdiv(cb, bw["BLOCK_C"]) * len(branches)
-    n_qb = triton.cdiv(n * p, bw["BLOCK_Q"])
-    n_split = max(1, min(n_qb, triton.cdiv(target_programs, tiles)))
-    q_per_split = triton.cdiv(n_qb, n_split) * bw["BLOCK_Q"]
-    n_split = triton.cdiv(n * p, q_per_split)
+    # about 2 programs per SM (2 in all under the interpreter, so that the split path is tested)
+    q_per_split, n_split = split_reduction(n * p, bw["BLOCK_Q"], tiles, device, per_sm=2, cpu_programs=2)
     part_w = _empty((n_split, cout, len(branches) * cb), acc, device)
     for k, b in enumerate(branches):
         b_f = _pixels(b)
@@ -398,7 +385,7 @@ def _backward_triton(grad, out, branches, weight, scale, preact, relu):
             gy_f, b_f, part_k,
             cout, cb, p, n * p, q_per_split,
             *gy_f.stride(), *b_f.stride(), *part_k.stride(),
-            ACC=_tl_acc(dtype), USE_DOT=_use_dot(dtype, device), PRECISION=_precision(dtype), **bw,
+            ACC=tl_dtype(dtype), USE_DOT=_use_dot(dtype, device), PRECISION=_precision(dtype), **bw,
         )
     grad_weight = part_w.sum(0).to(weight.dtype)
     return grad_branches, grad_weight, grad_sums
@@ -426,7 +413,7 @@ def aspp_project_backward_reference(grad: Tensor, out: Tensor, branches: Sequenc
                                     relu: bool = False) -> Tuple[List[Tensor], Tensor, Tensor]:
     """Plain PyTorch ``aspp_project_backward`` (same arguments and results)."""
     dtype = branches[0].dtype
-    acc = _acc_dtype(dtype)
+    acc = compute_dtype(branches[0])
     gz = grad.to(acc)
     if relu:
         gz = gz * (out > 0)
@@ -461,7 +448,7 @@ def aspp_project(branches: List[Tensor], weight: Tensor, bias: Tensor, scale: Op
     _check_forward(branches, weight, bias, scale, shift)
     if not use_triton(branches[0]):
         return aspp_project_reference(branches, weight, bias, scale, shift, relu)
-    return _project_triton(branches, weight, bias, scale, shift, relu)
+    return aspp_project_forward_triton(branches, weight, bias, scale, shift, relu)
 
 
 @aspp_project.register_fake
@@ -492,7 +479,7 @@ def aspp_project_backward(grad: Tensor, out: Tensor, branches: List[Tensor], wei
     """
     if not use_triton(branches[0]):
         return aspp_project_backward_reference(grad, out, branches, weight, scale, preact, relu)
-    return _backward_triton(grad, out, branches, weight, scale, preact, relu)
+    return aspp_project_backward_triton(grad, out, branches, weight, scale, preact, relu)
 
 
 @aspp_project_backward.register_fake
@@ -502,7 +489,7 @@ def _aspp_project_backward_fake(grad, out, branches, weight, scale, preact, relu
     cout = weight.shape[0]
     grad_branches = [_new_like(b0, cb, b0.dtype) for _ in branches]
     grad_weight = torch.empty((cout, weight.shape[1]), dtype=weight.dtype, device=weight.device)
-    grad_sums = torch.empty((2 if preact is not None else 1, n, cout), dtype=_acc_dtype(b0.dtype), device=b0.device)
+    grad_sums = torch.empty((2 if preact is not None else 1, n, cout), dtype=compute_dtype(b0), device=b0.device)
     return grad_branches, grad_weight, grad_sums
 
 

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
@@ -16,8 +17,7 @@ import torch
 MODES = ("auto", "triton", "reference")
 
 try:  # triton is optional: absent on macOS / Windows, or a broken install
-    import triton  # noqa: F401
-    import triton.language  # noqa: F401
+    importlib.import_module("triton.language")  # imports triton too
 
     HAS_TRITON = True
 except Exception:  # pragma: no cover - depends on the platform

@@ -23,107 +23,26 @@ added by ``torch.sum``: deterministic, no atomics); the tiny FC runs in torch; k
 the gate (+ residual + ReLU). Backward: one reduction kernel gives ``sum_hw(dy * x)`` and
 ``sum_hw(x)`` per (n, c) (``dy`` already masked by the ReLU of the residual tail), the FC
 backward runs in torch, one elementwise kernel writes ``dx`` (and ``d_identity``).
-
-This file also holds the layout helpers the other ops of this package share
-(:func:`merge_hw`, :func:`out_memory_format`, :func:`compute_dtype`, ...).
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
+from ._utils import (
+    channels_inner, check_floating, check_same_device, compute_dtype, empty_out, merge_hw, on_input_device,
+    out_memory_format, split_reduction, tile_grid, tile_shape, tl_dtype,
+)
 from .dispatch import HAS_TRITON, use_triton
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
 
-
-# --------------------------------------------------------------------------- shared helpers
-def merge_hw(t: Tensor) -> Tuple[Tensor, Tuple[int, ...]]:
-    """``(t', strides)``: the strides of ``t``'s leading dims plus one stride for its merged
-    last two dims (H*W). ``t' is t`` unless H and W cannot merge, then ``t' = t.contiguous()``.
-    """
-    *lead, sh, sw = t.stride()
-    h, w = t.shape[-2:]
-    if w == 1:
-        return t, (*lead, sh)
-    if h == 1 or sh == w * sw:
-        return t, (*lead, sw)
-    return merge_hw(t.contiguous())
-
-
-def out_memory_format(t: Tensor) -> torch.memory_format:
-    """channels_last when the channels of the 4-d ``t`` are its innermost dim (channels_last
-    tensors and their channel slices), else contiguous."""
-    return torch.channels_last if t.stride(1) < t.stride(3) else torch.contiguous_format
-
-
-def channels_inner(strides: Tuple[int, ...]) -> bool:
-    """Whether ``(sn, sc, shw)`` strides (from :func:`merge_hw`) have channels innermost."""
-    return strides[1] == 1 and strides[2] != 1
-
-
-def compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
-    """fp64 if any given tensor is fp64, else fp32: the accumulation dtype of the kernels."""
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def check_same_device(op: str, **tensors: Optional[Tensor]) -> None:
-    """Raise a ValueError naming the first tensor whose device differs from the first one's."""
-    named = [(k, t) for k, t in tensors.items() if t is not None]
-    first_name, first = named[0]
-    for name, t in named[1:]:
-        if t.device != first.device:
-            raise ValueError(f"{op}: {name} is on {t.device} but {first_name} is on {first.device}")
-
-
-def check_floating(op: str, **tensors: Optional[Tensor]) -> None:
-    """Raise a TypeError naming the first tensor that is not fp16/bf16/fp32/fp64."""
-    for name, t in tensors.items():
-        if t is not None and t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-            raise TypeError(f"{op}: {name} must be fp16, bf16, fp32 or fp64, got {t.dtype}")
-
-
-def next_pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
-def tile_shape(c: int, hw: int, chan_inner: bool, interpret: bool) -> Tuple[int, int]:
-    """``(BLOCK_C, BLOCK_HW)`` of a 2-d tile over (channels, pixels). The contiguous dim gets
-    the long side. Under the interpreter tiles are large (its cost is per program)."""
-    tile = 16384 if interpret else 2048
-    if chan_inner:
-        block_c = min(next_pow2(c), tile if interpret else 256)
-        block_hw = min(next_pow2(hw), max(1, tile // block_c))
-    else:
-        block_hw = min(next_pow2(hw), tile if interpret else 1024)
-        block_c = min(next_pow2(c), max(1, tile // block_hw))
-    return max(2, block_c), max(2, block_hw)
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def reduction_chunks(programs: int, length: int, block: int, device: torch.device) -> int:
-    """How many fixed-order chunks to split a reduction of ``length`` into so that
-    ``programs * chunks`` fills a GPU (about 4 programs per SM); 1 off GPU."""
-    if device.type != "cuda":
-        return 1
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    wanted = -(-4 * _sm_count(index) // programs)
-    return max(1, min(wanted, -(-length // block)))
-
-
-def tl_dtype(dtype: torch.dtype):
-    """The Triton accumulation dtype for a torch compute dtype (fp64 or fp32)."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    from ._utils import program_tile
 
 
 # --------------------------------------------------------------------------- Triton kernels
@@ -172,9 +91,7 @@ if HAS_TRITON:
     ):
         """``OUT = X * G[n, c]`` or ``relu(X * G[n, c] + RES)``; ``G`` ``(N, C)`` contiguous.
         Grid ``(cdiv(HW, BLOCK_HW), cdiv(C, BLOCK_C), N)``."""
-        n = tl.program_id(2).to(tl.int64)
-        c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-        hw = tl.program_id(0).to(tl.int64) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+        n, c, hw = program_tile(BLOCK_C, BLOCK_HW)
         c_mask = c < C
         mask = c_mask[:, None] & (hw < HW)[None, :]
         x = tl.load(X + n * sxn + c[:, None] * sxc + hw[None, :] * sxhw, mask=mask, other=0).to(ACC)
@@ -196,9 +113,7 @@ if HAS_TRITON:
         """``dy = DY`` (zeroed where ``OUT <= 0`` if HAS_RES, then also written to ``DRES``);
         ``DX = dy * G[n, c] + DS[n, c]``. ``G``, ``DS`` ``(N, C)`` contiguous.
         Grid ``(cdiv(HW, BLOCK_HW), cdiv(C, BLOCK_C), N)``."""
-        n = tl.program_id(2).to(tl.int64)
-        c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-        hw = tl.program_id(0).to(tl.int64) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+        n, c, hw = program_tile(BLOCK_C, BLOCK_HW)
         c_mask = c < C
         mask = c_mask[:, None] & (hw < HW)[None, :]
         dy = tl.load(DY + n * sdn + c[:, None] * sdc + hw[None, :] * sdhw, mask=mask, other=0).to(ACC)
@@ -279,9 +194,7 @@ def _sums_triton(x: Tensor, dy: Optional[Tensor], out: Optional[Tensor], dt: tor
     bc, bhw = tile_shape(c, hw, channels_inner(sx), not x.is_cuda)
     bc, bhw = block_c or bc, block_hw or bhw
     cblocks = triton.cdiv(c, bc)
-    chunks = chunks or reduction_chunks(n * cblocks, hw, bhw, x.device)
-    chunk = triton.cdiv(triton.cdiv(hw, chunks), bhw) * bhw
-    chunks = triton.cdiv(hw, chunk)
+    chunk, chunks = split_reduction(hw, bhw, n * cblocks, x.device, chunks)
     psum_x = torch.empty((n, chunks, c), dtype=dt, device=x.device)
     psum_dyx = torch.empty_like(psum_x) if dy is not None else psum_x  # not written without dy
     dy_t, sd = merge_hw(dy) if dy is not None else (x, sx)
@@ -293,6 +206,7 @@ def _sums_triton(x: Tensor, dy: Optional[Tensor], out: Optional[Tensor], dt: tor
     return psum_x.sum(1), (psum_dyx.sum(1) if dy is not None else None)
 
 
+@on_input_device
 def se_scale_forward_triton(
     x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, identity: Optional[Tensor] = None, *,
     out: Optional[Tensor] = None, block_c: Optional[int] = None, block_hw: Optional[int] = None, chunks: Optional[int] = None,
@@ -301,22 +215,21 @@ def se_scale_forward_triton(
     mergeable); ``block_c``/``block_hw``/``chunks`` override the launch heuristics."""
     n, c, h, w = x.shape
     dt = compute_dtype(x, w1)
-    if out is None:
-        out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=out_memory_format(x))
+    out = empty_out(x) if out is None else out
     x, sx = merge_hw(x)  # before the two passes: an unmergeable x is copied once
     sum_x, _ = _sums_triton(x, None, None, dt, block_c, block_hw, chunks)
     g = _excite(sum_x / (h * w), w1, b1, w2, b2)[2].contiguous()
     res, sr = merge_hw(identity) if identity is not None else (x, sx)
     _, so = merge_hw(out)
-    bc, bhw = tile_shape(c, h * w, channels_inner(so), not x.is_cuda)
-    bc, bhw = block_c or bc, block_hw or bhw
-    _se_apply_kernel[(triton.cdiv(h * w, bhw), triton.cdiv(c, bc), n)](
+    grid, bc, bhw = tile_grid(out, so, block_c, block_hw)
+    _se_apply_kernel[grid](
         x, g, res, out, c, h * w, *sx, *sr, *so,
         HAS_RES=identity is not None, ACC=tl_dtype(dt), BLOCK_C=bc, BLOCK_HW=bhw,
     )
     return out
 
 
+@on_input_device
 def se_scale_backward_triton(
     grad_out: Tensor, x: Tensor, out: Optional[Tensor], w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, *,
     dx: Optional[Tensor] = None, d_identity: Optional[Tensor] = None,
@@ -325,25 +238,22 @@ def se_scale_backward_triton(
     """Triton ``se_scale_backward``; ``dx``/``d_identity``: optional preallocated outputs."""
     n, c, h, w = x.shape
     dt = compute_dtype(x, w1)
-    fmt = out_memory_format(x)
     has_res = out is not None
+    dx = empty_out(x) if dx is None else dx
+    if not has_res:
+        d_identity = x.new_empty(0)
+    elif d_identity is None:
+        d_identity = empty_out(x)
     x, grad_out = merge_hw(x)[0], merge_hw(grad_out)[0]  # unmergeable layouts are copied once
     out = merge_hw(out)[0] if has_res else None
     sum_x, sum_dyx = _sums_triton(x, grad_out, out, dt, block_c, block_hw, chunks)
     g, ds, dw1, db1, dw2, db2 = _excite_backward(sum_x / (h * w), sum_dyx, w1, b1, w2, b2, h * w)
-    if dx is None:
-        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
-    if not has_res:
-        d_identity = x.new_empty(0)
-    elif d_identity is None:
-        d_identity = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     _, sd = merge_hw(grad_out)
     out_t, so = merge_hw(out) if has_res else (grad_out, sd)
     _, sx = merge_hw(dx)
     dres, sr = (d_identity, merge_hw(d_identity)[1]) if has_res else (dx, sx)
-    bc, bhw = tile_shape(c, h * w, channels_inner(sx), not x.is_cuda)
-    bc, bhw = block_c or bc, block_hw or bhw
-    _se_dx_kernel[(triton.cdiv(h * w, bhw), triton.cdiv(c, bc), n)](
+    grid, bc, bhw = tile_grid(dx, sx, block_c, block_hw)
+    _se_dx_kernel[grid](
         grad_out, out_t, g.contiguous(), ds.contiguous(), dx, dres,
         c, h * w, *sd, *so, *sx, *sr,
         HAS_RES=has_res, ACC=tl_dtype(dt), BLOCK_C=bc, BLOCK_HW=bhw,
@@ -395,7 +305,7 @@ def se_scale(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, identity
 @se_scale.register_fake
 def _se_scale_fake(x, w1, b1, w2, b2, identity=None):
     _check_inputs(x, w1, b1, w2, b2, identity)
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=out_memory_format(x))
+    return empty_out(x)
 
 
 @torch.library.custom_op("fastmtl::se_scale_backward", mutates_args=())
@@ -416,10 +326,8 @@ def se_scale_backward(
 
 @se_scale_backward.register_fake
 def _se_scale_backward_fake(grad_out, x, out, w1, b1, w2, b2):
-    fmt = out_memory_format(x)
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
-    d_identity = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt) if out is not None else x.new_empty(0)
-    return dx, d_identity, torch.empty_like(w1), torch.empty_like(b1), torch.empty_like(w2), torch.empty_like(b2)
+    d_identity = empty_out(x) if out is not None else x.new_empty(0)
+    return empty_out(x), d_identity, torch.empty_like(w1), torch.empty_like(b1), torch.empty_like(w2), torch.empty_like(b2)
 
 
 def _se_scale_setup_context(ctx, inputs, output):

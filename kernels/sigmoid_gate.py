@@ -21,21 +21,17 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .dispatch import HAS_TRITON, use_triton
-from .se_scale import (
-    channels_inner,
-    check_floating,
-    check_same_device,
-    compute_dtype,
-    merge_hw,
-    out_memory_format,
-    tile_shape,
-    tl_dtype,
+from ._utils import (
+    check_floating, check_same_device, compute_dtype, empty_out, merge_hw, on_input_device,
+    out_memory_format, tile_grid, tl_dtype,
 )
+from .dispatch import HAS_TRITON, use_triton
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
+
+    from ._utils import program_tile
 
     @triton.jit
     def _gate_fwd_kernel(
@@ -45,9 +41,7 @@ if HAS_TRITON:
         HAS_RES: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     ):
         """``OUT = F * sigmoid(A) (+ R)``. Grid ``(cdiv(HW, BLOCK_HW), cdiv(C, BLOCK_C), N)``."""
-        n = tl.program_id(2).to(tl.int64)
-        c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-        hw = tl.program_id(0).to(tl.int64) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+        n, c, hw = program_tile(BLOCK_C, BLOCK_HW)
         mask = (c < C)[:, None] & (hw < HW)[None, :]
         f = tl.load(F + n * sfn + c[:, None] * sfc + hw[None, :] * sfhw, mask=mask, other=0).to(ACC)
         a = tl.load(A + n * san + c[:, None] * sac + hw[None, :] * sahw, mask=mask, other=0).to(ACC)
@@ -65,9 +59,7 @@ if HAS_TRITON:
     ):
         """``DF = G * s``, ``DA = G * F * s * (1 - s)`` with ``s = sigmoid(A)``; ``DF`` and
         ``DA`` share the strides ``so*``. Grid as the forward."""
-        n = tl.program_id(2).to(tl.int64)
-        c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-        hw = tl.program_id(0).to(tl.int64) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+        n, c, hw = program_tile(BLOCK_C, BLOCK_HW)
         mask = (c < C)[:, None] & (hw < HW)[None, :]
         g = tl.load(G + n * sgn + c[:, None] * sgc + hw[None, :] * sghw, mask=mask, other=0).to(ACC)
         f = tl.load(F + n * sfn + c[:, None] * sfc + hw[None, :] * sfhw, mask=mask, other=0).to(ACC)
@@ -78,10 +70,6 @@ if HAS_TRITON:
         dst = n * son + c[:, None] * soc + hw[None, :] * sohw
         tl.store(DF + dst, df.to(DF.dtype.element_ty), mask=mask)
         tl.store(DA + dst, da.to(DA.dtype.element_ty), mask=mask)
-
-
-def _empty_out(f: Tensor) -> Tensor:
-    return torch.empty(f.shape, dtype=f.dtype, device=f.device, memory_format=out_memory_format(f))
 
 
 # --------------------------------------------------------------------------- references
@@ -105,6 +93,7 @@ def sigmoid_gate_backward_reference(grad: Tensor, f: Tensor, a: Tensor) -> Tuple
 
 
 # --------------------------------------------------------------------------- launchers
+@on_input_device
 def sigmoid_gate_forward_triton(
     f: Tensor, a: Tensor, r: Optional[Tensor] = None, *,
     out: Optional[Tensor] = None, block_c: Optional[int] = None, block_hw: Optional[int] = None,
@@ -112,20 +101,20 @@ def sigmoid_gate_forward_triton(
     """Triton ``sigmoid_gate``. ``out``: optional preallocated output (f's shape and dtype, H
     and W mergeable); ``block_c``/``block_hw`` override the tile heuristic."""
     n, c, h, w = f.shape
-    out = _empty_out(f) if out is None else out
+    out = empty_out(f) if out is None else out
     f, sf = merge_hw(f)
     a, sa = merge_hw(a)
     r_t, sr = merge_hw(r) if r is not None else (f, sf)
     _, so = merge_hw(out)
-    bc, bhw = tile_shape(c, h * w, channels_inner(so), not f.is_cuda)
-    bc, bhw = block_c or bc, block_hw or bhw
-    _gate_fwd_kernel[(triton.cdiv(h * w, bhw), triton.cdiv(c, bc), n)](
+    grid, bc, bhw = tile_grid(out, so, block_c, block_hw)
+    _gate_fwd_kernel[grid](
         f, a, r_t, out, c, h * w, *sf, *sa, *sr, *so,
         HAS_RES=r is not None, ACC=tl_dtype(compute_dtype(f)), BLOCK_C=bc, BLOCK_HW=bhw,
     )
     return out
 
 
+@on_input_device
 def sigmoid_gate_backward_triton(
     grad: Tensor, f: Tensor, a: Tensor, *,
     df: Optional[Tensor] = None, da: Optional[Tensor] = None,
@@ -134,15 +123,14 @@ def sigmoid_gate_backward_triton(
     """Triton ``sigmoid_gate_backward``; ``df``/``da``: optional preallocated outputs (same
     shape, dtype and strides as each other)."""
     n, c, h, w = f.shape
-    df = _empty_out(f) if df is None else df
-    da = _empty_out(f) if da is None else da
+    df = empty_out(f) if df is None else df
+    da = empty_out(f) if da is None else da
     grad, sg = merge_hw(grad)
     f, sf = merge_hw(f)
     a, sa = merge_hw(a)
     _, so = merge_hw(df)
-    bc, bhw = tile_shape(c, h * w, channels_inner(so), not f.is_cuda)
-    bc, bhw = block_c or bc, block_hw or bhw
-    _gate_bwd_kernel[(triton.cdiv(h * w, bhw), triton.cdiv(c, bc), n)](
+    grid, bc, bhw = tile_grid(df, so, block_c, block_hw)
+    _gate_bwd_kernel[grid](
         grad, f, a, df, da, c, h * w, *sg, *sf, *sa, *so,
         ACC=tl_dtype(compute_dtype(f)), BLOCK_C=bc, BLOCK_HW=bhw,
     )
@@ -178,7 +166,7 @@ def sigmoid_gate(f: Tensor, a: Tensor, r: Optional[Tensor] = None) -> Tensor:
 @sigmoid_gate.register_fake
 def _sigmoid_gate_fake(f, a, r=None):
     _check_inputs(f, a, r)
-    return _empty_out(f)
+    return empty_out(f)
 
 
 @torch.library.custom_op("fastmtl::sigmoid_gate_backward", mutates_args=())
@@ -191,7 +179,7 @@ def sigmoid_gate_backward(grad: Tensor, f: Tensor, a: Tensor) -> Tuple[Tensor, T
 
 @sigmoid_gate_backward.register_fake
 def _sigmoid_gate_backward_fake(grad, f, a):
-    return _empty_out(f), _empty_out(f)
+    return empty_out(f), empty_out(f)
 
 
 def _setup_context(ctx, inputs, output):

@@ -31,12 +31,30 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ._utils import (
+    check_floating, check_same_device, compute_dtype, merge_hw, on_input_device, pow2_block, split_reduction,
+    tl_dtype,
+)
 from .dispatch import HAS_TRITON, use_triton
-from .se_scale import check_floating, check_same_device, compute_dtype, merge_hw, next_pow2, reduction_chunks, tl_dtype
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
+
+    @triton.jit
+    def _log_ratio(p, t, LO, HI, EPS, INF, LOG_INPUT: tl.constexpr):
+        """``(d, valid, pc)`` per pixel: ``valid = t finite and > 0``, ``pc = clamp(p, LO, HI)``
+        (NaN kept), ``d = log(max(t, EPS)) - log(pc)`` (``- pc`` when LOG_INPUT), 0 where not
+        valid. Mirrors :func:`_log_ratio_reference`."""
+        valid = (t > 0) & (t < INF)
+        t = tl.where(valid, t, 1.0)
+        pc = tl.where(p < LO, LO, tl.where(p > HI, HI, p))
+        if LOG_INPUT:
+            lp = pc
+        else:
+            lp = tl.log(pc)
+        d = tl.where(valid, tl.log(tl.maximum(t, EPS)) - lp, 0.0)
+        return d, valid, pc
 
     @triton.jit
     def _silog_fwd_kernel(
@@ -57,14 +75,9 @@ if HAS_TRITON:
         for off in range(0, CHUNK, BLOCK):
             i = i0 + off + tl.arange(0, BLOCK)
             m = i < HW
-            t = tl.load(T + n * stn + i * sthw, mask=m, other=0).to(ACC)
+            t = tl.load(T + n * stn + i * sthw, mask=m, other=0).to(ACC)  # masked lanes: not valid
             p = tl.load(P + n * spn + i * sphw, mask=m, other=1).to(ACC)
-            valid = m & (t > 0) & (t < INF)
-            t = tl.where(valid, t, 1.0)
-            p = tl.where(p < LO, LO, tl.where(p > HI, HI, p))  # clamp that keeps NaN
-            if not LOG_INPUT:
-                p = tl.log(p)
-            d = tl.where(valid, tl.log(tl.maximum(t, EPS)) - p, 0.0)
+            d, valid, _ = _log_ratio(p, t, LO, HI, EPS, INF, LOG_INPUT)
             acc_d += d
             acc_d2 += d * d
             acc_n += valid.to(ACC)
@@ -87,17 +100,13 @@ if HAS_TRITON:
         m = i < HW
         g1 = tl.load(GS + n * 3).to(ACC)
         g2 = tl.load(GS + n * 3 + 1).to(ACC)
-        t = tl.load(T + n * stn + i * sthw, mask=m, other=0).to(ACC)
+        t = tl.load(T + n * stn + i * sthw, mask=m, other=0).to(ACC)  # masked lanes: not valid
         p = tl.load(P + n * spn + i * sphw, mask=m, other=1).to(ACC)
-        keep = m & (t > 0) & (t < INF) & (p >= LO) & (p <= HI)
-        t = tl.where(keep, t, 1.0)
-        p = tl.where(p < LO, LO, tl.where(p > HI, HI, p))
-        if LOG_INPUT:
-            d = tl.log(tl.maximum(t, EPS)) - p
-            dp = -(g1 + 2 * g2 * d)
-        else:
-            d = tl.log(tl.maximum(t, EPS)) - tl.log(p)
-            dp = -(g1 + 2 * g2 * d) / p
+        d, valid, pc = _log_ratio(p, t, LO, HI, EPS, INF, LOG_INPUT)
+        keep = valid & (p >= LO) & (p <= HI)
+        dp = -(g1 + 2 * g2 * d)
+        if not LOG_INPUT:
+            dp = dp / pc
         tl.store(DP + n * sdn + i * sdhw, tl.where(keep, dp, 0.0).to(DP.dtype.element_ty), mask=m)
 
 
@@ -116,6 +125,14 @@ def _as_nhw(t: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- references
+def _log_ratio_reference(p: Tensor, t: Tensor, lo: float, hi: float, eps: float, log_input: bool):
+    """``(d, valid, pc)`` as the kernels' ``_log_ratio``, in torch."""
+    valid = torch.isfinite(t) & (t > 0)
+    pc = p.clamp(lo, hi)
+    d = torch.where(valid, torch.log(t.clamp_min(eps)) - (pc if log_input else torch.log(pc)), 0)
+    return d, valid, pc
+
+
 def silog_stats_reference(
     pred: Tensor, target: Tensor, min_depth: Optional[float] = None, max_depth: Optional[float] = None,
     eps: float = 0.01, log_input: bool = False,
@@ -123,10 +140,7 @@ def silog_stats_reference(
     """Plain-PyTorch ``silog_stats``: ``(N, 3)`` = (sum d, sum d^2, count) in the compute dtype."""
     dt = compute_dtype(pred, target)
     p, t = _as_nhw(pred).to(dt), _as_nhw(target).to(dt)
-    lo, hi = _bounds(min_depth, max_depth, eps, log_input)
-    lp = p.clamp(lo, hi) if log_input else torch.log(p.clamp(lo, hi))
-    valid = torch.isfinite(t) & (t > 0)
-    d = torch.where(valid, torch.log(t.clamp_min(eps)) - lp, 0)
+    d, valid, _ = _log_ratio_reference(p, t, *_bounds(min_depth, max_depth, eps, log_input), eps, log_input)
     return torch.stack([d.sum((1, 2)), (d * d).sum((1, 2)), valid.sum((1, 2)).to(dt)], dim=1)
 
 
@@ -138,9 +152,8 @@ def silog_stats_backward_reference(
     dt = compute_dtype(pred, target)
     p, t = _as_nhw(pred).to(dt), _as_nhw(target).to(dt)
     lo, hi = _bounds(min_depth, max_depth, eps, log_input)
-    keep = torch.isfinite(t) & (t > 0) & (p >= lo) & (p <= hi)
-    pc = p.clamp(lo, hi)
-    d = torch.log(t.clamp_min(eps)) - (pc if log_input else torch.log(pc))
+    d, valid, pc = _log_ratio_reference(p, t, lo, hi, eps, log_input)
+    keep = valid & (p >= lo) & (p <= hi)
     g = grad_stats.to(dt)
     dp = -(g[:, 0, None, None] + 2 * g[:, 1, None, None] * d)
     if not log_input:
@@ -150,9 +163,10 @@ def silog_stats_backward_reference(
 
 # --------------------------------------------------------------------------- launchers
 def _block(hw: int, interpret: bool) -> int:
-    return max(16, min(next_pow2(hw), 16384 if interpret else 1024))
+    return pow2_block(hw, 16, 16384 if interpret else 1024)
 
 
+@on_input_device
 def silog_stats_triton(
     pred: Tensor, target: Tensor, min_depth: Optional[float] = None, max_depth: Optional[float] = None,
     eps: float = 0.01, log_input: bool = False, *, block: Optional[int] = None, chunks: Optional[int] = None,
@@ -164,9 +178,7 @@ def silog_stats_triton(
     n, h, w = p.shape
     hw = h * w
     block = block or _block(hw, not p.is_cuda)
-    chunks = chunks or reduction_chunks(n, hw, block, p.device)
-    chunk = triton.cdiv(triton.cdiv(hw, chunks), block) * block
-    chunks = triton.cdiv(hw, chunk)
+    chunk, chunks = split_reduction(hw, block, n, p.device, chunks)
     part = torch.empty((n, chunks, 3), dtype=dt, device=p.device)
     lo, hi = _bounds(min_depth, max_depth, eps, log_input)
     _silog_fwd_kernel[(chunks, n)](
@@ -176,6 +188,7 @@ def silog_stats_triton(
     return part.sum(1)
 
 
+@on_input_device
 def silog_stats_backward_triton(
     grad_stats: Tensor, pred: Tensor, target: Tensor, min_depth: Optional[float] = None,
     max_depth: Optional[float] = None, eps: float = 0.01, log_input: bool = False, *,

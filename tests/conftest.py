@@ -1,4 +1,8 @@
-"""Test set-up: the Triton interpreter must be on before triton is first imported."""
+"""Test set-up: the Triton interpreter must be on before triton is first imported.
+
+The CPU kernel tests run the Triton kernels through the interpreter. On a GPU machine run the
+CUDA module separately with compiled kernels: ``TRITON_INTERPRET=0 pytest tests/test_kernels_cuda.py``
+(it skips while the interpreter is on)."""
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -2,7 +2,7 @@
 
 On CPU the Triton kernels run through the interpreter (``TRITON_INTERPRET=1``, set by
 conftest) with ``FASTMTL_KERNELS=triton``; shapes are tiny and odd (C and H*W not multiples
-of any block). The CUDA section runs only with a GPU.
+of any block). The GPU checks live in test_kernels_cuda.py with those of the other ops.
 """
 import pytest
 import torch
@@ -14,9 +14,8 @@ from fastmtl.kernels.dispatch import interpreter_enabled
 from fastmtl.models import heads
 from fastmtl.nn.aspp import ASPP
 
-CUDA = torch.cuda.is_available()
-needs_kernels = pytest.mark.skipif(not (interpreter_enabled() or CUDA), reason="needs TRITON_INTERPRET=1 or CUDA")
-cuda_only = pytest.mark.skipif(not CUDA, reason="needs CUDA")
+needs_kernels = pytest.mark.skipif(not (interpreter_enabled() or torch.cuda.is_available()),
+                                   reason="needs TRITON_INTERPRET=1 or CUDA")
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +41,7 @@ def _close(actual, expected, atol, rtol, what=""):
 
 
 # ----------------------------------------------------------------------------- module vs heads.ASPP
-def _modules(in_ch=13, out_ch=11, rates=(1, 2, 3), dropout=0.0, device="cpu"):
+def _modules(in_ch=13, out_ch=11, rates=(1, 2, 3), dropout=0.0):
     """(reference, fused) with identical, non-trivial BatchNorm parameters and statistics."""
     ref = heads.ASPP(in_ch, out_ch, rates, dropout)
     with torch.no_grad():
@@ -54,7 +53,7 @@ def _modules(in_ch=13, out_ch=11, rates=(1, 2, 3), dropout=0.0, device="cpu"):
                 m.running_var.uniform_(0.5, 2.0)
     fused = ASPP(in_ch, out_ch, rates, dropout)
     fused.load_state_dict(ref.state_dict())
-    return ref.to(device), fused.to(device)
+    return ref, fused
 
 
 def _run(module, x, grad):
@@ -160,13 +159,13 @@ def test_module_compile_matches_eager(train):
 
 
 # ----------------------------------------------------------------------------- the op
-def _op_inputs(n=2, cb=13, cout=11, h=5, w=7, k=4, dtype=torch.float32, device="cpu", channels_last=False,
+def _op_inputs(n=2, cb=13, cout=11, h=5, w=7, k=4, dtype=torch.float32, channels_last=False,
                affine=True, requires_grad=True):
-    branches = [_layout(torch.randn(n, cb, h, w, device=device, dtype=dtype), channels_last) for _ in range(k)]
-    weight = (torch.randn(cout, 2 * k * cb, device=device, dtype=dtype) / (k * cb) ** 0.5)[:, ::2]  # strided view
-    bias = torch.randn(n, cout, device=device, dtype=dtype)
-    scale = (torch.rand(cout, device=device, dtype=dtype) + 0.5) if affine else None
-    shift = torch.randn(cout, device=device, dtype=dtype) if affine else None
+    branches = [_layout(torch.randn(n, cb, h, w, dtype=dtype), channels_last) for _ in range(k)]
+    weight = (torch.randn(cout, 2 * k * cb, dtype=dtype) / (k * cb) ** 0.5)[:, ::2]  # strided view
+    bias = torch.randn(n, cout, dtype=dtype)
+    scale = (torch.rand(cout, dtype=dtype) + 0.5) if affine else None
+    shift = torch.randn(cout, dtype=dtype) if affine else None
     tensors = [*branches, weight, bias] + ([scale, shift] if affine else [])
     for t in tensors:
         t.requires_grad_(requires_grad)
@@ -286,50 +285,3 @@ def test_flop_formulas():
     gemm = 2 * 2 * 2 * 3 * (4 * 3) * 5
     assert counts["fastmtl.aspp_project"] == 2 * gemm  # forward + the preact recompute for scale
     assert counts["fastmtl.aspp_project_backward"] == 2 * gemm
-
-
-# ----------------------------------------------------------------------------- CUDA
-@cuda_only
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-def test_cuda_op_matches_reference(dtype, channels_last):
-    inputs = _detached(_op_inputs(n=3, cb=96, cout=80, h=33, w=29, dtype=dtype, device="cuda",
-                                  channels_last=channels_last), dtype)
-    grad = torch.randn(3, 80, 33, 29, device="cuda").to(dtype)
-    got = _forward_backward(K.aspp_project, inputs, True, grad)
-    same = _forward_backward(K.aspp_project_reference, inputs, True, grad)
-    ref64 = _forward_backward(K.aspp_project_reference, _detached(inputs, torch.float64), True, grad.double())
-    # fp32: both sides may use TF32 (torch.backends.cudnn.allow_tf32); fp64: summation order only
-    eps = {torch.float32: 2.0 ** -10, torch.float64: 1e-13}.get(dtype, torch.finfo(dtype).eps)
-    for i, (a, s, r) in enumerate(zip(got, same, ref64)):
-        err, err_torch = (a.double() - r).abs(), (s.double() - r).abs()
-        bound = 2 * err_torch + 8 * eps * r.abs().max()
-        assert (err <= bound).all(), f"result {i}: worst excess {(err - bound).max().item():.3g}"
-
-
-@cuda_only
-def test_cuda_gradcheck_fp64():
-    inputs = _op_inputs(n=2, cb=5, cout=6, h=3, w=4, dtype=torch.float64, device="cuda")
-    branches, weight, bias, scale, shift = inputs
-    assert torch.autograd.gradcheck(lambda *a: K.aspp_project(list(a[:4]), *a[4:], relu=True),
-                                    (*branches, weight, bias, scale, shift))
-
-
-@cuda_only
-@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_cuda_module_matches_reference(train):
-    ref, fused = _modules(in_ch=64, out_ch=48, rates=(2, 4, 6), device="cuda")
-    ref.train(train), fused.train(train)
-    x = _layout(torch.randn(2, 64, 17, 19, device="cuda"), True)
-    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        _compare_modules(ref, fused, x, atol=1e-4, rtol=1e-3)
-
-
-@cuda_only
-def test_cuda_module_autocast():
-    ref, fused = _modules(in_ch=64, out_ch=48, rates=(2, 4, 6), device="cuda")
-    x = torch.randn(2, 64, 17, 19, device="cuda")
-    with torch.autocast("cuda", dtype=torch.float16):
-        y_ref, y = ref(x), fused(x)
-    assert y.dtype == y_ref.dtype == torch.float16
-    _close(y, y_ref, 2e-2, 2e-2, "autocast output")

@@ -170,22 +170,6 @@ def test_opcheck_forward_and_backward_ops(channels_last, identity):
     torch.library.opcheck(se_scale_backward, (torch.randn_like(x), x, out, w1, b1, w2, b2))
 
 
-def test_kernel_mode_is_read_at_every_call(monkeypatch):
-    calls = []
-    launcher = se_mod.se_scale_forward_triton
-    monkeypatch.setattr(se_mod, "se_scale_forward_triton", lambda *a, **k: calls.append(1) or launcher(*a, **k))
-    inputs = _inputs()
-    want = se_scale(*inputs)
-    assert len(calls) == 1
-    for mode in ("reference", "auto"):  # auto on CPU tensors -> reference
-        monkeypatch.setenv("FASTMTL_KERNELS", mode)
-        torch.testing.assert_close(se_scale(*inputs), want)
-        assert len(calls) == 1
-    monkeypatch.setenv("FASTMTL_KERNELS", "triton")
-    se_scale(*inputs)
-    assert len(calls) == 2
-
-
 @pytest.mark.parametrize("mode", ["triton", "reference"])
 def test_module_matches_heads_both_ways_and_fuses_the_tail(monkeypatch, mode):
     monkeypatch.setenv("FASTMTL_KERNELS", mode)

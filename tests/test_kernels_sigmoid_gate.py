@@ -145,22 +145,6 @@ def test_opcheck_forward_and_backward_ops(channels_last, residual):
     torch.library.opcheck(sigmoid_gate_backward, (torch.randn(f.shape), f.detach(), a.detach()))
 
 
-def test_kernel_mode_is_read_at_every_call(monkeypatch):
-    calls = []
-    launcher = gate_mod.sigmoid_gate_forward_triton
-    monkeypatch.setattr(gate_mod, "sigmoid_gate_forward_triton", lambda *a, **k: calls.append(1) or launcher(*a, **k))
-    _, f, a = _halves()
-    want = sigmoid_gate(f, a)
-    assert len(calls) == 1
-    for mode in ("reference", "auto"):  # auto on CPU tensors -> reference
-        monkeypatch.setenv("FASTMTL_KERNELS", mode)
-        torch.testing.assert_close(sigmoid_gate(f, a), want)
-        assert len(calls) == 1
-    monkeypatch.setenv("FASTMTL_KERNELS", "triton")
-    sigmoid_gate(f, a)
-    assert len(calls) == 2
-
-
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("mode", ["triton", "reference"])
 def test_self_attention_matches_heads_both_ways(monkeypatch, mode, channels_last):

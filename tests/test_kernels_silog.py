@@ -197,19 +197,3 @@ def test_opcheck_forward_and_backward_ops(log_input):
     pred = pred.log() if log_input else pred
     torch.library.opcheck(silog_stats, (pred.requires_grad_(), target, MIN_D, MAX_D, EPS, log_input))
     torch.library.opcheck(silog_stats_backward, (torch.randn(2, 3), pred.detach(), target, None, MAX_D, EPS, log_input))
-
-
-def test_kernel_mode_is_read_at_every_call(monkeypatch):
-    calls = []
-    launcher = silog_mod.silog_stats_triton
-    monkeypatch.setattr(silog_mod, "silog_stats_triton", lambda *a, **k: calls.append(1) or launcher(*a, **k))
-    pred, target = _data()
-    want = silog_stats(pred, target)
-    assert len(calls) == 1
-    for mode in ("reference", "auto"):  # auto on CPU tensors -> reference
-        monkeypatch.setenv("FASTMTL_KERNELS", mode)
-        torch.testing.assert_close(silog_stats(pred, target), want)
-        assert len(calls) == 1
-    monkeypatch.setenv("FASTMTL_KERNELS", "triton")
-    silog_stats(pred, target)
-    assert len(calls) == 2

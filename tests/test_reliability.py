@@ -93,7 +93,7 @@ def test_full_output_dir_fails_before_training(tiny_data, tmp_path, monkeypatch,
     real_write = Path.write_bytes
 
     def no_space(self, data):
-        if self.name == ".write-test":
+        if self.name.startswith(".write-test"):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(self, data)
 
