@@ -16,3 +16,9 @@ def _seed_everything():
     """Fresh but reproducible random data in every test."""
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def triton_mode(monkeypatch):
+    """Run fastmtl's ops through their Triton kernels (through the interpreter on CPU)."""
+    monkeypatch.setenv("FASTMTL_KERNELS", "triton")

@@ -1,5 +1,4 @@
 """Whole models with fused modules (``build_model(..., fused=True)``) against the unfused ones."""
-import pytest
 import torch
 
 from fastmtl.config import Config
@@ -7,11 +6,6 @@ from fastmtl.models import build_model
 from fastmtl.nn import fuse
 
 DESC = {"semseg": 3, "depth": 1}
-
-
-@pytest.fixture
-def triton_mode(monkeypatch):
-    monkeypatch.setenv("FASTMTL_KERNELS", "triton")
 
 
 def _pair(model_name="distill_allconnect"):

@@ -11,9 +11,7 @@ from fastmtl.kernels.silog import silog_stats_reference
 ops = torch.ops.fastmtl
 
 
-@pytest.fixture(autouse=True)
-def triton_mode(monkeypatch):
-    monkeypatch.setenv("FASTMTL_KERNELS", "triton")
+pytestmark = pytest.mark.usefixtures("triton_mode")  # kernels through Triton (interpreter on CPU)
 
 
 def se_weights(c, cr=3, dtype=torch.float32):

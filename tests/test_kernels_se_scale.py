@@ -12,9 +12,7 @@ from fastmtl.nn import SqueezeExcitation
 C, CR, N, H, W = 37, 4, 2, 5, 7  # C, H*W not multiples of any block
 
 
-@pytest.fixture(autouse=True)
-def triton_mode(monkeypatch):
-    monkeypatch.setenv("FASTMTL_KERNELS", "triton")
+pytestmark = pytest.mark.usefixtures("triton_mode")  # kernels through Triton (interpreter on CPU)
 
 
 def _reference(x, w1, b1, w2, b2, identity=None):

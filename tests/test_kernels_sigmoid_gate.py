@@ -12,9 +12,7 @@ from fastmtl.nn import SelfAttention
 C, N, H, W = 37, 2, 5, 7
 
 
-@pytest.fixture(autouse=True)
-def triton_mode(monkeypatch):
-    monkeypatch.setenv("FASTMTL_KERNELS", "triton")
+pytestmark = pytest.mark.usefixtures("triton_mode")  # kernels through Triton (interpreter on CPU)
 
 
 def _reference(f, a, r=None):

@@ -12,9 +12,7 @@ N, H, W = 3, 5, 7
 MIN_D, MAX_D, EPS = 4.0, 80.0, 0.01
 
 
-@pytest.fixture(autouse=True)
-def triton_mode(monkeypatch):
-    monkeypatch.setenv("FASTMTL_KERNELS", "triton")
+pytestmark = pytest.mark.usefixtures("triton_mode")  # kernels through Triton (interpreter on CPU)
 
 
 def _data(dtype=torch.float32, n=N, h=H, w=W, four_d=True):

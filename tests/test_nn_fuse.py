@@ -10,9 +10,7 @@ import fastmtl.nn as fnn
 from fastmtl.models import heads
 
 
-@pytest.fixture(autouse=True)
-def triton_mode(monkeypatch):
-    monkeypatch.setenv("FASTMTL_KERNELS", "triton")
+pytestmark = pytest.mark.usefixtures("triton_mode")  # kernels through Triton (interpreter on CPU)
 
 
 class TorchvisionStyleSE(nn.Module):
