@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastmtl.config import Config, ConfigError
-from fastmtl.models import MODEL_NAMES, build_model
+from fastmtl.models import MODEL_NAMES, DistillModel, build_model
 from fastmtl.models.heads import SelfAttention, aspp_rates
 
 DESC = {"semseg": 5, "depth": 1}
@@ -16,7 +16,7 @@ def _check_outputs(model, out, n=2):
     assert set(out) == set(DESC)
     for task, channels in DESC.items():
         preds = out[task] if isinstance(out[task], list) else [out[task]]
-        if model.__class__.__name__ == "DistillModel":
+        if isinstance(model, DistillModel):
             assert len(preds) == 2, "distillation returns [initial, final]"
         for p in preds:
             assert p.shape == (n, channels, *SIZE)
@@ -119,3 +119,11 @@ def test_config_errors_list_valid_choices(bad, match):
 def test_config_json_round_trip():
     cfg = Config(model="branched", dilation=(False, False, True), size=(64, 128), lr=3e-4)
     assert Config.from_json(cfg.to_json()) == cfg
+
+
+def test_config_choices_match_the_registries():
+    from fastmtl import config
+    from fastmtl.models import ENCODERS
+
+    assert config.MODELS == MODEL_NAMES
+    assert config.ENCODER_NAMES == tuple(ENCODERS)

@@ -7,12 +7,12 @@ from torch import nn
 
 from .encoder import ENCODERS, Encoder, load_pretrained
 from .heads import ASPP, DecoderAllScale, DecoderDeepLabV3p, DecoderDistill, SelfAttention, SqueezeExcitation
-from .zoo import MODEL_NAMES, BranchedModel, DistillModel, JointModel, MultiTaskModel
+from .zoo import MODEL_NAMES, MODELS, BranchedModel, DistillAllConnectModel, DistillModel, JointModel, MultiTaskModel
 
 __all__ = [
-    "ENCODERS", "MODEL_NAMES", "Encoder", "load_pretrained", "ASPP", "DecoderAllScale", "DecoderDeepLabV3p",
+    "ENCODERS", "MODEL_NAMES", "MODELS", "Encoder", "load_pretrained", "ASPP", "DecoderAllScale", "DecoderDeepLabV3p",
     "DecoderDistill", "SelfAttention", "SqueezeExcitation", "MultiTaskModel", "JointModel", "BranchedModel",
-    "DistillModel", "build_model",
+    "DistillModel", "DistillAllConnectModel", "build_model",
 ]
 
 
@@ -28,13 +28,9 @@ def build_model(config, outputs_desc: Dict[str, int], fused: Optional[bool] = Fa
         raise ValueError(f"unknown model {config.model!r}; valid choices: {', '.join(MODEL_NAMES)}")
     common = dict(encoder=config.encoder, dilation=tuple(config.dilation), se=config.se, pretrained=config.pretrained,
                   aspp=config.aspp, skip=config.skip, aspp_dropout=config.aspp_dropout)
-    if config.model == "joint":
-        model: nn.Module = JointModel(outputs_desc, **common)
-    elif config.model == "branched":
-        model = BranchedModel(outputs_desc, **common)
-    else:
-        model = DistillModel(outputs_desc, attention_init=config.attention_init,
-                             all_scale=config.model == "distill_allconnect", **common)
+    if config.model in ("distill", "distill_allconnect"):
+        common["attention_init"] = config.attention_init
+    model: nn.Module = MODELS[config.model](outputs_desc, **common)
     if fused:
         from fastmtl.nn import fuse
 

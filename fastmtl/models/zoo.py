@@ -16,7 +16,6 @@ from torch import nn
 from .encoder import Encoder
 from .heads import ASPP, DecoderAllScale, DecoderDeepLabV3p, DecoderDistill, SelfAttention, aspp_rates, conv_bn_relu, upsample_to
 
-MODEL_NAMES = ("joint", "branched", "distill", "distill_allconnect")
 Prediction = Union[torch.Tensor, List[torch.Tensor]]
 
 
@@ -86,12 +85,20 @@ class BranchedModel(MultiTaskModel):
         super().__init__(outputs_desc, encoder, dilation, se, pretrained)
         ch, os_ = self.encoder.feature_channels, self.encoder.output_stride
         self.aspp = nn.ModuleDict({t: bottleneck_head(ch[os_], os_, aspp, aspp_dropout) for t in self.outputs_desc})
-        self.decoder = nn.ModuleDict({t: DecoderDeepLabV3p(256, ch[4], n, skip) for t, n in self.outputs_desc.items()})
+        self.decoder = nn.ModuleDict({t: self.make_decoder(ch, n, skip) for t, n in self.outputs_desc.items()})
+
+    def make_decoder(self, channels: Dict[int, int], num_out: int, skip: bool) -> nn.Module:
+        """A task's decoder, given the encoder's ``{scale: channels}``."""
+        return DecoderDeepLabV3p(256, channels[4], num_out, skip)
+
+    def run_decoder(self, task: str, bottleneck: torch.Tensor, features: Dict[int, torch.Tensor]):
+        """``(predictions, decoder features)`` of one task's decoder."""
+        return self.decoder[task](bottleneck, features[4])
 
     def task_features(self, features):
         """``{task: (initial predictions, decoder features)}``."""
         bottleneck = features[self.encoder.output_stride]
-        return {t: self.decoder[t](self.aspp[t](bottleneck), features[4]) for t in self.outputs_desc}
+        return {t: self.run_decoder(t, self.aspp[t](bottleneck), features) for t in self.outputs_desc}
 
     def decode(self, features):
         return {t: pred for t, (pred, _) in self.task_features(features).items()}
@@ -101,26 +108,17 @@ class DistillModel(BranchedModel):
     """Branched + task distillation with spatial attention (report Fig. 11).
 
     Each task's decoder features go through its ``SelfAttention``; task ``t``'s final
-    prediction is ``decoder2[t](features_t + sum_{s != t} attention[s](features_s))``.
-    ``all_scale=True`` swaps the 4x-skip decoder for the all-scale skip decoder (report Fig. 16;
-    the model ``distill_allconnect``), which works at 2x.
+    prediction is ``decoder2[t](features_t + sum_{s != t} attention[s](features_s))`` (with
+    more than two tasks each attention runs once per receiving task, so its sum with the
+    receiver's features stays one fused kernel).
     """
 
     def __init__(self, outputs_desc, encoder="resnet34", dilation=(False, False, True), se=False, pretrained=None,
-                 aspp=True, skip=True, aspp_dropout=0.0, attention_init="zero", all_scale=False):
+                 aspp=True, skip=True, aspp_dropout=0.0, attention_init="zero"):
         super().__init__(outputs_desc, encoder, dilation, se, pretrained, aspp, skip, aspp_dropout)
-        if all_scale:
-            ch = self.encoder.feature_channels
-            self.decoder = nn.ModuleDict({t: DecoderAllScale(256, ch, n) for t, n in self.outputs_desc.items()})
         feat_ch = next(iter(self.decoder.values())).out_channels
         self.attention = nn.ModuleDict({t: SelfAttention(feat_ch, feat_ch, attention_init) for t in self.outputs_desc})
         self.decoder2 = nn.ModuleDict({t: DecoderDistill(feat_ch, n) for t, n in self.outputs_desc.items()})
-
-    def task_features(self, features):
-        bottleneck = features[self.encoder.output_stride]
-        if isinstance(next(iter(self.decoder.values())), DecoderAllScale):
-            return {t: self.decoder[t](self.aspp[t](bottleneck), features) for t in self.outputs_desc}
-        return super().task_features(features)
 
     def decode(self, features):
         per_task = self.task_features(features)
@@ -132,3 +130,18 @@ class DistillModel(BranchedModel):
                     fused = self.attention[s](other, residual=fused)
             out[t] = [initial, self.decoder2[t](fused)]
         return out
+
+
+class DistillAllConnectModel(DistillModel):
+    """Task distillation with the all-scale (8x, 4x, 2x) skip decoder (report Fig. 16); works at 2x."""
+
+    def make_decoder(self, channels, num_out, skip):
+        return DecoderAllScale(256, channels, num_out)
+
+    def run_decoder(self, task, bottleneck, features):
+        return self.decoder[task](bottleneck, features)
+
+
+MODELS = {"joint": JointModel, "branched": BranchedModel, "distill": DistillModel,
+          "distill_allconnect": DistillAllConnectModel}
+MODEL_NAMES = tuple(MODELS)
