@@ -219,6 +219,8 @@ class Run:
         torch.manual_seed(cfg.seed)
 
         root = Path(cfg.data_root) if cfg.data_root else self._default_data_root()
+        if not root.is_dir():
+            raise ConfigError(f"--data-root {root}: no such directory")
         self.info = fdata.dataset_info(root, cfg.dataset)
         self.normalizer = fdata.DepthNormalizer.from_stats(cfg.depth_norm, self.info.depth_stats)
         self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, root, self.rt)
