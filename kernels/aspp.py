@@ -11,8 +11,8 @@ and the rest is one GEMM over pixels that reads every branch where it lies::
 Ops (namespace ``fastmtl``):
 
 * ``aspp_project(branches, weight, bias, scale=None, shift=None, relu=False) -> out``
-* ``aspp_project_backward(grad, out, branches, weight, scale, preact, relu)
-  -> (grad_branches, grad_weight, grad_sums)``
+* ``aspp_project_backward(grad, out, branches, weight, bias, scale, preact, relu)
+  -> (grad_branches, grad_weight, grad_bias, grad_affine)``
 
 both with fake (meta) kernels and FLOP formulas; ``aspp_project`` has an autograd formula that
 calls ``aspp_project_backward`` (no double backward). Each op runs the Triton kernels
@@ -24,11 +24,13 @@ Kernels (all accumulate in fp32, fp64 for fp64 inputs; int64 addressing):
 
 * ``_project_kernel``: the forward GEMM over up to 4 branch pointers per launch (more branches
   chain launches through an accumulator buffer) with the bias / scale-shift / ReLU epilogue.
-  It also computes ``grad_b_k = weight_k^T @ grad_y`` (one launch per branch, ``NB=1``).
-* ``_grad_prep_kernel``: ``grad_y = grad * (out > 0) * scale`` plus the per-sample channel sums
-  that give the bias, shift and scale gradients.
-* ``_weight_grad_kernel``: ``grad_weight_k = sum_{n,p} grad_y @ b_k^T``, split over pixels
-  (deterministic: the partial sums are added by ``torch.sum``).
+* Backward, three launches for up to 4 branches (one launch per kernel per 4 branches):
+  ``_branch_grad_kernel`` (``grad_b_k = weight_k^T @ gy`` for all branches, plus per-tile pixel
+  sums of ``gz``), ``_weight_grad_kernel`` (``grad_weight = sum_{n,p} gy @ b^T`` for all branches,
+  partial sums over pixel splits, about one program per SM) and ``_finish_kernel`` (the fixed-order
+  sums of both partials: weight, bias, shift and scale gradients; deterministic, no atomics).
+  ``gy = grad * (out > 0) * scale`` is made while loading in both GEMM kernels and never stored,
+  so the backward reads ``grad`` and ``out`` twice and everything else once.
 
 Layouts: any strides; NCHW and channels_last are read in place (``H*W`` flattens to one pixel
 axis), other layouts are copied first. Outputs are channels_last when ``branches[0]`` is
@@ -128,64 +130,121 @@ if HAS_TRITON:
 
 
     @triton.jit
-    def _grad_prep_kernel(
-        g_ptr, out_ptr, pre_ptr, scale_ptr, gy_ptr, sums_ptr,
-        R, P,
+    def _grad_tile(g_ptr, out_ptr, scale_ptr, n, offs_r, offs_p, mask_r, mask_p,
+                   s_gn, s_gr, s_gp, s_on, s_or, s_op,
+                   RELU: tl.constexpr, HAS_SCALE: tl.constexpr, ACC: tl.constexpr):
+        """``(gz, gy)`` for rows ``offs_r`` and pixels ``offs_p`` of sample ``n`` (broadcastable
+        index vectors: ``offs_r`` ``(R, 1)`` and ``offs_p`` ``(1, P)``, or ``(1, R)`` / ``(P, 1)``):
+        the output gradient through the ReLU, ``gz = grad * (out > 0)`` (``grad`` without RELU),
+        and through the scale, ``gy = gz * scale[r]`` (``gz`` without HAS_SCALE); both in ACC,
+        zero outside the masks."""
+        mask = mask_r & mask_p
+        gz = tl.load(g_ptr + n * s_gn + offs_r * s_gr + offs_p * s_gp, mask=mask, other=0.0).to(ACC)
+        if RELU:
+            o = tl.load(out_ptr + n * s_on + offs_r * s_or + offs_p * s_op, mask=mask, other=0.0)
+            gz = tl.where(o > 0, gz, 0.0)
+        gy = gz
+        if HAS_SCALE:
+            gy = gz * tl.load(scale_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)
+        return gz, gy
+
+
+    @triton.jit
+    def _branch_grad_kernel(
+        g_ptr, out_ptr, scale_ptr, pre_ptr, w_ptr, d0_ptr, d1_ptr, d2_ptr, d3_ptr, sums_ptr,
+        R, C, P, M_BLOCKS,
         s_gn, s_gr, s_gp,
         s_on, s_or, s_op,
         s_pn, s_pr, s_pp,
-        s_yn, s_yr, s_yp,
+        s_wr, s_wc,
+        s_dn, s_dc, s_dp,
         s_sb, s_ss, s_sn,
-        RELU: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_PRE: tl.constexpr, ACC: tl.constexpr,
-        BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+        RELU: tl.constexpr, HAS_SCALE: tl.constexpr, SUMS: tl.constexpr, HAS_PRE: tl.constexpr,
+        ACC: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
     ):
-        """Backward through the epilogue, one ``(BLOCK_R, BLOCK_P)`` tile of sample ``n``.
+        """Branch gradients ``d_k[n, c, p] = sum_r w[r, k*C + c] * gy[n, r, p]`` for up to 4
+        branches in one launch, ``gy`` made on the fly from grad / out / scale (:func:`_grad_tile`).
 
-        ``gz = grad * (out > 0)`` (just ``grad`` without RELU); writes ``gy = gz * scale``
-        (``(N, R, P)``, strides ``s_y*``) and the tile's partial sums over ``p`` into
-        ``sums[pid_p, 0, n, r] = sum gz`` and, with HAS_PRE, ``sums[pid_p, 1, n, r] = sum gz * pre``
-        (``sums`` is ``(n_pblocks, S, N, R)``, contiguous in ``r``).
-        Grid: ``(cdiv(P, BLOCK_P), cdiv(R, BLOCK_R), N)``.
+        ``grad``, ``out``, ``pre`` ``(N, R, P)``; ``w`` ``(R, NB*C)``; ``d_k`` ``(N, C, P)`` with
+        shared strides ``s_d*``. With SUMS, the programs of the first row block also store the
+        per-tile pixel sums ``sums[pid_p, 0, n, r] = sum_p gz`` and, with HAS_PRE,
+        ``sums[pid_p, 1, n, r] = sum_p gz * pre`` (``sums`` ``(n_pblocks, S, N, R)``, contiguous in ``r``).
+        Grid ``(NB * M_BLOCKS, cdiv(P, BLOCK_P), N)`` with ``M_BLOCKS = cdiv(C, BLOCK_M)``: the
+        row blocks of one pixel tile run next to each other and share its gradient tile in L2.
         """
-        n, offs_r, offs_p = program_tile(BLOCK_R, BLOCK_P)
-        mask_r = offs_r < R
-        mask = mask_r[:, None] & (offs_p < P)[None, :]
-        g = tl.load(g_ptr + n * s_gn + offs_r[:, None] * s_gr + offs_p[None, :] * s_gp, mask=mask, other=0.0).to(ACC)
-        if RELU:
-            o = tl.load(out_ptr + n * s_on + offs_r[:, None] * s_or + offs_p[None, :] * s_op, mask=mask, other=0.0)
-            g = tl.where(o > 0, g, 0.0)
-        sums_base = sums_ptr + tl.program_id(0).to(tl.int64) * s_sb + n * s_sn + offs_r
-        tl.store(sums_base, tl.sum(g, axis=1), mask=mask_r)
-        if HAS_PRE:
-            y = tl.load(pre_ptr + n * s_pn + offs_r[:, None] * s_pr + offs_p[None, :] * s_pp, mask=mask, other=0.0)
-            tl.store(sums_base + s_ss, tl.sum(g * y.to(ACC), axis=1), mask=mask_r)
-        if HAS_SCALE:
-            g = g * tl.load(scale_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)[:, None]
-        tl.store(gy_ptr + n * s_yn + offs_r[:, None] * s_yr + offs_p[None, :] * s_yp, g.to(gy_ptr.dtype.element_ty), mask=mask)
+        pid_m = tl.program_id(0)
+        k = pid_m // M_BLOCKS
+        n = tl.program_id(2).to(tl.int64)
+        offs_m = ((pid_m % M_BLOCKS) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+        offs_p = tl.program_id(1).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+        mask_m = offs_m < C
+        mask_p = offs_p < P
+        first = pid_m == 0
+        acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=ACC)
+        for r0 in range(0, R, BLOCK_R):
+            offs_r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
+            mask_r = offs_r < R
+            gz, gy = _grad_tile(g_ptr, out_ptr, scale_ptr, n, offs_r[:, None], offs_p[None, :],
+                                mask_r[:, None], mask_p[None, :], s_gn, s_gr, s_gp, s_on, s_or, s_op,
+                                RELU, HAS_SCALE, ACC)
+            if SUMS:
+                if first:
+                    sums_base = sums_ptr + tl.program_id(1).to(tl.int64) * s_sb + n * s_sn + offs_r
+                    tl.store(sums_base, tl.sum(gz, axis=1), mask=mask_r)
+                    if HAS_PRE:
+                        pre = tl.load(pre_ptr + n * s_pn + offs_r[:, None] * s_pr + offs_p[None, :] * s_pp,
+                                      mask=mask_r[:, None] & mask_p[None, :], other=0.0)
+                        tl.store(sums_base + s_ss, tl.sum(gz * pre.to(ACC), axis=1), mask=mask_r)
+            a = tl.load(w_ptr + offs_r[None, :] * s_wr + (k * C + offs_m)[:, None] * s_wc,
+                        mask=mask_m[:, None] & mask_r[None, :], other=0.0)
+            acc = _mac(acc, a, gy.to(a.dtype), USE_DOT, PRECISION)
+        if k == 0:
+            d_ptr = d0_ptr
+        elif k == 1:
+            d_ptr = d1_ptr
+        elif k == 2:
+            d_ptr = d2_ptr
+        else:
+            d_ptr = d3_ptr
+        tl.store(d_ptr + n * s_dn + offs_m[:, None] * s_dc + offs_p[None, :] * s_dp,
+                 acc.to(d_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_p[None, :])
 
 
     @triton.jit
     def _weight_grad_kernel(
-        gy_ptr, b_ptr, part_ptr,
-        R, C, P, NP, Q_PER_SPLIT,
+        g_ptr, out_ptr, scale_ptr, b0_ptr, b1_ptr, b2_ptr, b3_ptr, part_ptr,
+        R, C, P, NP, Q_PER_SPLIT, C_BLOCKS,
         s_gn, s_gr, s_gp,
+        s_on, s_or, s_op,
         s_bn, s_bc, s_bp,
         s_ts, s_tr, s_tc,
+        RELU: tl.constexpr, HAS_SCALE: tl.constexpr,
         ACC: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr,
     ):
-        """``part[split, r, c] = sum_{q in split} gy[n, r, p] * b[n, c, p]`` over flat ``q = n*P + p``.
+        """``part[split, r, k*C + c] = sum_{q in split} gy[n, r, p] * b_k[n, c, p]`` over flat
+        ``q = n*P + p``, for up to 4 branches in one launch, ``gy`` made on the fly (:func:`_grad_tile`).
 
-        ``gy (N, R, P)``, ``b (N, C, P)``; each split covers ``Q_PER_SPLIT`` (a multiple of
-        BLOCK_Q) consecutive ``q``. Grid: ``(cdiv(R, BLOCK_R), cdiv(C, BLOCK_C), n_splits)``.
+        ``grad``, ``out`` ``(N, R, P)``; ``b_k`` ``(N, C, P)`` with shared strides ``s_b*``; each
+        split covers ``Q_PER_SPLIT`` (a multiple of BLOCK_Q) consecutive ``q``.
+        Grid ``(cdiv(R, BLOCK_R), NB * C_BLOCKS, n_splits)`` with ``C_BLOCKS = cdiv(C, BLOCK_C)``.
         """
-        pid_r = tl.program_id(0)
         pid_c = tl.program_id(1)
+        k = pid_c // C_BLOCKS
         split = tl.program_id(2).to(tl.int64)
-        offs_r = (pid_r * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
-        offs_c = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+        offs_r = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+        offs_c = ((pid_c % C_BLOCKS) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
         mask_r = offs_r < R
         mask_c = offs_c < C
+        if k == 0:
+            b_ptr = b0_ptr
+        elif k == 1:
+            b_ptr = b1_ptr
+        elif k == 2:
+            b_ptr = b2_ptr
+        else:
+            b_ptr = b3_ptr
         acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=ACC)
         q_start = split * Q_PER_SPLIT
         q_end = tl.minimum(q_start + Q_PER_SPLIT, NP)
@@ -194,13 +253,63 @@ if HAS_TRITON:
             mask_q = offs_q < q_end
             n = offs_q // P
             p = offs_q % P
-            g = tl.load(gy_ptr + n[None, :] * s_gn + offs_r[:, None] * s_gr + p[None, :] * s_gp,
-                        mask=mask_r[:, None] & mask_q[None, :], other=0.0)
+            _, gy = _grad_tile(g_ptr, out_ptr, scale_ptr, n[None, :], offs_r[:, None], p[None, :],
+                               mask_r[:, None], mask_q[None, :], s_gn, s_gr, s_gp, s_on, s_or, s_op,
+                               RELU, HAS_SCALE, ACC)
             b = tl.load(b_ptr + n[:, None] * s_bn + offs_c[None, :] * s_bc + p[:, None] * s_bp,
                         mask=mask_q[:, None] & mask_c[None, :], other=0.0)
-            acc = _mac(acc, g, b, USE_DOT, PRECISION)
-        tl.store(part_ptr + split * s_ts + offs_r[:, None] * s_tr + offs_c[None, :] * s_tc, acc,
+            acc = _mac(acc, gy.to(b.dtype), b, USE_DOT, PRECISION)
+        tl.store(part_ptr + split * s_ts + offs_r[:, None] * s_tr + (k * C + offs_c)[None, :] * s_tc, acc,
                  mask=mask_r[:, None] & mask_c[None, :])
+
+
+    @triton.jit
+    def _finish_kernel(
+        pw_ptr, gw_ptr, N_SPLIT, NW, W_PROGRAMS,
+        sums_ptr, scale_ptr, gbias_ptr, gaff_ptr, N_PB, N, R,
+        s_sb, s_ss, s_sn, s_gbn, s_gbr,
+        HAS_SCALE: tl.constexpr, HAS_PRE: tl.constexpr, ACC: tl.constexpr,
+        BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):
+        """The two small fixed-order reductions that end the backward, in one launch.
+
+        Programs ``< W_PROGRAMS``: ``gw[i] = sum_s pw[s, i]`` over the ``N_SPLIT`` weight-gradient
+        partials (``pw`` ``(N_SPLIT, NW)`` contiguous, ``gw`` ``(NW,)`` in the weight's dtype).
+        The others, one per ``BLOCK_R`` rows: ``gsum[n, r] = sum_b sums[b, 0, n, r]`` over the
+        ``N_PB`` pixel tiles, ``gbias[n, r] = gsum * scale[r]`` (``gsum`` without HAS_SCALE),
+        ``gaff[0, r] = sum_n gsum`` (the shift gradient) and, with HAS_PRE,
+        ``gaff[1, r] = sum_{b, n} sums[b, 1, n, r]`` (the scale gradient).
+        Grid ``(W_PROGRAMS + cdiv(R, BLOCK_R),)``.
+        """
+        pid = tl.program_id(0)
+        if pid < W_PROGRAMS:
+            offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+            mask = offs < NW
+            acc = tl.zeros((BLOCK,), dtype=ACC)
+            for s in range(N_SPLIT):
+                acc += tl.load(pw_ptr + s * NW + offs, mask=mask, other=0.0)
+            tl.store(gw_ptr + offs, acc.to(gw_ptr.dtype.element_ty), mask=mask)
+        else:
+            offs_r = ((pid - W_PROGRAMS) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+            mask_r = offs_r < R
+            if HAS_SCALE:
+                scale = tl.load(scale_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)
+            shift_acc = tl.zeros((BLOCK_R,), dtype=ACC)
+            scale_acc = tl.zeros((BLOCK_R,), dtype=ACC)
+            for n in range(N):
+                gsum = tl.zeros((BLOCK_R,), dtype=ACC)
+                for b in range(N_PB):
+                    base = sums_ptr + b * s_sb + n * s_sn + offs_r
+                    gsum += tl.load(base, mask=mask_r, other=0.0)
+                    if HAS_PRE:
+                        scale_acc += tl.load(base + s_ss, mask=mask_r, other=0.0)
+                shift_acc += gsum
+                if HAS_SCALE:
+                    gsum = gsum * scale
+                tl.store(gbias_ptr + n * s_gbn + offs_r * s_gbr, gsum.to(gbias_ptr.dtype.element_ty), mask=mask_r)
+            tl.store(gaff_ptr + offs_r, shift_acc, mask=mask_r)
+            if HAS_PRE:
+                tl.store(gaff_ptr + R + offs_r, scale_acc, mask=mask_r)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -278,6 +387,16 @@ def _pixels(t: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- launchers
+def _branch_groups(count: int) -> List[range]:
+    """The branches one launch handles (its kernels take up to MAX_BRANCHES_PER_LAUNCH pointers)."""
+    return [range(i, min(i + MAX_BRANCHES_PER_LAUNCH, count)) for i in range(0, count, MAX_BRANCHES_PER_LAUNCH)]
+
+
+def _padded(ptrs: List[Tensor]) -> List[Tensor]:
+    """``ptrs`` repeated up to MAX_BRANCHES_PER_LAUNCH pointers (the unused ones are never read)."""
+    return ptrs + [ptrs[0]] * (MAX_BRANCHES_PER_LAUNCH - len(ptrs))
+
+
 def _launch_project(branches: Sequence[Tensor], weight: Tensor, bias: Optional[Tensor],
                     scale: Optional[Tensor], shift: Optional[Tensor], relu: bool, out: Tensor) -> Tensor:
     """Fill ``out (N, R, H, W)`` with ``epilogue(weight @ concat(branches) + bias)``; ``weight (R, K*C)``."""
@@ -292,18 +411,16 @@ def _launch_project(branches: Sequence[Tensor], weight: Tensor, bias: Optional[T
     grid = (triton.cdiv(p, blocks["BLOCK_P"]), triton.cdiv(r, blocks["BLOCK_R"]), n)
     if scale is not None:
         scale, shift = scale.contiguous(), shift.contiguous()
-    groups = [list(range(i, min(i + MAX_BRANCHES_PER_LAUNCH, len(flat))))
-              for i in range(0, len(flat), MAX_BRANCHES_PER_LAUNCH)]
+    groups = _branch_groups(len(flat))
     acc_buf = None
     if len(groups) > 1:  # partial sums of the earlier groups, in out's layout
         acc_buf = _pixels(_new_like(out, r, compute_dtype(flat[0])))
     for gi, group in enumerate(groups):
         last = gi == len(groups) - 1
         dst = out_flat if last else acc_buf
-        ptrs = [flat[k] for k in group] + [flat[group[0]]] * (MAX_BRANCHES_PER_LAUNCH - len(group))
         w = weight[:, group[0] * c:]
         _project_kernel[grid](
-            *ptrs, w,
+            *_padded([flat[k] for k in group]), w,
             bias if (last and bias is not None) else dst,
             scale if (last and scale is not None) else dst,
             shift if (last and shift is not None) else dst,
@@ -329,66 +446,84 @@ def aspp_project_forward_triton(branches: Sequence[Tensor], weight: Tensor, bias
     return _launch_project(branches, weight, bias, scale, shift, relu, out)
 
 
+def _backward_blocks(dtype: torch.dtype, device: torch.device, cout: int, cb: int, p: int, nq: int):
+    """``(branch_grad, weight_grad, finish)`` launch parameters of the backward kernels."""
+    if device.type == "cpu":  # the interpreter: few, big programs
+        return (dict(BLOCK_M=pow2_block(cb, 16, 64), BLOCK_R=pow2_block(cout, 16, 64), BLOCK_P=pow2_block(p, 16, 64)),
+                dict(BLOCK_R=pow2_block(cout, 16, 64), BLOCK_C=pow2_block(cb, 16, 64), BLOCK_Q=pow2_block(nq, 16, 64)),
+                dict(BLOCK=1024, BLOCK_R=pow2_block(cout, 16, 256)))
+    finish = dict(BLOCK=1024, BLOCK_R=128, num_warps=4)
+    if not _use_dot(dtype, device):
+        return (dict(BLOCK_M=16, BLOCK_R=16, BLOCK_P=32, num_warps=4),
+                dict(BLOCK_R=16, BLOCK_C=16, BLOCK_Q=32, num_warps=4), finish)
+    half = dtype.itemsize == 2
+    return (dict(BLOCK_M=128, BLOCK_R=64 if half else 32, BLOCK_P=128, num_warps=8, num_stages=3),
+            dict(BLOCK_R=64, BLOCK_C=64, BLOCK_Q=64 if half else 32, num_warps=4, num_stages=3), finish)
+
+
 @on_input_device
 def aspp_project_backward_triton(grad: Tensor, out: Tensor, branches: Sequence[Tensor], weight: Tensor,
-                                 scale: Optional[Tensor] = None, preact: Optional[Tensor] = None,
-                                 relu: bool = False) -> Tuple[List[Tensor], Tensor, Tensor]:
-    """Triton ``aspp_project_backward`` (arguments and results as :func:`aspp_project_backward`)."""
+                                 bias: Tensor, scale: Optional[Tensor] = None, preact: Optional[Tensor] = None,
+                                 relu: bool = False) -> Tuple[List[Tensor], Tensor, Tensor, Tensor]:
+    """Triton ``aspp_project_backward`` (arguments and results as :func:`aspp_project_backward`).
+
+    Three launches for up to 4 branches (two more per further 4): the branch gradients
+    (:func:`_branch_grad_kernel`, which also leaves the per-tile pixel sums), the weight-gradient
+    partials over pixel splits (:func:`_weight_grad_kernel`), and :func:`_finish_kernel`.
+    ``grad * relu'(out) * scale`` is never stored: both GEMM kernels make it while loading.
+    """
     n, cb, h, w = branches[0].shape
-    cout = weight.shape[0]
+    cout, p = weight.shape[0], h * w
     dtype, device = branches[0].dtype, branches[0].device
     acc = compute_dtype(branches[0])
-    p = h * w
-
-    # 1. grad_y = grad * relu'(out) * scale, and its per-sample channel sums
-    gy = _new_like(branches[0], cout, dtype)
-    g_f, o_f, gy_f = _pixels(grad), _pixels(out), _pixels(gy)
+    flat = [_pixels(b) for b in branches]
+    if len({f.stride() for f in flat}) > 1:  # one set of strides for all branch pointers
+        flat = [f.contiguous() for f in flat]
+    g_f, o_f = _pixels(grad), _pixels(out)
     pre_f = _pixels(preact) if preact is not None else o_f
-    if device.type == "cpu":
-        bl = dict(BLOCK_R=pow2_block(cout, 16, 64), BLOCK_P=pow2_block(p, 16, 128))
-    else:
-        bl = dict(BLOCK_R=32, BLOCK_P=128, num_warps=4)
-    n_pb = triton.cdiv(p, bl["BLOCK_P"])
-    n_sums = 2 if preact is not None else 1
-    part_sums = _empty((n_pb, n_sums, n, cout), acc, device)
-    _grad_prep_kernel[(n_pb, triton.cdiv(cout, bl["BLOCK_R"]), n)](
-        g_f, o_f, pre_f, scale.contiguous() if scale is not None else o_f, gy_f, part_sums,
-        cout, p,
-        *g_f.stride(), *o_f.stride(), *pre_f.stride(), *gy_f.stride(),
-        part_sums.stride(0), part_sums.stride(1), part_sums.stride(2),
-        RELU=relu, HAS_SCALE=scale is not None, HAS_PRE=preact is not None, ACC=tl_dtype(dtype), **bl,
-    )
-    grad_sums = part_sums.sum(0)
+    scale_t = scale.contiguous() if scale is not None else o_f
+    flags = dict(RELU=relu, HAS_SCALE=scale is not None, ACC=tl_dtype(dtype))
+    dot = dict(USE_DOT=_use_dot(dtype, device), PRECISION=_precision(dtype))
+    ba, bb, bf = _backward_blocks(dtype, device, cout, cb, p, n * p)
 
-    # 2. grad_b_k = weight_k^T @ grad_y  (the forward kernel with one branch)
-    grad_branches = []
-    for k in range(len(branches)):
-        gb = _new_like(branches[0], cb, dtype)
-        _launch_project([gy], weight[:, k * cb:(k + 1) * cb].t(), None, None, None, False, gb)
-        grad_branches.append(gb)
-
-    # 3. grad_weight_k = sum over (n, p) of grad_y @ b_k^T, split over pixels, partials summed in torch
-    if device.type == "cpu":
-        bw = dict(BLOCK_R=pow2_block(cout, 16, 64), BLOCK_C=pow2_block(cb, 16, 64), BLOCK_Q=pow2_block(n * p, 16, 64))
-    elif _use_dot(dtype, device):
-        bw = dict(BLOCK_R=64, BLOCK_C=64, BLOCK_Q=64 if dtype.itemsize == 2 else 32, num_warps=4, num_stages=3)
-    else:
-        bw = dict(BLOCK_R=16, BLOCK_C=16, BLOCK_Q=32, num_warps=4)
-    tiles = triton.cdiv(cout, bw["BLOCK_R"]) * triton.cdiv(cb, bw["BLOCK_C"]) * len(branches)
-    # about 2 programs per SM (2 in all under the interpreter, so that the split path is tested)
-    q_per_split, n_split = split_reduction(n * p, bw["BLOCK_Q"], tiles, device, per_sm=2, cpu_programs=2)
+    grad_branches = [_new_like(branches[0], cb, dtype) for _ in branches]
+    d_f = [_pixels(d) for d in grad_branches]
+    n_pb = triton.cdiv(p, ba["BLOCK_P"])
+    sums = _empty((n_pb, 2 if preact is not None else 1, n, cout), acc, device)
+    m_blocks = triton.cdiv(cb, ba["BLOCK_M"])
+    c_blocks = triton.cdiv(cb, bb["BLOCK_C"])
+    tiles = triton.cdiv(cout, bb["BLOCK_R"]) * len(branches) * c_blocks
+    # one program per SM (two splits under the interpreter, so that the split path is tested)
+    q_per_split, n_split = split_reduction(n * p, bb["BLOCK_Q"], tiles, device, per_sm=1, cpu_programs=2 * tiles)
     part_w = _empty((n_split, cout, len(branches) * cb), acc, device)
-    for k, b in enumerate(branches):
-        b_f = _pixels(b)
-        part_k = part_w[:, :, k * cb:]
-        _weight_grad_kernel[(triton.cdiv(cout, bw["BLOCK_R"]), triton.cdiv(cb, bw["BLOCK_C"]), n_split)](
-            gy_f, b_f, part_k,
-            cout, cb, p, n * p, q_per_split,
-            *gy_f.stride(), *b_f.stride(), *part_k.stride(),
-            ACC=tl_dtype(dtype), USE_DOT=_use_dot(dtype, device), PRECISION=_precision(dtype), **bw,
+    for gi, group in enumerate(_branch_groups(len(branches))):
+        w_g = weight[:, group[0] * cb:]
+        _branch_grad_kernel[(len(group) * m_blocks, n_pb, n)](
+            g_f, o_f, scale_t, pre_f, w_g, *_padded([d_f[k] for k in group]), sums,
+            cout, cb, p, m_blocks,
+            *g_f.stride(), *o_f.stride(), *pre_f.stride(), *w_g.stride(), *d_f[0].stride(),
+            sums.stride(0), sums.stride(1), sums.stride(2),
+            SUMS=gi == 0, HAS_PRE=preact is not None, **flags, **dot, **ba,
         )
-    grad_weight = part_w.sum(0).to(weight.dtype)
-    return grad_branches, grad_weight, grad_sums
+        part_g = part_w[:, :, group[0] * cb:]
+        _weight_grad_kernel[(triton.cdiv(cout, bb["BLOCK_R"]), len(group) * c_blocks, n_split)](
+            g_f, o_f, scale_t, *_padded([flat[k] for k in group]), part_g,
+            cout, cb, p, n * p, q_per_split, c_blocks,
+            *g_f.stride(), *o_f.stride(), *flat[0].stride(), *part_g.stride(),
+            **flags, **dot, **bb,
+        )
+
+    grad_weight = _empty((cout, len(branches) * cb), weight.dtype, device)
+    grad_bias = _empty((n, cout), bias.dtype, device)
+    grad_affine = _empty((sums.shape[1], cout), acc, device)
+    w_programs = triton.cdiv(grad_weight.numel(), bf["BLOCK"])
+    _finish_kernel[(w_programs + triton.cdiv(cout, bf["BLOCK_R"]),)](
+        part_w, grad_weight, n_split, grad_weight.numel(), w_programs,
+        sums, scale_t, grad_bias, grad_affine, n_pb, n, cout,
+        sums.stride(0), sums.stride(1), sums.stride(2), *grad_bias.stride(),
+        HAS_SCALE=scale is not None, HAS_PRE=preact is not None, ACC=tl_dtype(dtype), **bf,
+    )
+    return grad_branches, grad_weight, grad_bias, grad_affine
 
 
 # ----------------------------------------------------------------------------- references
@@ -409,15 +544,17 @@ def aspp_project_reference(branches: Sequence[Tensor], weight: Tensor, bias: Ten
 
 
 def aspp_project_backward_reference(grad: Tensor, out: Tensor, branches: Sequence[Tensor], weight: Tensor,
-                                    scale: Optional[Tensor] = None, preact: Optional[Tensor] = None,
-                                    relu: bool = False) -> Tuple[List[Tensor], Tensor, Tensor]:
+                                    bias: Tensor, scale: Optional[Tensor] = None, preact: Optional[Tensor] = None,
+                                    relu: bool = False) -> Tuple[List[Tensor], Tensor, Tensor, Tensor]:
     """Plain PyTorch ``aspp_project_backward`` (same arguments and results)."""
     dtype = branches[0].dtype
     acc = compute_dtype(branches[0])
     gz = grad.to(acc)
     if relu:
         gz = gz * (out > 0)
-    sums = [gz.sum((2, 3))] + ([(gz * preact.to(acc)).sum((2, 3))] if preact is not None else [])
+    gz_sum = gz.sum((2, 3))  # (N, Cout)
+    affine = [gz_sum.sum(0)] + ([(gz * preact.to(acc)).sum((0, 2, 3))] if preact is not None else [])
+    grad_bias = (gz_sum * scale.to(acc) if scale is not None else gz_sum).to(bias.dtype)
     gy = (gz * scale.to(acc)[:, None, None] if scale is not None else gz).to(dtype)
     cb = branches[0].shape[1]
     grad_branches = [
@@ -426,7 +563,7 @@ def aspp_project_backward_reference(grad: Tensor, out: Tensor, branches: Sequenc
         for k in range(len(branches))
     ]
     grad_weight = torch.einsum("nohw,njhw->oj", gy, torch.cat(list(branches), dim=1)).to(weight.dtype)
-    return grad_branches, grad_weight, torch.stack(sums)
+    return grad_branches, grad_weight, grad_bias, torch.stack(affine)
 
 
 # ----------------------------------------------------------------------------- ops
@@ -458,39 +595,41 @@ def _aspp_project_fake(branches, weight, bias, scale=None, shift=None, relu=Fals
 
 
 @torch.library.custom_op("fastmtl::aspp_project_backward", mutates_args=())
-def aspp_project_backward(grad: Tensor, out: Tensor, branches: List[Tensor], weight: Tensor,
+def aspp_project_backward(grad: Tensor, out: Tensor, branches: List[Tensor], weight: Tensor, bias: Tensor,
                           scale: Optional[Tensor], preact: Optional[Tensor],
-                          relu: bool) -> Tuple[List[Tensor], Tensor, Tensor]:
-    """Backward of :func:`aspp_project` (all but the tiny bias/scale/shift reductions).
+                          relu: bool) -> Tuple[List[Tensor], Tensor, Tensor, Tensor]:
+    """Backward of :func:`aspp_project`.
 
     Args:
         grad, out: ``(N, Cout, H, W)``: the output gradient and the forward output (its sign
             is the ReLU mask), any strides.
-        branches, weight, scale, relu: as given to the forward.
+        branches, weight, bias, scale, relu: as given to the forward (``bias`` gives the dtype
+            of its gradient; its values are not read).
         preact: ``(N, Cout, H, W)`` pre-epilogue ``y`` (the forward recomputed without
             scale/shift/relu) when the scale gradient is wanted, else None.
 
-    Returns ``(grad_branches, grad_weight, grad_sums)``: ``K`` tensors ``(N, Cb, H, W)`` (layout
-    as the forward output), ``(Cout, K*Cb)`` contiguous in weight's dtype, and ``(S, N, Cout)``
-    in fp32 (fp64 for fp64) with ``grad_sums[0] = sum_hw gz`` and, when ``preact`` is given,
-    ``grad_sums[1] = sum_hw gz * preact``, where ``gz = grad * (out > 0 if relu else 1)``.
-    Then ``grad_bias = grad_sums[0] * scale``, ``grad_shift = grad_sums[0].sum(0)``,
-    ``grad_scale = grad_sums[1].sum(0)``.
+    With ``gz = grad * (out > 0 if relu else 1)``, returns ``(grad_branches, grad_weight,
+    grad_bias, grad_affine)``: ``K`` tensors ``(N, Cb, H, W)`` (layout as the forward output),
+    ``(Cout, K*Cb)`` contiguous in weight's dtype, ``grad_bias = sum_hw gz * scale`` ``(N, Cout)``
+    in bias's dtype, and ``grad_affine`` ``(S, Cout)`` in fp32 (fp64 for fp64):
+    ``grad_affine[0] = sum_{n,hw} gz`` (the shift gradient) and, when ``preact`` is given,
+    ``grad_affine[1] = sum_{n,hw} gz * preact`` (the scale gradient).
     """
     if not use_triton(branches[0]):
-        return aspp_project_backward_reference(grad, out, branches, weight, scale, preact, relu)
-    return aspp_project_backward_triton(grad, out, branches, weight, scale, preact, relu)
+        return aspp_project_backward_reference(grad, out, branches, weight, bias, scale, preact, relu)
+    return aspp_project_backward_triton(grad, out, branches, weight, bias, scale, preact, relu)
 
 
 @aspp_project_backward.register_fake
-def _aspp_project_backward_fake(grad, out, branches, weight, scale, preact, relu):
+def _aspp_project_backward_fake(grad, out, branches, weight, bias, scale, preact, relu):
     b0 = branches[0]
     n, cb = b0.shape[0], b0.shape[1]
     cout = weight.shape[0]
     grad_branches = [_new_like(b0, cb, b0.dtype) for _ in branches]
     grad_weight = torch.empty((cout, weight.shape[1]), dtype=weight.dtype, device=weight.device)
-    grad_sums = torch.empty((2 if preact is not None else 1, n, cout), dtype=compute_dtype(b0), device=b0.device)
-    return grad_branches, grad_weight, grad_sums
+    grad_bias = torch.empty((n, cout), dtype=bias.dtype, device=bias.device)
+    grad_affine = torch.empty((2 if preact is not None else 1, cout), dtype=compute_dtype(b0), device=b0.device)
+    return grad_branches, grad_weight, grad_bias, grad_affine
 
 
 def _setup_context(ctx, inputs, output):
@@ -506,13 +645,11 @@ def _backward(ctx, grad):
     preact = None
     if scale is not None and need_scale:
         preact = aspp_project(branches, weight, bias)
-    grad_branches, grad_weight, grad_sums = aspp_project_backward(
-        grad, out, branches, weight, scale, preact, ctx.relu)
-    gz_sum = grad_sums[0]
-    grad_bias = (gz_sum * scale if scale is not None else gz_sum).to(bias.dtype) if need_bias else None
-    grad_scale = grad_sums[1].sum(0).to(scale.dtype) if preact is not None else None
-    grad_shift = gz_sum.sum(0).to(shift.dtype) if shift is not None and need_shift else None
-    return (grad_branches, grad_weight, grad_bias, grad_scale, grad_shift, None)[:passed]
+    grad_branches, grad_weight, grad_bias, grad_affine = aspp_project_backward(
+        grad, out, branches, weight, bias, scale, preact, ctx.relu)
+    grad_scale = grad_affine[1].to(scale.dtype) if preact is not None else None
+    grad_shift = grad_affine[0].to(shift.dtype) if shift is not None and need_shift else None
+    return (grad_branches, grad_weight, grad_bias if need_bias else None, grad_scale, grad_shift, None)[:passed]
 
 
 aspp_project.register_autograd(_backward, setup_context=_setup_context)

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastmtl.kernels import aspp as K
+from fastmtl.kernels._utils import cdiv
 from fastmtl.kernels.dispatch import interpreter_enabled
 from fastmtl.models import heads
 from fastmtl.nn.aspp import ASPP
@@ -272,7 +273,7 @@ def test_opcheck_backward():
         preact = K.aspp_project(branches, weight, bias) if with_preact else None
         grad = torch.randn_like(out)
         torch.library.opcheck(torch.ops.fastmtl.aspp_project_backward.default,
-                              (grad, out, branches, weight, scale, preact, True))
+                              (grad, out, branches, weight, bias, scale, preact, True))
 
 
 @needs_kernels
@@ -285,3 +286,21 @@ def test_flop_formulas():
     gemm = 2 * 2 * 2 * 3 * (4 * 3) * 5
     assert counts["fastmtl.aspp_project"] == 2 * gemm  # forward + the preact recompute for scale
     assert counts["fastmtl.aspp_project_backward"] == 2 * gemm
+
+
+@needs_kernels
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+def test_op_backward_many_tiles(affine):
+    """Several row, pixel and split tiles per launch (the tiny cases above fit one of each) and two
+    branch groups (k=5 > 4 pointers per launch): outputs and every gradient against fp64."""
+    from fastmtl.kernels import aspp as mod
+
+    n, cb, cout, h, w, k = 2, 70, 20, 9, 9, 5
+    blocks = mod._backward_blocks(torch.float32, torch.device("cpu"), cout, cb, h * w, n * h * w)
+    assert cdiv(cb, blocks[0]["BLOCK_M"]) > 1 and cdiv(h * w, blocks[0]["BLOCK_P"]) > 1
+    inputs = _op_inputs(n=n, cb=cb, cout=cout, h=h, w=w, k=k, affine=affine)
+    grad = torch.randn(n, cout, h, w)
+    got = _forward_backward(K.aspp_project, inputs, True, grad)
+    expected = _forward_backward(K.aspp_project_reference, _detached(inputs, torch.float64), True, grad.double())
+    for i, (a, b) in enumerate(zip(got, expected)):
+        _close(a, b, 1e-4, 1e-4, f"result {i}")

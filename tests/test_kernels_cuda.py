@@ -270,7 +270,7 @@ def _aspp_backward_args(channels_last, with_preact):
     branches, weight, bias, scale, shift = _aspp_args(channels_last=channels_last)
     out = aspp_project(branches, weight, bias, scale, shift, relu=True)
     preact = aspp_project(branches, weight, bias) if with_preact else None
-    return torch.randn_like(out), out, branches, weight, scale, preact, True
+    return torch.randn_like(out), out, branches, weight, bias, scale, preact, True
 
 
 OPCHECKS = [
