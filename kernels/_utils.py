@@ -132,6 +132,19 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> Tuple[int, int]:
+    """Compute capability ``(major, minor)`` of CUDA device ``index`` (cached)."""
+    return torch.cuda.get_device_capability(index)
+
+
+def device_capability(device: torch.device) -> Tuple[int, int]:
+    """The CUDA compute capability of ``device`` (e.g. ``(9, 0)`` for H100/H200); ``(0, 0)`` off CUDA."""
+    if device.type != "cuda":
+        return (0, 0)
+    return _capability(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def reduction_chunks(programs: int, length: int, block: int, device: torch.device, *,
                      per_sm: int = 4, cpu_programs: int = 1) -> int:
     """How many fixed-order chunks to split a reduction of ``length`` into so that

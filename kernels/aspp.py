@@ -48,7 +48,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from ._utils import FLOAT_DTYPES, compute_dtype, on_input_device, pow2_block, split_reduction, tl_dtype
+from ._utils import (
+    FLOAT_DTYPES, compute_dtype, device_capability, on_input_device, pow2_block, split_reduction, tl_dtype,
+)
 from .dispatch import HAS_TRITON, interpreter_enabled, use_triton
 
 if HAS_TRITON:
@@ -371,6 +373,15 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32" if dtype != torch.float32 or torch.backends.cudnn.allow_tf32 else "ieee"
 
 
+def _gemm_stages(dtype: torch.dtype, device: torch.device) -> int:
+    """Software-pipeline depth of the GEMM kernels. fp32 (TF32) on sm_90+: 1. Hopper's wgmma
+    takes TF32 operands only K-major from shared memory; with pipelining Triton transposes an
+    operand whose contiguous dim is not the reduction dim (e.g. NCHW pixels) with 4-byte async
+    copies, without it the loads are 128-bit and the transpose happens on the store to shared
+    memory (the compile gate shows the load widths). bf16/fp16 operands transpose for free: 3."""
+    return 1 if dtype == torch.float32 and device_capability(device) >= (9, 0) else 3
+
+
 def _gemm_blocks(dtype: torch.dtype, device: torch.device, rows: int, inner: int, cols: int) -> dict:
     """Tile sizes: big ones under the interpreter (its cost is per program), MMA tiles on GPU."""
     if device.type == "cpu":
@@ -378,7 +389,7 @@ def _gemm_blocks(dtype: torch.dtype, device: torch.device, rows: int, inner: int
     if not _use_dot(dtype, device):
         return dict(BLOCK_R=16, BLOCK_C=16, BLOCK_P=32, num_warps=4)
     return dict(BLOCK_R=pow2_block(rows, 16, 128), BLOCK_C=64 if dtype.itemsize == 2 else 32,
-                BLOCK_P=128, num_warps=8, num_stages=3)
+                BLOCK_P=128, num_warps=8, num_stages=_gemm_stages(dtype, device))
 
 
 def _pixels(t: Tensor) -> Tensor:
@@ -456,9 +467,9 @@ def _backward_blocks(dtype: torch.dtype, device: torch.device, cout: int, cb: in
     if not _use_dot(dtype, device):
         return (dict(BLOCK_M=16, BLOCK_R=16, BLOCK_P=32, num_warps=4),
                 dict(BLOCK_R=16, BLOCK_C=16, BLOCK_Q=32, num_warps=4), finish)
-    half = dtype.itemsize == 2
-    return (dict(BLOCK_M=128, BLOCK_R=64 if half else 32, BLOCK_P=128, num_warps=8, num_stages=3),
-            dict(BLOCK_R=64, BLOCK_C=64, BLOCK_Q=64 if half else 32, num_warps=4, num_stages=3), finish)
+    half, stages = dtype.itemsize == 2, _gemm_stages(dtype, device)
+    return (dict(BLOCK_M=128, BLOCK_R=64 if half else 32, BLOCK_P=128, num_warps=8, num_stages=stages),
+            dict(BLOCK_R=64, BLOCK_C=64, BLOCK_Q=64 if half else 32, num_warps=4, num_stages=stages), finish)
 
 
 @on_input_device
