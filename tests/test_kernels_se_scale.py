@@ -195,3 +195,57 @@ def test_flop_counter_counts_the_fused_module_like_the_reference():
             module(x).sum().backward()
         counts.append(counter.get_total_flops())
     assert counts[0] == counts[1] == 3 * 2 * 2 * N * C * (C // 8)
+
+
+_ACTS = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu, "hardswish": F.hardswish}
+_GATES = {"sigmoid": torch.sigmoid, "hardsigmoid": F.hardsigmoid}
+
+
+def _se_family(act, gate):
+    """An SE block written independently of the op: 1x1 convs on the pooled map, any activation
+    and gate, biases optional, + the residual tail."""
+    def fn(x, w1, b1, w2, b2, identity=None):
+        s = x.mean(dim=(2, 3), keepdim=True)
+        y = x * _GATES[gate](F.conv2d(_ACTS[act](F.conv2d(s, w1, b1)), w2, b2))
+        return y if identity is None else F.relu(y + identity)
+    return fn
+
+
+@pytest.mark.parametrize("gate", list(_GATES))
+@pytest.mark.parametrize("act", list(_ACTS))
+def test_every_activation_and_gate_matches_an_independent_block(act, gate):
+    """Pre-activations spread over the kinks of hardswish (+-3) and hardsigmoid (+-3)."""
+    x, w1, b1, w2, b2, ident = _inputs(torch.float64, channels_last=act == "silu")
+    w1, w2 = w1 * 3, w2 * 4
+    op = lambda *t: se_scale(*t, act=act, gate=gate)  # noqa: E731
+    out, grads, g = _fwd_bwd(op, [x, w1, b1, w2, b2, ident])
+    ref_out, ref_grads, _ = _fwd_bwd(_se_family(act, gate), [x, w1, b1, w2, b2, ident], g)
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+    # torch's own fp64 hardsigmoid backward is off by ~1e-7 relative (its 1/6 is not fp64-exact)
+    tol = 1e-6 if gate == "hardsigmoid" else 1e-9
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("which", ["no_b1", "no_b2", "no_biases"])
+def test_missing_biases(which):
+    x, w1, b1, w2, b2, ident = _inputs(torch.float64)
+    b1 = None if which in ("no_b1", "no_biases") else b1
+    b2 = None if which in ("no_b2", "no_biases") else b2
+    leaves = [t for t in (x, w1, b1, w2, b2, ident) if t is not None]
+    args = [x, w1, b1, w2, b2, ident]
+    out, grads, g = _fwd_bwd(se_scale, args)
+    ref_out, ref_grads, _ = _fwd_bwd(_se_family("relu", "sigmoid"), args, g)
+    torch.testing.assert_close(out, ref_out)
+    assert len(grads) == len(leaves)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want)
+    torch.library.opcheck(se_scale_backward, (g, x, se_scale(x, w1, b1, w2, b2, ident), w1, b1, w2, b2, "silu", "hardsigmoid"))
+
+
+def test_unknown_activation_or_gate_is_a_clear_error():
+    x, w1, b1, w2, b2, _ = _inputs()
+    with pytest.raises(ValueError, match="act must be one of relu, silu, gelu, hardswish"):
+        se_scale(x, w1, b1, w2, b2, act="tanh")
+    with pytest.raises(ValueError, match="gate must be one of sigmoid, hardsigmoid"):
+        se_scale(x, w1, b1, w2, b2, gate="softmax")
