@@ -37,6 +37,7 @@ from ._utils import (
     out_memory_format, split_reduction, tile_grid, tile_shape, tl_dtype,
 )
 from .dispatch import HAS_TRITON, use_triton
+from .selfcheck import Probe, passes, randn
 
 if HAS_TRITON:
     import triton
@@ -184,6 +185,25 @@ def se_scale_backward_reference(grad_out: Tensor, x: Tensor, out: Optional[Tenso
     return dx, d_identity, dw1, db1, dw2, db2
 
 
+
+def se_scale_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> "Probe":
+    """The self-check problem (:mod:`.selfcheck`): the residual tail at odd shapes, fp32
+    weights; forward output then all six gradients, launchers against references."""
+    c, cr = 19, 5
+    x, identity = (randn((2, c, 5, 7), gen, device, dtype, channels_last) for _ in range(2))
+    w1, b1 = randn((cr, c, 1, 1), gen, device, torch.float32, scale=c ** -0.5), randn((cr,), gen, device, torch.float32)
+    w2, b2 = randn((c, cr, 1, 1), gen, device, torch.float32, scale=cr ** -0.5), randn((c,), gen, device, torch.float32)
+    dy = randn((2, c, 5, 7), gen, device, dtype, channels_last)
+
+    def run(forward, backward):
+        def both(x, identity, dy, *weights):
+            out = forward(x, *weights, identity)
+            return [out, *backward(dy, x, out, *weights)]
+        return both
+
+    return Probe((x, identity, dy, w1, b1, w2, b2), run(se_scale_forward_triton, se_scale_backward_triton),
+                 run(se_scale_reference, se_scale_backward_reference))
+
 # --------------------------------------------------------------------------- launchers
 def _sums_triton(x: Tensor, dy: Optional[Tensor], out: Optional[Tensor], dt: torch.dtype, block_c, block_hw, chunks):
     """``(sum_hw(x), sum_hw(dy * x))`` by _se_reduce_kernel, each ``(N, C)`` in ``dt``; the
@@ -297,7 +317,7 @@ def se_scale(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, identity
     ``(N, C, H, W)`` in x's dtype, channels_last iff x's channels are innermost.
     """
     _check_inputs(x, w1, b1, w2, b2, identity)
-    if use_triton(x):
+    if use_triton(x) and passes("se_scale", x):
         return se_scale_forward_triton(x, w1, b1, w2, b2, identity)
     return se_scale_reference(x, w1, b1, w2, b2, identity)
 
@@ -319,7 +339,7 @@ def se_scale_backward(
     ``(N, C, H, W)`` in x's dtype and :func:`out_memory_format`; weight grads have the
     weights' shapes and dtypes.
     """
-    if use_triton(grad_out):
+    if use_triton(grad_out) and passes("se_scale", x):
         return se_scale_backward_triton(grad_out, x, out, w1, b1, w2, b2)
     return se_scale_backward_reference(grad_out, x, out, w1, b1, w2, b2)
 
