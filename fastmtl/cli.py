@@ -144,6 +144,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import collect, format_report
+
+    report = collect()
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0 if report["ok"] else 1
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
     d = Config()
     g = p.add_argument_group("data")
@@ -247,11 +255,16 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="default: cuda if available")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=commands["bench"])
+
+    p = sub.add_parser("doctor", help="device, versions, kernel mode and the self-check of every fused op")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=commands["doctor"])
     return parser
 
 
 COMMANDS: Dict[str, Callable] = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "profile": cmd_profile,
                                   "data_synthetic": cmd_data_synthetic, "bench": cmd_bench}
+COMMANDS["doctor"] = cmd_doctor
 
 
 def main(argv: Optional[List[str]] = None) -> int:
