@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Dict, List, Optional
 
@@ -290,6 +291,8 @@ COMMANDS["doctor"] = cmd_doctor
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser(COMMANDS)
     args = parser.parse_args(argv)
+    if os.environ.get("FASTMTL_PARSE_ONLY") == "1":  # the flags parse; run nothing (gpu_check.sh --dry-run)
+        return 0
     try:
         return args.func(args)
     except (ValueError, OSError, TrainingDiverged) as e:  # ConfigError, bad files, paths, a diverged run

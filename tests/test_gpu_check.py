@@ -1,0 +1,74 @@
+"""benchmarks/gpu_check.sh: its --dry-run (what CI can prove without a GPU: every command exists
+and parses its flags), a failing command, the time budget and bad arguments."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
+
+
+def _run(tmp_path, *args, python=sys.executable, timeout=240):
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    env["GPU_CHECK_PYTHON"] = str(python)
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(SCRIPT), "--out", str(out), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    return proc, out
+
+
+def _steps(out):
+    return {s["step"]: s for s in json.loads((out / "results.json").read_text())["step_table"]}
+
+
+def test_dry_run_proves_every_step(tmp_path):
+    proc, out = _run(tmp_path, "--dry-run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    names = subprocess.run(["bash", str(SCRIPT), "--list"], capture_output=True, text=True).stdout.split()
+    steps = _steps(out)
+    assert list(steps) == names and "doctor" in names and "models_fused_compile" in names
+    for name, s in steps.items():
+        assert s["status"] == "ok" or (name == "gate" and s["status"] == "skipped"), s
+        assert s["note"].startswith("dry-run")
+    assert "tests collected" in steps["pytest_core"]["note"] and "deselected" in steps["pytest_compile"]["note"]
+    summary = (out / "summary.md").read_text()
+    assert "# fastmtl GPU check (dry run)" in summary and "| models_compile | ok |" in summary
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.log", "pytest_compile.xml", "pytest_core.xml",
+                                                      "results.json", "summary.md"]
+
+
+def test_a_flag_the_cli_does_not_know_fails_the_dry_run(tmp_path):
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = fastmtl ]; then exec "{sys.executable}" "$@" --no-such-flag; fi\n'
+                       f'exec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    proc, out = _run(tmp_path, "--dry-run", "--only", "doctor,bench_ops,models", python=wrapper)
+    assert proc.returncode == 1
+    steps = _steps(out)
+    assert set(steps) == {"doctor", "bench_ops", "models"}
+    for s in steps.values():
+        assert s["status"] == "failed" and "unrecognized arguments: --no-such-flag" in s["note"], s
+
+
+def test_a_missing_interpreter_is_a_clear_error(tmp_path):
+    proc, _ = _run(tmp_path, "--dry-run", python=tmp_path / "no-such-python")
+    assert proc.returncode == 2 and "python interpreter" in proc.stderr and "not found" in proc.stderr
+
+
+def test_the_budget_is_enforced(tmp_path):
+    proc, out = _run(tmp_path, "--budget", "0", timeout=60)
+    assert proc.returncode == 1
+    steps = _steps(out)
+    assert steps and all(s["status"] == "budget" and "not run" in s["note"] for s in steps.values())
+
+
+@pytest.mark.parametrize("args, message", [(["--only", "nope"], "unknown step 'nope'"),
+                                           (["--budget", "5m"], "--budget must be whole seconds"),
+                                           (["--frobnicate"], "unknown argument '--frobnicate'")])
+def test_bad_arguments(tmp_path, args, message):
+    proc, _ = _run(tmp_path, *args, timeout=30)
+    assert proc.returncode == 2 and message in proc.stderr
