@@ -27,8 +27,8 @@
 #
 # --dry-run (CI, CPU): runs no step; proves every command exists and parses its flags instead
 # (fastmtl subcommands under FASTMTL_PARSE_ONLY=1, pytest --collect-only, pip and setup.py answer),
-# in a few seconds. Options: --out DIR, --budget SECONDS (default 470), --only LIST, --skip LIST,
-# --list. GPU_CHECK_PYTHON names the interpreter (default python3).
+# in a few seconds. Options: --out DIR, --budget SECONDS (default 470), --only LIST (install and env
+# always run), --skip LIST, --list. GPU_CHECK_PYTHON names the interpreter (default python3).
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -161,7 +161,8 @@ report() {
 
 run_step() {
   local name="$1" left rc t0 seconds status note=""
-  if [ -n "$ONLY" ] && [[ ",$ONLY," != *",$name,"* ]]; then return; fi
+  # --only never drops install and env: a later call may find a fresh machine
+  if [ -n "$ONLY" ] && [[ ",$ONLY,install,env," != *",$name,"* ]]; then return; fi
   if [[ ",$SKIP," == *",$name,"* ]]; then return; fi
   left=$(( BUDGET - REPORT_RESERVE_S - $(elapsed) ))
   if [ "$DRY" = 0 ] && [ "$left" -lt "$MIN_STEP_S" ]; then

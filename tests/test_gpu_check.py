@@ -49,8 +49,9 @@ def test_a_flag_the_cli_does_not_know_fails_the_dry_run(tmp_path):
     proc, out = _run(tmp_path, "--dry-run", "--only", "doctor,bench_ops,models", python=wrapper)
     assert proc.returncode == 1
     steps = _steps(out)
-    assert set(steps) == {"doctor", "bench_ops", "models"}
-    for s in steps.values():
+    assert set(steps) == {"install", "env", "doctor", "bench_ops", "models"}  # --only keeps install and env
+    assert steps["install"]["status"] == steps["env"]["status"] == "ok"
+    for s in (steps["doctor"], steps["bench_ops"], steps["models"]):
         assert s["status"] == "failed" and "unrecognized arguments: --no-such-flag" in s["note"], s
 
 
@@ -72,3 +73,13 @@ def test_the_budget_is_enforced(tmp_path):
 def test_bad_arguments(tmp_path, args, message):
     proc, _ = _run(tmp_path, *args, timeout=30)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_parse_only_runs_nothing(monkeypatch, capsys):
+    from fastmtl.cli import main
+
+    monkeypatch.setenv("FASTMTL_PARSE_ONLY", "1")
+    assert main(["doctor", "--json"]) == 0 and capsys.readouterr().out == ""
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--models", "default", "--no-such-flag"])
+    assert e.value.code == 2 and "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
