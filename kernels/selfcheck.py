@@ -93,7 +93,7 @@ class Result:
         return asdict(self)
 
 
-_results: Dict[Tuple[str, str, str, str], Result] = {}
+_results: Dict[Tuple[str, torch.device, torch.dtype, str], Result] = {}  # (op, device, dtype, layout)
 _lock = threading.Lock()
 _local = threading.local()
 
@@ -130,12 +130,12 @@ def passes(op: str, x: Tensor) -> bool:
     first call of a key; True without checking when the switch is off or no probe can run."""
     if not enabled():
         return True
-    key = (op, str(x.device), _dtype_name(x.dtype), layout_of(x))
-    result = _results.get(key)
+    layout = layout_of(x)
+    result = _results.get((op, x.device, x.dtype, layout))
     if result is None:
         if _untraceable(x):
             return True
-        result = check(op, x.device, x.dtype, key[3] == "channels_last")
+        result = check(op, x.device, x.dtype, layout == "channels_last")
     return result.ok
 
 
@@ -148,9 +148,11 @@ def check(op: str, device, dtype: torch.dtype, channels_last: bool, *, warn: boo
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    key = (op, str(device), _dtype_name(dtype), "channels_last" if channels_last else "nchw")
+    layout = "channels_last" if channels_last else "nchw"
+    lookup = (op, device, dtype, layout)
+    key = (op, str(device), _dtype_name(dtype), layout)
     with _lock:
-        result = _results.get(key)
+        result = _results.get(lookup)
         if result is not None:
             return result
         _local.checking = True
@@ -158,7 +160,7 @@ def check(op: str, device, dtype: torch.dtype, channels_last: bool, *, warn: boo
             result = _run_probe(op, key, device, dtype, channels_last)
         finally:
             _local.checking = False
-        _results[key] = result
+        _results[lookup] = result
     if not result.ok and warn:
         warnings.warn(
             f"fastmtl: {op} failed its self-check on {key[1]} ({key[2]}, {key[3]}): {result.error}; "
