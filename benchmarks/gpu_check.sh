@@ -182,7 +182,8 @@ run_step() {
     0) status=ok ;;
     3) status=skipped; note="$(grep -m1 '^NOTE:' "$STAGE/$name.out" | sed 's/^NOTE: //')" ;;
     124|137) status=timeout; note="killed after ${STEP_TIMEOUT}s" ;;
-    *) status=failed; note="$(grep -v '^\s*$' "$STAGE/$name.out" | tail -n 1 | cut -c1-160 | tr '\t|' '  ')" ;;
+    *) status=failed; note="$(grep -v '^\s*$' "$STAGE/$name.out" | tail -n 1 | cut -c1-160 | tr '\t|' '  ')"
+       note="${note:-exit $rc, no output (see its JSON)}" ;;
   esac
   if [ "$DRY" = 1 ] && [ "$status" = ok ]; then
     note="$(grep -v '^\s*$' "$STAGE/$name.out" | tail -n 1 | cut -c1-120 | tr '\t|' '  ')"

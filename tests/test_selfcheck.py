@@ -210,3 +210,31 @@ def test_compare_rule():
     nan = torch.tensor([1.0, float("nan"), 4.0])
     assert "non-finite" in selfcheck.compare([nan], [ref64[0].float()], ref64, torch.float32)
     assert "shape" in selfcheck.compare([nan[:2]], [nan], ref64, torch.float32)
+
+
+def test_concurrent_first_calls_probe_once(checked, monkeypatch):
+    import threading
+
+    calls = _patch(monkeypatch, "sigmoid_gate", "forward", "spy")
+    x = torch.randn(2, 4, 3, 3)
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(selfcheck.passes("sigmoid_gate", x))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert answers == [True] * 4 and len(calls) == 1 and len(selfcheck.results()) == 1
+
+
+def test_an_op_called_inside_a_probe_is_not_checked_again(checked, monkeypatch):
+    module, name, _ = LAUNCHERS["sigmoid_gate"]
+    original = getattr(module, name)
+    inner = []
+
+    def calls_the_op(f, a, r=None, **kwargs):
+        inner.append(selfcheck.passes("sigmoid_gate", f.double()))  # another key, re-entrant: trusted, no probe
+        return original(f, a, r, **kwargs)
+
+    monkeypatch.setattr(module, name, calls_the_op)
+    assert selfcheck.passes("sigmoid_gate", torch.randn(2, 4, 3, 3))
+    assert inner == [True] and [r.dtype for r in selfcheck.results()] == ["float32"]
