@@ -70,7 +70,8 @@ def doctor_lines(doctor: Optional[Dict]) -> List[str]:
     ops = doctor["ops"]
     dev = doctor.get("device", {})
     lines = [f"device: {dev.get('name')} ({dev.get('sm_count', '-')} SMs, capability {dev.get('capability', '-')}); "
-             f"versions: {doctor.get('versions')}", f"self-check on {ops.get('device')}: "
+             "versions: " + ", ".join(f"{k} {v}" for k, v in doctor.get("versions", {}).items()),
+             f"self-check on {ops.get('device')}: "
              + ("all ok" if ops.get("ok") else f"FALLBACK for {', '.join(ops.get('fallback_ops', []))}")]
     for c in ops.get("checks", []):
         if c["status"] != "ok":

@@ -83,3 +83,38 @@ def test_parse_only_runs_nothing(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "--models", "default", "--no-such-flag"])
     assert e.value.code == 2 and "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_report_summarises_steps_tests_doctor_and_tables(tmp_path, triton_mode, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import gpu_check_report
+    finally:
+        sys.path.pop(0)
+    from fastmtl.cli import main
+    from fastmtl.kernels import selfcheck
+
+    stage, out = tmp_path / "stage", tmp_path / "out"
+    stage.mkdir()
+    selfcheck.reset()
+    main(["doctor", "--json"])
+    (stage / "doctor.json").write_text(capsys.readouterr().out)
+    main(["bench", "--size", "tiny", "--ops", "silog", "--modes", "forward", "--impls", "eager", "--device", "cpu", "--json"])
+    (stage / "bench_ops.json").write_text(capsys.readouterr().out)
+    (stage / "models.json").write_text("{not json")
+    (stage / "steps.tsv").write_text("doctor\tok\t0\t3\t120\t\nbench_ops\tfailed\t1\t9\t120\tboom\n")
+    (stage / "pytest_core.xml").write_text(
+        '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="1">'
+        '<testcase classname="tests.test_kernels_cuda" name="test_a"><failure message="assert 2 == 1">x</failure></testcase>'
+        '<testcase classname="tests.test_kernels_cuda" name="test_b"/></testsuite></testsuites>')
+    results = gpu_check_report.build(stage, out, tables=True, dry_run=False, budget=470, elapsed=12)
+    assert results["steps"]["doctor"]["ok"] and results["steps"]["models"] == {"unparsable": results["steps"]["models"]["unparsable"]}
+    assert results["tests"]["pytest_core"]["failures"] == 1
+    summary = (out / "summary.md").read_text()
+    assert "| bench_ops | failed | 1 | 9 | 120 | boom |" in summary
+    assert "- pytest_core: 3 tests, 1 failures, 0 errors, 1 skipped" in summary
+    assert "`tests.test_kernels_cuda::test_a`: assert 2 == 1" in summary
+    assert "self-check on cpu: all ok" in summary
+    assert "### doctor" in summary and "### bench_ops" in summary and "== silog" in summary
+    assert json.loads((out / "results.json").read_text())["elapsed_s"] == 12
+    selfcheck.reset()
