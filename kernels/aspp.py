@@ -431,7 +431,7 @@ def aspp_project_backward_reference(grad: Tensor, out: Tensor, branches: Sequenc
 
 
 
-def aspp_project_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> "Probe":
+def aspp_project_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> Probe:
     """The self-check problem (:mod:`.selfcheck`): four branches at odd sizes with the folded
     BatchNorm + ReLU epilogue and the scale gradient's ``preact``; the output then the branch
     and weight gradients and the channel sums."""

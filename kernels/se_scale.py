@@ -186,7 +186,7 @@ def se_scale_backward_reference(grad_out: Tensor, x: Tensor, out: Optional[Tenso
 
 
 
-def se_scale_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> "Probe":
+def se_scale_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> Probe:
     """The self-check problem (:mod:`.selfcheck`): the residual tail at odd shapes, fp32
     weights; forward output then all six gradients, launchers against references."""
     c, cr = 19, 5

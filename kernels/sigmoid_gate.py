@@ -94,7 +94,7 @@ def sigmoid_gate_backward_reference(grad: Tensor, f: Tensor, a: Tensor) -> Tuple
 
 
 
-def sigmoid_gate_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> "Probe":
+def sigmoid_gate_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> Probe:
     """The self-check problem (:mod:`.selfcheck`): ``f``, ``a`` the channel halves of one
     tensor, plus a residual, at odd shapes; the output then ``(df, da)``."""
     y = randn((2, 22, 5, 7), gen, device, dtype, channels_last)

@@ -163,7 +163,7 @@ def silog_stats_backward_reference(
 
 
 
-def silog_stats_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> "Probe":
+def silog_stats_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> Probe:
     """The self-check problem (:mod:`.selfcheck`): log-depth ``pred`` in ``dtype`` with fp32
     metric targets (a fifth invalid, some outside the clamp) at an odd shape; the stats then
     d(pred). ``channels_last`` changes nothing: an (N, 1, H, W) tensor has one memory layout."""
