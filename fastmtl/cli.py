@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Dict, List, Optional
 
@@ -135,6 +136,8 @@ def cmd_data_synthetic(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import IMPLS, MODES, OPS, BenchOptions, format_report, parse_list, run_bench
 
+    if args.models:
+        return _bench_models(args)
     opts = BenchOptions(ops=parse_list(args.ops, OPS, "ops"), modes=parse_list(args.modes, MODES, "modes"),
                         impls=parse_list(args.impls, IMPLS, "impls") if args.impls else None,
                         size=args.bench_size, device=resolve_device(args.device), dtype=args.dtype,
@@ -142,6 +145,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = run_bench(opts)
     print(json.dumps(report) if args.json else format_report(report))
     return 0
+
+
+def _bench_models(args: argparse.Namespace) -> int:
+    from .bench import IMPLS, MODEL_PHASES, parse_list
+    from .model_bench import format_model_report, run_model_bench
+    from .models import MODEL_NAMES
+
+    report = run_model_bench(parse_list(args.models, ("default",) + tuple(MODEL_NAMES), "models"), parse_list(args.phases, MODEL_PHASES, "phases"),
+                             parse_list(args.impls, IMPLS, "impls") if args.impls else None,
+                             resolve_device(args.device), size=args.bench_size, steps=args.steps,
+                             progress=sys.stderr.isatty())
+    print(json.dumps(report) if args.json else format_model_report(report))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import collect, format_report
+
+    report = collect()
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0 if report["ok"] else 1
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -245,18 +269,30 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="activation dtype (default auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--device", default="auto", help="default: cuda if available")
+    p.add_argument("--models", default=None, metavar="LIST",
+                   help="time whole models instead of the ops: comma-separated model names or 'default' "
+                        "(images/s and peak CUDA memory per --impls; --size tiny|small|full)")
+    p.add_argument("--phases", default="train", metavar="LIST", help="with --models: train,inference (default train)")
+    p.add_argument("--steps", type=int, default=None, help="with --models: timed calls per row (default 10 on CUDA, 3 on CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=commands["bench"])
+
+    p = sub.add_parser("doctor", help="device, versions, kernel mode and the self-check of every fused op")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=commands["doctor"])
     return parser
 
 
 COMMANDS: Dict[str, Callable] = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "profile": cmd_profile,
                                   "data_synthetic": cmd_data_synthetic, "bench": cmd_bench}
+COMMANDS["doctor"] = cmd_doctor
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser(COMMANDS)
     args = parser.parse_args(argv)
+    if os.environ.get("FASTMTL_PARSE_ONLY") == "1":  # the flags parse; run nothing (gpu_check.sh --dry-run)
+        return 0
     try:
         return args.func(args)
     except (ValueError, OSError, TrainingDiverged) as e:  # ConfigError, bad files, paths, a diverged run

@@ -19,7 +19,9 @@ kernels, launchers (``*_forward_triton`` / ``*_backward_triton``, ``silog_stats_
 ``torch.library`` registration (forward, backward, fake, autograd, FLOP formula where it
 counts) and the plain-PyTorch references (``*_reference``). :mod:`.dispatch` picks the
 implementation per call (``FASTMTL_KERNELS``) and is re-exported here; :mod:`._utils` holds
-the helpers the ops share.
+the helpers the ops share; :mod:`.selfcheck` checks each op's kernels against its reference on
+their first call per (device, dtype, layout) and makes the op fall back to the reference where
+they fail (``FASTMTL_SELFCHECK=0`` turns that off).
 """
 from . import aspp, se_scale, sigmoid_gate, silog  # noqa: F401  (registers the ops)
 from .dispatch import HAS_TRITON, kernel_mode, kernels_available, use_triton

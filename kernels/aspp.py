@@ -52,6 +52,7 @@ from ._utils import (
     FLOAT_DTYPES, compute_dtype, device_capability, on_input_device, pow2_block, split_reduction, tl_dtype,
 )
 from .dispatch import HAS_TRITON, interpreter_enabled, use_triton
+from .selfcheck import Probe, passes, randn
 
 if HAS_TRITON:
     import triton
@@ -577,6 +578,35 @@ def aspp_project_backward_reference(grad: Tensor, out: Tensor, branches: Sequenc
     return grad_branches, grad_weight, grad_bias, torch.stack(affine)
 
 
+
+def aspp_project_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> Probe:
+    """The self-check problem (:mod:`.selfcheck`): four branches at odd sizes with the folded
+    BatchNorm + ReLU epilogue and the scale gradient's ``preact``; the output then the branch
+    weight, bias, shift and scale gradients."""
+    k, cb, cout, shape = 4, 19, 21, (2, 19, 5, 7)
+    branches = [randn(shape, gen, device, dtype, channels_last) for _ in range(k)]
+    weight = randn((cout, k * cb), gen, device, dtype, scale=(k * cb) ** -0.5)
+    bias = randn((2, cout), gen, device, dtype, scale=0.1)
+    scale = torch.rand((cout,), generator=gen, device=device) + 0.5
+    shift = randn((cout,), gen, device, torch.float32, scale=0.1)
+    grad = randn((2, cout, 5, 7), gen, device, dtype, channels_last)
+
+    def run(forward, backward):
+        def both(branches, weight, bias, scale, shift, grad):
+            out = forward(branches, weight, bias, scale, shift, True)
+            preact = forward(branches, weight, bias)
+            grad_branches, grad_weight, grad_bias, grad_affine = backward(
+                grad, out, branches, weight, bias, scale, preact, True)
+            return [out, *grad_branches, grad_weight, grad_bias, grad_affine]
+        return both
+
+    # fp32 GEMMs run in TF32 here, and cuDNN may pick an exact fp32 algorithm for the reference
+    tf32 = {torch.float32: 8 * 2.0 ** -10} if _precision(torch.float32) == "tf32" else {}
+    return Probe((branches, weight, bias, scale, shift, grad),
+                 run(aspp_project_forward_triton, aspp_project_backward_triton),
+                 run(aspp_project_reference, aspp_project_backward_reference), tf32)
+
+
 # ----------------------------------------------------------------------------- ops
 @torch.library.custom_op("fastmtl::aspp_project", mutates_args=())
 def aspp_project(branches: List[Tensor], weight: Tensor, bias: Tensor, scale: Optional[Tensor] = None,
@@ -594,7 +624,7 @@ def aspp_project(branches: List[Tensor], weight: Tensor, bias: Tensor, scale: Op
     Returns ``(N, Cout, H, W)`` in the branches' dtype; channels_last if ``branches[0]`` is.
     """
     _check_forward(branches, weight, bias, scale, shift)
-    if not use_triton(branches[0]):
+    if not (use_triton(branches[0]) and passes("aspp_project", branches[0])):
         return aspp_project_reference(branches, weight, bias, scale, shift, relu)
     return aspp_project_forward_triton(branches, weight, bias, scale, shift, relu)
 
@@ -626,7 +656,7 @@ def aspp_project_backward(grad: Tensor, out: Tensor, branches: List[Tensor], wei
     ``grad_affine[0] = sum_{n,hw} gz`` (the shift gradient) and, when ``preact`` is given,
     ``grad_affine[1] = sum_{n,hw} gz * preact`` (the scale gradient).
     """
-    if not use_triton(branches[0]):
+    if not (use_triton(branches[0]) and passes("aspp_project", branches[0])):
         return aspp_project_backward_reference(grad, out, branches, weight, bias, scale, preact, relu)
     return aspp_project_backward_triton(grad, out, branches, weight, bias, scale, preact, relu)
 

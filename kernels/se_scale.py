@@ -38,6 +38,7 @@ from ._utils import (
     out_memory_format, split_reduction, tile_grid, tile_shape, tl_dtype,
 )
 from .dispatch import HAS_TRITON, use_triton
+from .selfcheck import Probe, passes, randn
 
 if HAS_TRITON:
     import triton
@@ -367,6 +368,26 @@ def se_scale_backward_reference(grad_out: Tensor, x: Tensor, out: Optional[Tenso
             (dz.t() @ h).reshape(w2.shape).to(w2.dtype), bias_grad(dz, b2))
 
 
+
+def se_scale_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> Probe:
+    """The self-check problem (:mod:`.selfcheck`): the residual tail at odd shapes, fp32
+    weights; forward output then all six gradients, launchers against references."""
+    c, cr = 19, 5
+    x, identity = (randn((2, c, 5, 7), gen, device, dtype, channels_last) for _ in range(2))
+    w1, b1 = randn((cr, c, 1, 1), gen, device, torch.float32, scale=c ** -0.5), randn((cr,), gen, device, torch.float32)
+    w2, b2 = randn((c, cr, 1, 1), gen, device, torch.float32, scale=cr ** -0.5), randn((c,), gen, device, torch.float32)
+    dy = randn((2, c, 5, 7), gen, device, dtype, channels_last)
+
+    def run(forward, backward):
+        def both(x, identity, dy, *weights):
+            out = forward(x, *weights, identity)
+            return [out, *backward(dy, x, out, *weights)]
+        return both
+
+    return Probe((x, identity, dy, w1, b1, w2, b2), run(se_scale_forward_triton, se_scale_backward_triton),
+                 run(se_scale_reference, se_scale_backward_reference))
+
+
 # --------------------------------------------------------------------------- launchers
 def _excite_blocks(c: int, cr: int) -> Tuple[int, int]:
     """``(BLOCK_C, BLOCK_CR)`` of the excitation kernels: every hidden unit in one block, tiles
@@ -529,7 +550,7 @@ def se_scale(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Option
     in x's dtype, channels_last iff x's channels are innermost.
     """
     _check_inputs(x, w1, b1, w2, b2, identity, act, gate)
-    if use_triton(x):
+    if use_triton(x) and passes("se_scale", x):
         return se_scale_forward_triton(x, w1, b1, w2, b2, identity, act, gate)
     return se_scale_reference(x, w1, b1, w2, b2, identity, act, gate)
 
@@ -552,7 +573,7 @@ def se_scale_backward(
     missing biases. ``dx``/``d_identity`` are ``(N, C, H, W)`` in x's dtype and
     :func:`out_memory_format`; weight grads have the weights' shapes and dtypes.
     """
-    if use_triton(grad_out):
+    if use_triton(grad_out) and passes("se_scale", x):
         return se_scale_backward_triton(grad_out, x, out, w1, b1, w2, b2, act, gate)
     return se_scale_backward_reference(grad_out, x, out, w1, b1, w2, b2, act, gate)
 

@@ -26,6 +26,7 @@ from ._utils import (
     out_memory_format, tile_grid, tl_dtype,
 )
 from .dispatch import HAS_TRITON, use_triton
+from .selfcheck import Probe, passes, randn
 
 if HAS_TRITON:
     import triton
@@ -91,6 +92,22 @@ def sigmoid_gate_backward_reference(grad: Tensor, f: Tensor, a: Tensor) -> Tuple
     da = df * f.to(dt) * (1 - s)
     return df.to(f.dtype).contiguous(memory_format=fmt), da.to(f.dtype).contiguous(memory_format=fmt)
 
+
+
+def sigmoid_gate_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> Probe:
+    """The self-check problem (:mod:`.selfcheck`): ``f``, ``a`` the channel halves of one
+    tensor, plus a residual, at odd shapes; the output then ``(df, da)``."""
+    y = randn((2, 22, 5, 7), gen, device, dtype, channels_last)
+    r, grad = (randn((2, 11, 5, 7), gen, device, dtype, channels_last) for _ in range(2))
+
+    def run(forward, backward):
+        def both(y, r, grad):
+            f, a = y[:, :11], y[:, 11:]
+            return [forward(f, a, r), *backward(grad, f, a)]
+        return both
+
+    return Probe((y, r, grad), run(sigmoid_gate_forward_triton, sigmoid_gate_backward_triton),
+                 run(sigmoid_gate_reference, sigmoid_gate_backward_reference))
 
 # --------------------------------------------------------------------------- launchers
 @on_input_device
@@ -158,7 +175,7 @@ def _check_inputs(f: Tensor, a: Tensor, r: Optional[Tensor]) -> None:
 def sigmoid_gate(f: Tensor, a: Tensor, r: Optional[Tensor] = None) -> Tensor:
     """``f * sigmoid(a)`` or ``r + f * sigmoid(a)``; all ``(N, C, H, W)``, one dtype."""
     _check_inputs(f, a, r)
-    if use_triton(f):
+    if use_triton(f) and passes("sigmoid_gate", f):
         return sigmoid_gate_forward_triton(f, a, r)
     return sigmoid_gate_reference(f, a, r)
 
@@ -172,7 +189,7 @@ def _sigmoid_gate_fake(f, a, r=None):
 @torch.library.custom_op("fastmtl::sigmoid_gate_backward", mutates_args=())
 def sigmoid_gate_backward(grad: Tensor, f: Tensor, a: Tensor) -> Tuple[Tensor, Tensor]:
     """Gradients ``(df, da)`` of :func:`sigmoid_gate` for the output gradient ``grad``."""
-    if use_triton(grad):
+    if use_triton(grad) and passes("sigmoid_gate", f):
         return sigmoid_gate_backward_triton(grad, f, a)
     return sigmoid_gate_backward_reference(grad, f, a)
 

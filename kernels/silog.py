@@ -36,6 +36,7 @@ from ._utils import (
     tl_dtype,
 )
 from .dispatch import HAS_TRITON, use_triton
+from .selfcheck import Probe, passes, randn
 
 if HAS_TRITON:
     import triton
@@ -161,6 +162,26 @@ def silog_stats_backward_reference(
     return torch.where(keep, dp, 0).to(pred.dtype).reshape(pred.shape).contiguous()
 
 
+
+def silog_stats_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> Probe:
+    """The self-check problem (:mod:`.selfcheck`): log-depth ``pred`` in ``dtype`` with fp32
+    metric targets (a fifth invalid, some outside the clamp) at an odd shape; the stats then
+    d(pred). ``channels_last`` changes nothing: an (N, 1, H, W) tensor has one memory layout."""
+    target = torch.rand((3, 1, 9, 13), generator=gen, device=device) * 79 + 1
+    invalid = torch.rand(target.shape, generator=gen, device=device) < 0.2
+    target = torch.where(invalid, torch.zeros_like(target), target)
+    pred = (target.clamp_min(1).log() + randn(target.shape, gen, device, torch.float32, scale=0.3)).to(dtype)
+    grad_stats = randn((3, 3), gen, device, torch.float32)
+    options = (2.0, 60.0, 0.01, True)  # min_depth, max_depth, eps, log_input
+
+    def run(forward, backward):
+        def both(pred, target, grad_stats):
+            return [forward(pred, target, *options), backward(grad_stats, pred, target, *options)]
+        return both
+
+    return Probe((pred, target, grad_stats), run(silog_stats_triton, silog_stats_backward_triton),
+                 run(silog_stats_reference, silog_stats_backward_reference))
+
 # --------------------------------------------------------------------------- launchers
 def _block(hw: int, interpret: bool) -> int:
     return pow2_block(hw, 16, 16384 if interpret else 1024)
@@ -233,7 +254,7 @@ def silog_stats(
     """Per-image ``(sum d, sum d^2, count)`` ``(N, 3)`` over valid pixels (see the module docstring);
     fp32, or fp64 if an input is fp64. Differentiable wrt ``pred``."""
     _check_inputs(pred, target, eps)
-    if use_triton(pred):
+    if use_triton(pred) and passes("silog_stats", pred):
         return silog_stats_triton(pred, target, min_depth, max_depth, eps, log_input)
     return silog_stats_reference(pred, target, min_depth, max_depth, eps, log_input)
 
@@ -251,7 +272,7 @@ def silog_stats_backward(
 ) -> Tensor:
     """Gradient wrt ``pred`` of :func:`silog_stats` for ``grad_stats`` ``(N, 3)`` (the count
     column's gradient is ignored); pred's shape and dtype, contiguous."""
-    if use_triton(pred):
+    if use_triton(pred) and passes("silog_stats", pred):
         return silog_stats_backward_triton(grad_stats, pred, target, min_depth, max_depth, eps, log_input)
     return silog_stats_backward_reference(grad_stats, pred, target, min_depth, max_depth, eps, log_input)
 

@@ -2,10 +2,16 @@
 
 The CPU kernel tests run the Triton kernels through the interpreter. On a GPU machine run the
 CUDA module separately with compiled kernels: ``TRITON_INTERPRET=0 pytest tests/test_kernels_cuda.py``
-(it skips while the interpreter is on)."""
+(it skips while the interpreter is on).
+
+The first-call self-check of the fused ops (fastmtl.kernels.selfcheck) is off for the suite
+(``FASTMTL_SELFCHECK=0`` unless set): under the interpreter every check costs interpreter time,
+and the kernel tests must test the kernels themselves, never a silent fallback to the
+reference. tests/test_selfcheck.py turns it on where it tests it."""
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("FASTMTL_SELFCHECK", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

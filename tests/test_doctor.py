@@ -1,0 +1,83 @@
+"""``fastmtl doctor``: its report (text and JSON), the self-check of every op on the CPU
+through the Triton interpreter, a forced fallback, skipped checks and the exit code."""
+import json
+
+import pytest
+import torch
+
+from fastmtl import doctor
+from fastmtl.cli import main
+from fastmtl.kernels import selfcheck, sigmoid_gate
+
+
+@pytest.fixture(autouse=True)
+def _fresh_verdicts():
+    selfcheck.reset()
+    yield
+    selfcheck.reset()
+
+
+def _doctor_json(capsys):
+    rc = main(["doctor", "--json"])
+    return rc, json.loads(capsys.readouterr().out)
+
+
+def test_json_report_runs_every_check_under_the_interpreter(triton_mode, capsys):
+    rc, report = _doctor_json(capsys)
+    assert rc == 0 and report["ok"] and report["schema"] == "fastmtl-doctor/1"
+    assert report["versions"]["torch"] == torch.__version__
+    assert report["kernels"]["FASTMTL_KERNELS"] == "triton" and report["kernels"]["TRITON_INTERPRET"] is True
+    assert report["device"]["cuda"] is False and report["device"]["name"] == "no CUDA"
+    ops = report["ops"]
+    assert ops["device"] == "cpu" and ops["interpreted"] and ops["fallback_ops"] == []
+    keys = {(c["op"], c["dtype"], c["layout"]) for c in ops["checks"]}
+    assert keys == {(op, dt, lay) for op in selfcheck.OPS for dt in ("bfloat16", "float32") for lay in selfcheck.LAYOUTS}
+    assert all(c["status"] == "ok" and c["error"] is None for c in ops["checks"])
+    assert len(selfcheck.results()) == 16  # the checks really ran (and are this process's verdicts now)
+
+
+def test_a_failing_kernel_is_reported_and_exits_1(triton_mode, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("forced launcher failure")
+
+    monkeypatch.setattr(sigmoid_gate, "sigmoid_gate_backward_triton", broken)
+    rc, report = _doctor_json(capsys)
+    assert rc == 1 and not report["ok"] and report["ops"]["fallback_ops"] == ["sigmoid_gate"]
+    for c in report["ops"]["checks"]:
+        if c["op"] == "sigmoid_gate":
+            assert c["status"] == "fallback" and "forced launcher failure" in c["error"]
+        else:
+            assert c["status"] == "ok"
+    selfcheck.reset()
+    assert main(["doctor"]) == 1
+    text = capsys.readouterr().out
+    assert "FALLBACK: sigmoid_gate" in text and "verdict: NOT OK (ops)" in text
+
+
+def test_without_cuda_or_interpreter_the_checks_are_skipped(monkeypatch, capsys):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc, report = _doctor_json(capsys)
+    assert rc == 0 and report["ops"]["device"] is None
+    assert all(c["status"] == "skipped" and "no CUDA" in c["error"] for c in report["ops"]["checks"])
+    assert selfcheck.results() == []
+    assert main(["doctor"]) == 0
+    assert "self-check skipped: no CUDA" in capsys.readouterr().out
+
+
+def test_invalid_kernel_mode_is_a_finding(monkeypatch, capsys):
+    monkeypatch.setenv("FASTMTL_KERNELS", "fast")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    rc, report = _doctor_json(capsys)
+    assert rc == 1 and report["kernels"]["ok"] is False and "FASTMTL_KERNELS must be one of" in report["kernels"]["error"]
+
+
+def test_one_more_section_needs_only_its_function(monkeypatch, capsys):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    sections = doctor.SECTIONS + [("extra", lambda: {"ok": False, "configs": 3, "errors": ["x"]})]
+    monkeypatch.setattr(doctor, "SECTIONS", sections)
+    rc, report = _doctor_json(capsys)
+    assert rc == 1 and report["extra"]["configs"] == 3
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "extra     ok=False  configs=3" in out and "NOT OK (extra)" in out
