@@ -247,6 +247,9 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="default: cuda if available")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=commands["bench"])
+
+    from .aot.cli import add_commands as add_aot_commands  # fastmtl gate, fastmtl traffic
+    add_aot_commands(sub)
     return parser
 
 

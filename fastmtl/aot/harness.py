@@ -110,11 +110,13 @@ class Launch:
         return hashlib.sha256(json.dumps(self.spec(), sort_keys=True).encode()).hexdigest()[:20]
 
     def config(self) -> str:
-        """A short readable name of the specialisation: constexprs, dtypes of pointers, warps/stages."""
+        """A short readable name of the specialisation: pointer dtypes, declared constexprs, the
+        int parameters Triton specialised to 1 (unit strides: the layout), launch options."""
         ptrs = ",".join(t[1:] for t in self.signature.values() if t.startswith("*"))
         ce = " ".join(f"{k}={v}" for k, v in self.constexprs.items() if k in self.declared)
+        ones = ",".join(k for k in self.constexprs if k not in self.declared)
         opts = " ".join(f"{k}={v}" for k, v in sorted(self.options.items()))
-        return f"[{ptrs}] {ce} {opts}".strip()
+        return f"[{ptrs}] {ce}{f' ==1:{ones}' if ones else ''} {opts}".strip()
 
 
 @dataclass
@@ -292,6 +294,7 @@ class _Harness:
         from triton.backends.compiler import GPUTarget
         from triton.compiler import make_backend
 
+        os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, said explicitly (no warning)
         self.arch = arch
         self.backend = make_backend(GPUTarget("cuda", arch.cc, 32))
         self.timeline = Timeline()
