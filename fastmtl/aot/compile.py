@@ -123,6 +123,17 @@ def _decode_constexpr(value):
     return value
 
 
+def _error_text(e: BaseException) -> str:
+    """One line per exception of the chain (Triton nests the real message in the cause): its
+    type, its first line ("at L:C:") and its last line (the message)."""
+    parts = []
+    while e is not None and len(parts) < 4:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [""]
+        parts.append(f"{type(e).__name__}: {lines[0]}" + (f" ... {lines[-1]}" if len(lines) > 1 else ""))
+        e = e.__cause__ or e.__context__
+    return " <- ".join(parts)[:1500]
+
+
 def compile_spec(spec: Dict, cc: int) -> Dict:
     """Compile ``spec`` (a :meth:`~.harness.Launch.spec`) for compute capability ``cc``; a JSON-able
     result (``ok`` False with ``error`` when the compiler fails). Needs ``TRITON_INTERPRET=0``."""
@@ -146,8 +157,7 @@ def compile_spec(spec: Dict, cc: int) -> Dict:
         kernel = triton.compile(ASTSource(fn, spec["signature"], constexprs, attrs), target=target,
                                 options=options.__dict__)
     except Exception as e:  # the compiler's error is the result
-        msg = str(e).strip().splitlines()
-        return dict(result, ok=False, error=f"{type(e).__name__}: {' | '.join(msg[:6])}"[:1500])
+        return dict(result, ok=False, error=_error_text(e))
     result.update(ok=True, shared=int(kernel.metadata.shared),  # bytes of dynamic shared memory per program
                   used_params=used_params(kernel.asm["ttir"], names))
     with tempfile.TemporaryDirectory() as tmp:

@@ -94,6 +94,7 @@ class Launch:
     grid: Tuple[int, int, int]
     tensors: Dict[str, TensorInfo]  # pointer param -> tensor
     declared: List[str]  # params declared tl.constexpr (the others in constexprs were specialised, e.g. == 1)
+    scalars: Dict[str, Any]  # the non-tensor arguments as passed (constexprs encoded as in constexprs)
     source_hash: str  # kernel source and the sources of the @jit helpers it calls
 
     @property
@@ -364,6 +365,7 @@ class _Harness:
             options={k: v for k, v in opts.items() if k not in signature},
             grid=grid, tensors={k: self.info(v) for k, v in real.items() if isinstance(v, torch.Tensor)},
             declared=[p.name for p in jit.params if p.is_constexpr],
+            scalars={k: _encode(v) for k, v in real.items() if not isinstance(v, torch.Tensor)},
             source_hash=self._hashes[id(py)],
         ))
 
