@@ -139,15 +139,24 @@ def fused_kernels(timeline: Timeline) -> List[KernelTraffic]:
 
 
 def min_bytes(case: AotCase) -> Dict[str, int]:
-    """The bench's fewest bytes for the case; for the no-residual variants the same formulas
-    without the residual; other variants keep the bench's formula (an approximation)."""
+    """The bench's fewest bytes (:func:`fastmtl.bench.bytes_moved`) for the bench's arguments; for
+    the other variants the same formulas: without the residual (se_scale, sigmoid_gate ``plain``),
+    without scale, shift and the ReLU mask (aspp ``train``); aspp ``eval_bn_grad`` and silog
+    ``metres`` move the bench's bytes (plus two ``(Cout,)`` gradients, not counted)."""
     dtype = DTYPES[case.dtype]
-    if case.variant == VARIANTS[case.op][0] or case.op not in ("se_scale", "sigmoid_gate"):
-        return fb.bytes_moved(case.shape, dtype)
     d, s = dict(case.shape.dims), dtype.itemsize
+    if case.variant == VARIANTS[case.op][0] or case.variant.name in ("eval_bn_grad", "metres"):
+        return fb.bytes_moved(case.shape, dtype)
     if case.op == "se_scale":
         return fb.se_scale_bytes(d["n"], d["c"], d["h"], d["w"], max(1, d["c"] // 16), s, 4, residual=False)
-    return fb.sigmoid_gate_bytes(d["n"], d["c"], d["h"], d["w"], s, residual=False)
+    if case.op == "sigmoid_gate":
+        return fb.sigmoid_gate_bytes(d["n"], d["c"], d["h"], d["w"], s, residual=False)
+    if case.variant.name == "train":
+        b = fb.aspp_bytes(d["n"], d["k"], d["cb"], d["cout"], d["h"], d["w"], s, s, 0)
+        b["backward"] -= d["n"] * d["cout"] * d["h"] * d["w"] * s  # no ReLU mask to read
+        b["full"] = b["forward"] + b["backward"]
+        return b
+    raise ValueError(f"no byte formula for {case.name}")
 
 
 def case_models(case: AotCase) -> Dict[str, PassModel]:
