@@ -54,6 +54,7 @@ class Row:
         r, a = self.result, self.arch
         progs = [u.programs for u in self.uses]
         out = {"arch": a.name, "kernel": self.launch.name, "config": self.launch.config(), "ok": self.ok,
+               "dtypes": sorted({u.case.split()[-2] for u in self.uses}),
                "error": r.get("error"), "launches": len(self.uses), "programs_min": min(progs),
                "programs_max": max(progs), "sms": a.sms, "uses": [u.__dict__ for u in self.uses]}
         if not self.ok:
@@ -96,7 +97,7 @@ def run_gate(archs: Sequence[int] = tuple(ARCHS), ops: Optional[Sequence[str]] =
     for row, res in zip(rows, results):
         row.result = res
     summaries = [r.summary() for r in rows]
-    summaries.sort(key=lambda s: (s["arch"], s["kernel"], s["config"]))
+    summaries.sort(key=lambda s: (int(s["arch"][3:]), s["kernel"], s["config"]))
     return {
         "schema": "fastmtl-gate/1",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -140,9 +141,40 @@ def format_gate(report: Dict, markdown: bool = False) -> str:
     notes = ("waves = smallest launch's programs / (SMs x CTAs per SM); 128-bit loads = share of the static "
              "global-load bytes (LDG/LDGSTS, per thread) in 128-bit or wider instructions")
     if markdown:
-        lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in body]
-        return "\n".join([title, "", verdict, "", notes, ""] + lines)
+        return "\n".join([title, "", verdict, "", notes, "", _summary_table(report)])
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([title, verdict, notes, fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in body])
+
+
+def _span(values, fmt="{}") -> str:
+    lo, hi = min(values), max(values)
+    return fmt.format(lo) if lo == hi else f"{fmt.format(lo)}..{fmt.format(hi)}"
+
+
+def _summary_table(report: Dict) -> str:
+    """One Markdown row per (target, kernel, activation dtype): ranges over its specialisations."""
+    groups: Dict[Tuple[str, str, str], List[Dict]] = {}
+    for s in report["rows"]:
+        for dt in s["dtypes"]:
+            groups.setdefault((s["arch"], s["kernel"], dt), []).append(s)
+    head = ["arch", "kernel", "dtype", "specs", "compiled", "regs", "spill B", "smem KB", "warps/stages",
+            "occupancy", "programs", "min waves", "128-bit loads", "MMA"]
+    lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
+    for (arch, kernel, dt), rows in sorted(groups.items(), key=lambda kv: (int(kv[0][0][3:]),) + kv[0][1:]):
+        ok = [r for r in rows if r["ok"]]
+        cells = [arch, kernel, dt, str(len(rows)), f"{len(ok)}/{len(rows)}"]
+        if ok:
+            shares = [r["load_share_128"] for r in ok if r["load_share_128"] is not None]
+            mma = sorted({k for r in ok for k in r["mma"]} | ({"TMA"} if any(r["tma"] for r in ok) else set()))
+            cells += [_span([r["registers"] for r in ok]), str(max(r["spill_stores"] + r["spill_loads"] for r in ok)),
+                      _span([round(r["shared"] / 1024) for r in ok]),
+                      _span(sorted({f"{r['num_warps']}/{r['num_stages']}" for r in ok})),
+                      _span([round(100 * r["occupancy"]) for r in ok], "{}%"),
+                      _span([r["programs_min"] for r in ok] + [r["programs_max"] for r in ok]),
+                      f"{min(r['waves_min'] for r in ok):.2f}",
+                      _span([round(100 * x) for x in shares], "{}%") if shares else "-", " ".join(mma) or "-"]
+        else:
+            cells += ["ERROR"] + [""] * 8
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
