@@ -8,7 +8,6 @@ from typing import List, Sequence
 
 from ..config import ConfigError
 
-OPS = ("se_scale", "sigmoid_gate", "aspp", "silog")
 ARCH_CHOICES = ("80", "90", "100")
 DTYPE_CHOICES = ("bf16", "fp32")
 LAYOUT_CHOICES = ("nchw", "channels_last")
@@ -23,6 +22,7 @@ def _list(text: str, valid: Sequence[str], flag: str) -> List[str]:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
+    from ..bench import OPS
     from .gate import format_gate, run_gate
 
     report = run_gate(archs=[int(a) for a in _list(args.arch, ARCH_CHOICES, "--arch")],
@@ -34,6 +34,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_traffic(args: argparse.Namespace) -> int:
+    from ..bench import OPS
     from .traffic import format_traffic, run_traffic
 
     report = run_traffic(ops=_list(args.op, OPS, "--op") if args.op else None,

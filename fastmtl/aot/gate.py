@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .archs import ARCHS, Arch, blocks_per_sm, occupancy, waves
-from .cases import DTYPES, PASSES, all_cases, run_case
+from .cases import DTYPES, all_cases, run_case
 from .compile import compile_all
 from .harness import Launch, triton_version
 
