@@ -151,6 +151,17 @@ def test_fake_cuda_claims_cuda_and_restores_everything():
     assert [o.name for o in h.timeline.torch_ops] == ["mul.Tensor", "sum.dim_IntList"]
 
 
+@pytest.mark.parametrize("layout, unit", [("nchw", "sfhw"), ("channels_last", "sfc")])
+def test_layout_reaches_the_kernel(layout, unit):
+    """The gate's f is a channel half of one conv output: its unit stride is the pixel stride in
+    NCHW and the channel stride in channels_last, and Triton specialises that stride to 1."""
+    case = cases.all_cases("tiny", ["sigmoid_gate"], ["bf16"], [layout], variants=False)[0]
+    (launch,) = cases.run_case(case, "fused")["forward"].launches
+    f = launch.tensors["F"]
+    assert f.storage == launch.tensors["A"].storage and f.offset == 0 < launch.tensors["A"].offset
+    assert launch.constexprs[unit] == 1 and unit not in launch.declared
+
+
 def test_occupancy_and_waves_by_hand():
     h100 = archs.ARCHS[90]
     # 160 regs x 32 threads x 8 warps = 40960 of 65536 registers: one program per SM

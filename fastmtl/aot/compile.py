@@ -120,6 +120,8 @@ def _decode_constexpr(value):
 
     if isinstance(value, str) and value.startswith("tl."):
         return tl.dtype(value[3:])
+    if isinstance(value, list):  # a tuple constexpr (JSON keeps it as a list)
+        return tuple(_decode_constexpr(v) for v in value)
     return value
 
 

@@ -276,6 +276,8 @@ def _encode(value: Any) -> Any:
         return _encode(value.value)
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
+    if isinstance(value, (tuple, list)):
+        return [_encode(v) for v in value]
     raise TypeError(f"fake_cuda: cannot record constexpr {value!r} of type {type(value).__name__}")
 
 
