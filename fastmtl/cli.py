@@ -280,6 +280,8 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="device, versions, kernel mode and the self-check of every fused op")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=commands["doctor"])
+    from .aot.cli import add_commands as add_aot_commands  # fastmtl gate, fastmtl traffic
+    add_aot_commands(sub)
     return parser
 
 
