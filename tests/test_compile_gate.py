@@ -191,6 +191,10 @@ def test_sass_and_ptxas_parsing():
     assert aot_compile.parse_ptxas(log) == {"ptxas_registers": 80, "spill_stores": 8, "spill_loads": 12, "stack": 24}
     ttir = "module {\n  tt.func public @k(%X: !tt.ptr<f32>, %Y: !tt.ptr<f32>, %N: i32) {\n    %x_1 = tt.load %X\n  }\n}"
     assert aot_compile.used_params(ttir, ["X", "Y", "N"]) == ["X"]
+    # arguments named after the variable they flow into (p = A if ... else B) are matched by position
+    ttir = ("module {\n  tt.func public @k(%p: !tt.ptr<f32> loc(\"p\"), %p_0: !tt.ptr<f32>, %q: !tt.ptr<f32>) {\n"
+            "    %x = arith.select %c, %p, %p_0\n  }\n}")
+    assert aot_compile.used_params(ttir, ["A", "B", "Q"]) == ["A", "B"]
 
 
 def test_cli_gate_json(capsys, monkeypatch):

@@ -28,7 +28,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from .archs import ARCHS
 
-RESULT_VERSION = 2  # bump when the result's fields change (invalidates the cache)
+RESULT_VERSION = 3  # bump when the result's fields change (invalidates the cache)
 LOAD_WIDTH = {"128": 16, "256": 32, "64": 8, "U16": 2, "S16": 2, "U8": 1, "S8": 1}
 """Bytes per thread of a global load by its SASS width modifier (no modifier: 32-bit, 4 bytes)."""
 
@@ -53,11 +53,18 @@ def nvidia_tool(name: str) -> str:
 
 # --------------------------------------------------------------------------- reading the outputs
 def used_params(ttir: str, params: Iterable[str]) -> List[str]:
-    """The parameters referenced in the body of the TTIR kernel function (``%name`` SSA values)."""
+    """The runtime parameters ``params`` (in order; constexprs excluded) that the body of the TTIR
+    kernel function references. The function's arguments are matched to ``params`` by position:
+    Triton names an argument after the variable it flows into (``d_ptr``, ``d_ptr_0`` for
+    ``d_ptr = d0_ptr if ... else d1_ptr``), not always after the parameter."""
     lines = ttir.splitlines()
     start = next(i for i, line in enumerate(lines) if "tt.func" in line)
+    ssa = re.findall(r"%([\w.$-]+): ", lines[start])
+    params = list(params)
+    if len(ssa) != len(params):
+        raise ValueError(f"TTIR kernel has {len(ssa)} arguments, expected {len(params)}: {params}")
     body = "\n".join(lines[start + 1:])
-    return [p for p in params if re.search(rf"%{re.escape(p)}(?![\w])", body)]
+    return [p for p, name in zip(params, ssa) if re.search(rf"%{re.escape(name)}(?![\w])", body)]
 
 
 def parse_ptxas(log: str) -> Dict[str, int]:
@@ -161,7 +168,7 @@ def compile_spec(spec: Dict, cc: int) -> Dict:
     except Exception as e:  # the compiler's error is the result
         return dict(result, ok=False, error=_error_text(e))
     result.update(ok=True, shared=int(kernel.metadata.shared),  # bytes of dynamic shared memory per program
-                  used_params=used_params(kernel.asm["ttir"], names))
+                  used_params=used_params(kernel.asm["ttir"], [k for k, t in spec["signature"].items() if t != "constexpr"]))
     with tempfile.TemporaryDirectory() as tmp:
         ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
         Path(ptx).write_text(kernel.asm["ptx"])

@@ -14,7 +14,9 @@ All the patching is here, undone on exit (one fake device at a time, one thread)
   ``torch.cuda.device`` (a no-op context), ``torch.cuda.get_device_properties`` (an object with
   the target's ``multi_processor_count`` and ``name``); ``functools`` caches in the
   ``fastmtl.kernels`` modules (e.g. a cached SM count) are cleared on entry and exit;
-* ``FASTMTL_KERNELS=auto`` (so the ops pick their Triton path for "CUDA" tensors);
+* ``torch.cuda.get_device_capability`` (the target's, e.g. ``(9, 0)``: launch choices may depend on it);
+* ``FASTMTL_KERNELS=auto`` (so the ops pick their Triton path for "CUDA" tensors) and
+  ``FASTMTL_SELFCHECK=0`` (the first-call self-check would run the kernels);
 * ``JITFunction.run`` and, under ``TRITON_INTERPRET=1``, ``InterpretedFunction.run``: replaced by a
   recorder that binds the arguments with **Triton's own binder** for the target's backend
   (``create_function_from_signature`` + ``JITFunction._pack_args``: signature dtypes,
@@ -401,18 +403,19 @@ def fake_cuda(arch: Union[int, Arch] = 90, channels_last_inputs: bool = False) -
         (torch.cuda, "current_device", lambda: 0),
         (torch.cuda, "device", _NoDevice),
         (torch.cuda, "get_device_properties", lambda *a, **k: props),
+        (torch.cuda, "get_device_capability", lambda *a, **k: divmod(arch.cc, 10)),
         (JITFunction, "run", _capture_run),
         (InterpretedFunction, "run", _capture_run),
     ]
     saved = [(obj, name, obj.__dict__.get(name, _MISSING)) for obj, name, _ in patches]
-    env = os.environ.get("FASTMTL_KERNELS")
+    env = {name: os.environ.get(name) for name in _ENV}
     caches = _kernel_caches()
     for c in caches:
         c.cache_clear()
     try:
         for obj, name, value in patches:
             setattr(obj, name, value)
-        os.environ["FASTMTL_KERNELS"] = "auto"
+        os.environ.update(_ENV)
         _ACTIVE.append(harness)
         with _Recorder(harness):
             yield harness
@@ -423,15 +426,19 @@ def fake_cuda(arch: Union[int, Arch] = 90, channels_last_inputs: bool = False) -
                 delattr(obj, name)
             else:
                 setattr(obj, name, value)
-        if env is None:
-            os.environ.pop("FASTMTL_KERNELS", None)
-        else:
-            os.environ["FASTMTL_KERNELS"] = env
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         for c in caches:
             c.cache_clear()
 
 
 _MISSING = object()
+_ENV = {"FASTMTL_KERNELS": "auto", "FASTMTL_SELFCHECK": "0"}
+"""Environment while capturing: the ops' Triton path for "CUDA" tensors, no first-call self-check
+(it would run the kernels; the capture only records their launches)."""
 
 
 def capture(fn: Callable[[], Any], arch: Union[int, Arch] = 90, channels_last_inputs: bool = False) -> Timeline:
