@@ -81,7 +81,7 @@ def _replace_se(gm: fx.GraphModule, m: SEMatch) -> None:
     with gm.graph.inserting_before(last):
         new = gm.graph.call_function(torch.ops.fastmtl.se_scale.default, (
             m.x, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias, identity, m.act, m.gate))
-    last.replace_all_uses_with(new)
+    _replace(last, new)
 
 
 def _replace_gated_conv(gm: fx.GraphModule, m: GatedConvMatch) -> None:
@@ -95,7 +95,15 @@ def _replace_gated_conv(gm: fx.GraphModule, m: GatedConvMatch) -> None:
         y = g.call_function(torch.conv2d, (m.x, weight, None, f.stride, f.padding, f.dilation, 1))
         halves = [g.call_function(operator.getitem, (y, (slice(None), s))) for s in (slice(None, c), slice(c, None))]
         new = g.call_function(torch.ops.fastmtl.sigmoid_gate.default, (*halves, residual))
-    last.replace_all_uses_with(new)
+    _replace(last, new)
+
+
+def _replace(old: fx.Node, new: fx.Node) -> None:
+    """``new`` takes ``old``'s uses and its example value (same shape and dtype), which later
+    matches read when ``new`` feeds them (a residual, an input)."""
+    if "example_value" in old.meta:
+        new.meta["example_value"] = old.meta["example_value"]
+    old.replace_all_uses_with(new)
 
 
 class FusedBackend:

@@ -108,8 +108,13 @@ def _pair(v) -> Union[Tuple[int, int], str]:
 
 
 def _shape(t: torch.Tensor) -> Tuple[int, ...]:
-    """Concrete sizes (a symbolic size gives its hint)."""
+    """Concrete sizes (a symbolic size gives its hint, without adding a guard: matching must
+    not specialise a dynamic graph)."""
     return tuple(s if isinstance(s, int) else s.node.hint for s in t.shape)
+
+
+def _numel(t: torch.Tensor) -> int:
+    return int(torch.Size(_shape(t)).numel())
 
 
 def layer_of(node: fx.Node, gm: fx.GraphModule, info: Info) -> Optional[Layer]:
@@ -267,7 +272,7 @@ def match_se(mul: fx.Node, gm: fx.GraphModule, info: Info) -> Optional[SEMatch]:
         return None
     for x, g in (args, args[::-1]):
         xt, gt = _tensor(info, x, 4), _tensor(info, g)
-        if xt is None or gt is None or _shape(gt) not in ((xt.shape[0], xt.shape[1], 1, 1),):
+        if xt is None or gt is None or _shape(gt) != _shape(xt)[:2] + (1, 1):
             continue
         gate_side = _walk_back(g, x, gm, info)
         if gate_side is None or len(gate_side[1]) != 1:
@@ -289,7 +294,7 @@ def match_se(mul: fx.Node, gm: fx.GraphModule, info: Info) -> Optional[SEMatch]:
         if _probe(gm, squeeze[0], None, None, fc1.input, x, xt, {"mean": _mean_hw}) is None:
             continue
         u, z = _tensor(info, fc1.node), _tensor(info, fc2.node)
-        if u is None or z is None or u.numel() != n * cr or z.numel() != n * c:
+        if u is None or z is None or _numel(u) != n * cr or _numel(z) != n * c:
             continue
         act = _probe(gm, act_side[0], fc1.node, u, fc2.input, x, xt, ACTIVATIONS) if act_side[0] else None
         gate = _probe(gm, gate_side[0], fc2.node, z, g, x, xt, GATES) if gate_side[0] else None
