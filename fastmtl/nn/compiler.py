@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import collections
 import operator
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Union
 
 import torch
 from torch import fx, nn
 
-from fastmtl.kernels import se_scale as _se_scale_module  # noqa: F401  (registers fastmtl::se_scale)
-from fastmtl.kernels import sigmoid_gate as _sigmoid_gate_module  # noqa: F401
 
 from .patterns import GatedConvMatch, SEMatch, match_gated_conv, match_se, residual_tail
 

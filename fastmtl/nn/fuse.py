@@ -2,7 +2,6 @@
 for fused modules, in place."""
 from __future__ import annotations
 
-import contextlib
 import inspect
 import itertools
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -14,7 +13,7 @@ from fastmtl.models import heads
 
 from .aspp import ASPP
 from .attention import FusedGatedConv, SelfAttention
-from .patterns import GatedConvMatch, SEMatch, match_gated_conv, match_se
+from .patterns import GatedConvMatch, SEMatch, has_state, match_gated_conv, match_se, private_rng
 from .se import FusedSqueezeExcitation, SqueezeExcitation
 
 _FUSED = (SqueezeExcitation, SelfAttention, ASPP, FusedSqueezeExcitation, FusedGatedConv)
@@ -116,17 +115,13 @@ def _has_meta(m: nn.Module) -> bool:
     return any(t.is_meta for t in itertools.chain(m.parameters(), m.buffers()))
 
 
-def _has_state(m: nn.Module, recurse: bool = True) -> bool:
-    return any(True for _ in itertools.chain(m.parameters(recurse=recurse), m.buffers(recurse=recurse)))
-
-
 def _traceable_leaves(m: nn.Module) -> bool:
     """No state of its own, and every module without children in it is a ``Conv2d``/``Linear``
     or stateless -- so running it on a probe changes nothing (no BatchNorm statistics)."""
-    if _has_state(m, recurse=False) or not m._modules or _has_meta(m):
+    if has_state(m, recurse=False) or not m._modules or _has_meta(m):
         return False
     leaves = [c for c in m.modules() if not c._modules and c is not m]
-    return all(isinstance(c, (nn.Conv2d, nn.Linear)) or not _has_state(c) for c in leaves)
+    return all(isinstance(c, (nn.Conv2d, nn.Linear)) or not has_state(c) for c in leaves)
 
 
 class _LeafTracer(fx.Tracer):
@@ -174,12 +169,6 @@ def _probe_input(m: nn.Module, channels: int) -> torch.Tensor:
     return x.to(device=p.device, dtype=p.dtype)
 
 
-@contextlib.contextmanager
-def _private_rng(device: torch.device):
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        yield
-
-
 def _record(gm: fx.GraphModule, x: torch.Tensor) -> Optional[Dict[fx.Node, object]]:
     """Every node's value on the probe ``x`` (no grad, private RNG), or None if it fails."""
     values: Dict[fx.Node, object] = {}
@@ -190,7 +179,7 @@ def _record(gm: fx.GraphModule, x: torch.Tensor) -> Optional[Dict[fx.Node, objec
             return values[n]
 
     try:
-        with torch.no_grad(), _private_rng(x.device):
+        with torch.no_grad(), private_rng(x.device):
             Recorder(gm).run(x)
     except Exception:  # e.g. the wrong channel count for this block
         return None
@@ -207,8 +196,7 @@ def _twin_by_computation(m: nn.Module, gm: fx.GraphModule, x: torch.Tensor) -> O
     out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
     if not isinstance(out, fx.Node):
         return None
-    with _private_rng(x.device):
-        match = match_se(out, gm, info) or match_gated_conv(out, gm, info)
+    match = match_se(out, gm, info) or match_gated_conv(out, gm, info)
     if match is None or match.x is not inputs[0]:
         return None
     ignored = {fx._symbolic_trace._assert_is_none}  # checks of the arguments fixed by tracing
@@ -239,7 +227,7 @@ def _same_output(old: nn.Module, new: nn.Module, x: torch.Tensor) -> bool:
     try:
         for training in (True, False):
             old.train(training), new.train(training)
-            with torch.no_grad(), _private_rng(x.device):
+            with torch.no_grad(), private_rng(x.device):
                 a, b = old(x), new(x)
             if not (isinstance(a, torch.Tensor) and a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=tol, atol=tol)):
                 return False

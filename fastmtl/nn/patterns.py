@@ -26,7 +26,7 @@ import contextlib
 import inspect
 import operator
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import Callable, Dict, Iterator, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -153,7 +153,7 @@ def layer_of(node: fx.Node, gm: fx.GraphModule, info: Info) -> Optional[Layer]:
                  _pair(a["dilation"]), a["groups"])
 
 
-def _is_size_input(node: fx.Node, info: Info) -> bool:
+def _is_size_input(node: fx.Node) -> bool:
     """A placeholder that holds a symbolic size (Dynamo's dynamic shapes)."""
     return node.op == "placeholder" and isinstance(node.meta.get("example_value"), torch.SymInt)
 
@@ -166,7 +166,7 @@ def _walk_back(end: fx.Node, x: fx.Node, gm: fx.GraphModule, info: Info):
     todo = [end]
     while todo:
         n = todo.pop()
-        if n is x or n in nodes or n in layers or _is_size_input(n, info):
+        if n is x or n in nodes or n in layers or _is_size_input(n):
             continue
         layer = layer_of(n, gm, info)
         if layer is not None:
@@ -174,15 +174,23 @@ def _walk_back(end: fx.Node, x: fx.Node, gm: fx.GraphModule, info: Info):
             continue
         if n.op in ("placeholder", "get_attr", "output"):
             return None
-        if n.op == "call_module" and _has_state(gm.get_submodule(n.target)):
+        if n.op == "call_module" and has_state(gm.get_submodule(n.target)):
             return None
         nodes.add(n)
         todo.extend(n.all_input_nodes)
     return nodes, list(layers.values())
 
 
-def _has_state(m: nn.Module) -> bool:
-    return any(True for _ in m.parameters()) or any(True for _ in m.buffers())
+def has_state(m: nn.Module, recurse: bool = True) -> bool:
+    """Whether ``m`` holds parameters or buffers (its own only, with ``recurse=False``)."""
+    return any(True for _ in m.parameters(recurse=recurse)) or any(True for _ in m.buffers(recurse=recurse))
+
+
+@contextlib.contextmanager
+def private_rng(device: torch.device) -> Iterator[None]:
+    """Random draws inside go to a forked RNG (CPU, and ``device`` if CUDA): the global state stays."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
 
 
 @contextlib.contextmanager
@@ -217,10 +225,16 @@ def _probe(gm: fx.GraphModule, nodes: Set[fx.Node], start: Optional[fx.Node], st
            out: fx.Node, x: fx.Node, x_like: torch.Tensor, candidates: Dict[str, Callable]) -> Optional[str]:
     """The one candidate ``f`` with ``region(v) == f(v)`` (flattened) on every trial, or None.
 
-    ``start`` is the region's input (None: the region reads ``x`` alone and candidates take x)."""
+    ``start`` is the region's input (None: the region reads ``x`` alone and candidates take x).
+    Random ops in the region (dropout) draw from a forked RNG: the global one is not touched."""
+    with private_rng(x_like.device):
+        return _probe_trials(gm, nodes, start, start_like, out, x, x_like, candidates)
+
+
+def _probe_trials(gm, nodes, start, start_like, out, x, x_like, candidates) -> Optional[str]:
     g = torch.Generator().manual_seed(0)
     modules = [gm.get_submodule(n.target) for n in nodes if n.op == "call_module"]
-    sizes = {n: n.meta["example_value"].node.hint for n in gm.graph.nodes if _is_size_input(n, None)}
+    sizes = {n: n.meta["example_value"].node.hint for n in gm.graph.nodes if _is_size_input(n)}
     alive = dict(candidates)
     for trial in range(_TRIALS):
         px = torch.randn(_shape(x_like), generator=g, dtype=torch.float64).to(x_like.device)
@@ -355,7 +369,7 @@ def residual_tail(node: fx.Node, gm: fx.GraphModule, info: Info, relu: bool):
     last = next(iter(add.users))
     if len(last.all_input_nodes) != 1 or last.op not in ("call_function", "call_method", "call_module"):
         return None
-    if last.op == "call_module" and _has_state(gm.get_submodule(last.target)):
+    if last.op == "call_module" and has_state(gm.get_submodule(last.target)):
         return None
     at = _tensor(info, add)
     return (r, last) if _probe(gm, {last}, add, at, last, add, at, {"relu": torch.relu}) else None
