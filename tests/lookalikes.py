@@ -18,6 +18,17 @@ class TimmSigmoid(nn.Module):
         return x.sigmoid_() if self.inplace else x.sigmoid()
 
 
+class TimmSwish(nn.Module):
+    """timm.layers.activations.Swish: ``x * x.sigmoid()``, in place when asked."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x):
+        return x.mul_(x.sigmoid()) if self.inplace else x.mul(x.sigmoid())
+
+
 class TimmHardSigmoid(nn.Module):
     """timm.layers.activations.HardSigmoid: ``relu6(x + 3) / 6``, no torch hardsigmoid call."""
 

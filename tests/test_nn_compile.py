@@ -11,7 +11,7 @@ from torch import nn
 
 import fastmtl.nn as fnn
 from lookalikes import (
-    MTLSABlock, SmpSCSEModule, TemplateSqueezeAndExcitation, TimmGELU, TimmSEModule, TimmSqueezeExcite, TorchvisionSE,
+    MTLSABlock, SmpSCSEModule, TemplateSqueezeAndExcitation, TimmGELU, TimmSEModule, TimmSqueezeExcite, TimmSwish, TorchvisionSE,
 )
 
 SE_OP, GATE_OP = torch.ops.fastmtl.se_scale.default, torch.ops.fastmtl.sigmoid_gate.default
@@ -45,14 +45,14 @@ class MBConv(nn.Module):
 
 
 class EfficientNetStyle(nn.Module):
-    """timm's EfficientNet SE (SiLU), torchvision's MobileNetV3 SE (Hardsigmoid) and smp's SCSE
+    """timm's EfficientNet SE (timm's Swish), torchvision's MobileNetV3 SE (Hardsigmoid) and smp's SCSE
     (its channel half is an SE) in one small net: three se_scale ops expected."""
 
     def __init__(self, c=8):
         super().__init__()
         self.stem, self.act = _conv_bn(3, c, 3), nn.SiLU()
         self.blocks = nn.Sequential(
-            MBConv(c, 16, TimmSqueezeExcite(16, 2)),
+            MBConv(c, 16, TimmSqueezeExcite(16, 2, TimmSwish)),  # in-place x.mul_(x.sigmoid()): found as silu
             MBConv(c, 24, TorchvisionSE(24, 8, scale_activation=nn.Hardsigmoid), act=nn.Hardswish),
         )
         self.scse = SmpSCSEModule(c)

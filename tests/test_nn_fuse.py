@@ -13,7 +13,7 @@ import fastmtl.nn as fnn
 from fastmtl.models import heads
 from lookalikes import (
     GatedBySequential, MTLSABlock, MTLSEBlock, SmpSCSEModule, SmpSEModule, TemplateSelfAttention,
-    TemplateSqueezeAndExcitation, TimmGELU, TimmHardSigmoid, TimmSEModule, TimmSqueezeExcite, TorchvisionSE,
+    TemplateSqueezeAndExcitation, TimmGELU, TimmHardSigmoid, TimmSEModule, TimmSwish, TimmSqueezeExcite, TorchvisionSE,
 )
 
 pytestmark = pytest.mark.usefixtures("triton_mode")  # kernels through Triton (interpreter on CPU)
@@ -23,6 +23,7 @@ SE_BLOCKS = {  # name: (block factory, the act and gate fuse must find)
     "timm SEModule gelu + timm HardSigmoid": (lambda: TimmSEModule(12, 4, TimmGELU, gate_layer=TimmHardSigmoid), "gelu", "hardsigmoid"),
     "timm SEModule hardswish, no bias": (lambda: TimmSEModule(12, 4, nn.Hardswish, gate_layer=nn.Hardsigmoid, bias=False), "hardswish", "hardsigmoid"),
     "timm EfficientNet SqueezeExcite": (lambda: TimmSqueezeExcite(12, 3), "silu", "sigmoid"),
+    "timm SqueezeExcite + timm Swish": (lambda: TimmSqueezeExcite(12, 3, TimmSwish), "silu", "sigmoid"),
     "torchvision SE": (lambda: TorchvisionSE(12, 4), "relu", "sigmoid"),
     "torchvision SE, EfficientNet": (lambda: TorchvisionSE(12, 3, nn.SiLU), "silu", "sigmoid"),
     "torchvision SE, MobileNetV3": (lambda: TorchvisionSE(12, 4, scale_activation=nn.Hardsigmoid), "relu", "hardsigmoid"),

@@ -336,7 +336,7 @@ def match_gated_conv(mul: fx.Node, gm: fx.GraphModule, info: Info) -> Optional[G
         if xt is None or ft is None or gate_side is None or len(gate_side[1]) != 1 or not gate_side[0]:
             continue
         attention = gate_side[1][0]
-        same = attention.kind == "conv" and attention.input is x and all(
+        same = attention.kind == "conv" and attention.input is x and attention.node is not f and all(
             getattr(features, k) == getattr(attention, k) for k in ("weight_shape", "stride", "padding", "dilation", "groups"))
         if not same or features.groups != 1 or features.bias is not None or attention.bias is not None:
             continue
