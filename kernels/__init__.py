@@ -2,8 +2,8 @@
 
 Importing the package registers every op in the ``torch.ops.fastmtl`` namespace:
 
-* ``se_scale``: squeeze-and-excitation, ``x * sigmoid(W2 relu(W1 mean_hw(x) + b1) + b2)``,
-  optionally ``relu(that + identity)`` (the ResNet block tail); ``se_scale_backward``: its gradients.
+* ``se_scale``: squeeze-and-excitation, ``x * gate(W2 act(W1 mean_hw(x) + b1) + b2)``
+  (``act``: relu/silu/gelu/hardswish, ``gate``: sigmoid/hardsigmoid, biases optional), optionally ``relu(that + identity)`` (the ResNet block tail); ``se_scale_backward``: its gradients.
 * ``sigmoid_gate``: the attention gate ``f * sigmoid(a)``, optionally ``+ r``;
   ``sigmoid_gate_backward``: its gradients.
 * ``silog_stats``: per-image ``(sum d, sum d^2, count)`` of the log depth error

@@ -1,14 +1,34 @@
-"""Fused spatial self-attention (drop-in for :class:`fastmtl.models.heads.SelfAttention`)."""
+"""Fused spatial attention ``conv(x) * sigmoid(attention(x))``: :class:`SelfAttention` (drop-in
+for :class:`fastmtl.models.heads.SelfAttention`) and :class:`FusedGatedConv` (any such block,
+its children kept, that :func:`fastmtl.nn.fuse` recognised)."""
 from __future__ import annotations
 
-from typing import Optional
+from collections import OrderedDict
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from fastmtl.kernels.sigmoid_gate import sigmoid_gate
 from fastmtl.models import heads
+
+
+def gated_conv(x: Tensor, features: Tensor, attention: Tensor, stride=1, padding=1, dilation=1,
+               residual: Optional[Tensor] = None) -> Tensor:
+    """``conv(x, features) * sigmoid(conv(x, attention))`` (+ ``residual``) as ONE bias-free
+    convolution with the two weights concatenated (``2 * out`` channels) and one
+    ``fastmtl::sigmoid_gate`` on the two channel halves (views, no copy).
+
+    ``x`` ``(N, in, H, W)``; weights ``(out, in, kh, kw)``; ``residual`` the output's shape.
+    NCHW or channels_last (the output follows the convolution's layout).
+    """
+    c = features.shape[0]
+    y = F.conv2d(x, torch.cat([features, attention]), None, stride, padding, dilation)
+    if residual is not None and residual.dtype != y.dtype:  # as the reference's promotion
+        dtype = torch.promote_types(y.dtype, residual.dtype)
+        y, residual = y.to(dtype), residual.to(dtype)
+    return sigmoid_gate(y[:, :c], y[:, c:], residual)
 
 
 class SelfAttention(heads.SelfAttention):
@@ -16,18 +36,39 @@ class SelfAttention(heads.SelfAttention):
 
     ``SelfAttention(in_ch, out_ch, attention_init="zero")``: same constructor, parameters
     (``conv.weight``, ``attention.weight``, bias-free 3x3) and ``state_dict`` as the reference.
-    ``forward`` convolves once with the two weights concatenated (``2 * out_ch`` output
-    channels) and gates the two channel halves -- views of that one tensor -- with
-    ``fastmtl::sigmoid_gate``, adding ``residual`` in the same pass.
-
     ``forward(x (N, in_ch, H, W), residual=None (N, out_ch, H, W))`` -> ``(N, out_ch, H, W)``;
-    NCHW or channels_last (the output follows the convolution's layout).
+    see :func:`gated_conv`.
     """
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
-        c = self.conv.out_channels
-        y = F.conv2d(x, torch.cat([self.conv.weight, self.attention.weight]), padding=1)
-        if residual is not None and residual.dtype != y.dtype:  # as the reference's promotion
-            dtype = torch.promote_types(y.dtype, residual.dtype)
-            y, residual = y.to(dtype), residual.to(dtype)
-        return sigmoid_gate(y[:, :c], y[:, c:], residual)
+        return gated_conv(x, self.conv.weight, self.attention.weight, residual=residual)
+
+
+class FusedGatedConv(nn.Module):
+    """A ``conv(x) * sigmoid(conv'(x))`` block of any library run as :func:`gated_conv`.
+
+    ``FusedGatedConv(block, weights, stride, padding, dilation)``: takes over ``block``'s child
+    modules under their names (the ``state_dict`` is the block's) and its train/eval flag;
+    ``weights`` are the paths of the features and attention conv weights inside the block
+    (e.g. ``("conv.weight", "attention.0.weight")``), read at every call.
+
+    ``forward(x, residual=None)``: ``x`` ``(N, in, H, W)`` -> ``(N, out, H', W')``.
+    """
+
+    def __init__(self, block: nn.Module, weights: Tuple[str, str], stride, padding, dilation):
+        super().__init__()
+        self._modules = OrderedDict(block._modules)
+        self.training = block.training
+        self._fused_weights, self._fused_geometry = tuple(weights), (stride, padding, dilation)
+        self._fused_from = type(block).__qualname__
+
+    def _weight(self, path: str) -> Tensor:
+        owner, _, name = path.rpartition(".")
+        return getattr(self.get_submodule(owner), name)
+
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        features, attention = (self._weight(p) for p in self._fused_weights)
+        return gated_conv(x, features, attention, *self._fused_geometry, residual=residual)
+
+    def extra_repr(self) -> str:
+        return f"fused={self._fused_from}"

@@ -1,19 +1,22 @@
-"""``fuse(model)``: swap reference and look-alike blocks for fastmtl's fused modules, in place."""
+"""``fuse(model)``: swap fastmtl's reference blocks, and any block that computes the same thing,
+for fused modules, in place."""
 from __future__ import annotations
 
+import inspect
 import itertools
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from fastmtl.models import heads
 
 from .aspp import ASPP
-from .attention import SelfAttention
-from .se import SqueezeExcitation
+from .attention import FusedGatedConv, SelfAttention
+from .patterns import GatedConvMatch, SEMatch, has_state, match_gated_conv, match_se, private_rng
+from .se import FusedSqueezeExcitation, SqueezeExcitation
 
-_FUSED = (SqueezeExcitation, SelfAttention, ASPP)
+_FUSED = (SqueezeExcitation, SelfAttention, ASPP, FusedSqueezeExcitation, FusedGatedConv)
 _PROBE_TOL = {torch.float64: 1e-7, torch.float32: 5e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
 
@@ -24,33 +27,29 @@ def fuse(model: nn.Module, verify: bool = True) -> int:
 
     1. :class:`fastmtl.models.heads.SqueezeExcitation`, ``SelfAttention`` and ``ASPP`` (exact
        types) -> :class:`fastmtl.nn.SqueezeExcitation`, ``SelfAttention``, ``ASPP``.
-    2. A foreign squeeze-and-excitation block: children ``fc1`` and ``fc2``, both 1x1
-       ``Conv2d`` (stride 1, no padding, dilation or groups) or both ``Linear``, with bias,
-       ``C -> Cr`` and ``Cr -> C``; any other children are parameter-free ``ReLU``,
-       ``Sigmoid`` or ``AdaptiveAvgPool2d(1)``; no parameters or buffers of its own; and
-       ``forward(x) == x * sigmoid(fc2(relu(fc1(mean_hw(x)))))`` (e.g. torchvision's
-       ``SqueezeExcitation`` with its default activations) -> ``fastmtl.nn.SqueezeExcitation``.
-    3. A foreign attention block: children ``conv`` and ``attention``, both bias-free 3x3
-       ``Conv2d`` ``in_ch -> out_ch`` (stride 1, padding 1, no dilation or groups); any
-       other children are parameter-free ``Sigmoid``; no parameters or buffers of its own;
-       and ``forward(x) == conv(x) * sigmoid(attention(x))`` -> ``fastmtl.nn.SelfAttention``.
+    2. Any block whose ``forward(x)`` computes ``x * gate(fc2(act(fc1(mean_hw(x)))))``
+       -> :class:`fastmtl.nn.FusedSqueezeExcitation`, or ``conv(x) * sigmoid(conv'(x))``
+       -> :class:`fastmtl.nn.FusedGatedConv`. The block is traced with ``torch.fx`` (modules
+       without children stay whole) and its graph must be exactly that pattern, as
+       :mod:`fastmtl.nn.patterns` defines it: ``fc1``/``fc2`` 1x1 ``Conv2d`` or ``Linear``
+       (bias or not) anywhere among its children (``fc.0``, ``conv_reduce`` ...); the squeeze,
+       activation (relu / silu / exact gelu / hardswish) and gate (sigmoid / hardsigmoid)
+       recognised by probing what they compute, whatever module or function does it; the
+       attention convs bias-free with one geometry. Blocks with anything else in them (a
+       BatchNorm that is not ``Identity``, another activation, a conv bias on the attention,
+       a second input, extra arithmetic) are left alone.
 
-    Not recognised, because the swap would change the ``state_dict`` or the computation is
-    not inside the block: a ``Sequential(AdaptiveAvgPool2d(1), Conv2d, ReLU, Conv2d,
-    Sigmoid)`` gate (its parent does the multiply; its keys are ``1.weight`` ...), SE blocks
-    whose layers sit in a ``Sequential`` (``fc.0.weight`` ...) or have no bias, and attention
-    convs with bias.
-
-    The fused module takes over the original's child modules -- the same ``Parameter`` and
-    buffer objects, so the ``state_dict`` (keys and values), device, dtype,
+    The fused module takes over the original's child modules under their names -- the same
+    ``Parameter`` and buffer objects, so the ``state_dict`` (keys and values), device, dtype,
     ``requires_grad`` and any optimizer holding them are unchanged -- and its train/eval
     flag. Hooks registered on a swapped module itself are not carried over. A module that
     appears several times in the model is swapped for one shared fused module (counted once).
 
-    ``verify`` (default True): before swapping a foreign block (2., 3.), run it and its
-    fused twin on a small random input (no grad; a private generator, the global RNG is not
-    touched) and swap only if the outputs agree (fp32 to 5e-3). This needs real weights
-    (not on the meta device); ``verify=False`` trusts the structure alone.
+    ``verify`` (default True): before swapping a block of kind 2, run it and its fused twin on
+    a small random input, in train and in eval mode (no grad; the global RNG is not touched),
+    and swap only if the outputs agree (fp32 to 5e-3). Recognising a block of kind 2 runs it
+    on a probe too, so it needs real weights (not the meta device). ``verify=False`` skips
+    only the final comparison.
     """
     memo: Dict[int, Tuple[nn.Module, Optional[nn.Module]]] = {}
 
@@ -80,16 +79,16 @@ def _fused_twin(m: nn.Module, verify: bool) -> Optional[nn.Module]:
     if kind is heads.ASPP:
         first = m.convs[0][0]
         return _adopt(ASPP, (first.in_channels, first.out_channels, m.rates, m.project[3].p), m, ("convs", "pool", "project"))
-    if isinstance(m, _FUSED):
+    if isinstance(m, _FUSED) or not _traceable_leaves(m):
         return None
-    channels = _se_channels(m)
-    if channels is not None:
-        new = _adopt(SqueezeExcitation, (channels,), m, ("fc1", "fc2"))
-        return new if not verify or _same_output(m, new, channels) else None
-    channels = _attention_channels(m)
-    if channels is not None:
-        new = _adopt(SelfAttention, (channels, m.conv.out_channels), m, ("conv", "attention"))
-        return new if not verify or _same_output(m, new, channels) else None
+    traced = _trace(m)
+    if traced is None:
+        return None
+    for channels in _channel_candidates(traced):
+        x = _probe_input(m, channels)
+        new = _twin_by_computation(m, traced, x)
+        if new is not None:
+            return new if not verify or _same_output(m, new, x) else None
     return None
 
 
@@ -103,79 +102,138 @@ def _adopt(cls, args: Sequence, old: nn.Module, children: Sequence[str]) -> nn.M
     new.training = old.training
     if _has_meta(new) and not _has_meta(old):
         raise RuntimeError(f"fuse: {cls.__name__} has state that {type(old).__name__} does not provide")
-    if list(new.state_dict()) != list(old.state_dict()):
-        raise RuntimeError(f"fuse: {cls.__name__} would change the state_dict keys of {type(old).__name__}")
+    _check_same_keys(new, old)
     return new
+
+
+def _check_same_keys(new: nn.Module, old: nn.Module) -> None:
+    if list(new.state_dict()) != list(old.state_dict()):
+        raise RuntimeError(f"fuse: {type(new).__name__} would change the state_dict keys of {type(old).__name__}")
 
 
 def _has_meta(m: nn.Module) -> bool:
     return any(t.is_meta for t in itertools.chain(m.parameters(), m.buffers()))
 
 
-def _stateless_extras(m: nn.Module, core: Sequence[str], allowed) -> bool:
-    """``m`` has no parameters or buffers of its own, and its children other than ``core``
-    are parameter-free modules accepted by ``allowed``."""
-    if any(True for _ in itertools.chain(m.parameters(recurse=False), m.buffers(recurse=False))):
+def _traceable_leaves(m: nn.Module) -> bool:
+    """No state of its own, and every module without children in it is a ``Conv2d``/``Linear``
+    or stateless -- so running it on a probe changes nothing (no BatchNorm statistics)."""
+    if has_state(m, recurse=False) or not m._modules or _has_meta(m):
         return False
-    extras = [c for n, c in m.named_children() if n not in core]
-    return all(allowed(c) and not any(True for _ in itertools.chain(c.parameters(), c.buffers())) for c in extras)
+    leaves = [c for c in m.modules() if not c._modules and c is not m]
+    return all(isinstance(c, (nn.Conv2d, nn.Linear)) or not has_state(c) for c in leaves)
 
 
-def _is_global_pool(c: nn.Module) -> bool:
-    return isinstance(c, nn.AdaptiveAvgPool2d) and c.output_size in (1, (1, 1))
+class _LeafTracer(fx.Tracer):
+    """Traces through containers; a module without children stays one ``call_module``."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return not m._modules
 
 
-def _se_channels(m: nn.Module) -> Optional[int]:
-    """C when ``m`` has the structure of a foreign SE block (see :func:`fuse`), else None."""
-    fc1, fc2 = m._modules.get("fc1"), m._modules.get("fc2")
-    if isinstance(fc1, nn.Conv2d) and isinstance(fc2, nn.Conv2d):
-        if not all(_is_pointwise(c) for c in (fc1, fc2)):
-            return None
-        c, cr, c2, cr2 = fc1.in_channels, fc1.out_channels, fc2.out_channels, fc2.in_channels
-    elif type(fc1) is nn.Linear and type(fc2) is nn.Linear:
-        if fc1.bias is None or fc2.bias is None:
-            return None
-        c, cr, c2, cr2 = fc1.in_features, fc1.out_features, fc2.out_features, fc2.in_features
-    else:
-        return None
-    if (c, cr) != (c2, cr2):
-        return None
-    allowed = lambda e: isinstance(e, (nn.ReLU, nn.Sigmoid)) or _is_global_pool(e)  # noqa: E731
-    return c if _stateless_extras(m, ("fc1", "fc2"), allowed) else None
-
-
-def _is_pointwise(c: nn.Conv2d) -> bool:
-    return (c.kernel_size, c.stride, c.padding, c.dilation, c.groups) == ((1, 1), (1, 1), (0, 0), (1, 1), 1) and (
-        c.bias is not None and c.padding_mode == "zeros"
-    )
-
-
-def _attention_channels(m: nn.Module) -> Optional[int]:
-    """in_ch when ``m`` has the structure of a foreign attention block (see :func:`fuse`)."""
-    conv, att = m._modules.get("conv"), m._modules.get("attention")
-    if not (isinstance(conv, nn.Conv2d) and isinstance(att, nn.Conv2d)):
-        return None
-    for c in (conv, att):
-        if (c.kernel_size, c.stride, c.padding, c.dilation, c.groups) != ((3, 3), (1, 1), (1, 1), (1, 1), 1):
-            return None
-        if c.bias is not None or c.padding_mode != "zeros":
-            return None
-    if (conv.in_channels, conv.out_channels) != (att.in_channels, att.out_channels):
-        return None
-    if not _stateless_extras(m, ("conv", "attention"), lambda e: isinstance(e, nn.Sigmoid)):
-        return None
-    return conv.in_channels
-
-
-def _same_output(old: nn.Module, new: nn.Module, channels: int) -> bool:
-    """Whether ``old(x)`` and ``new(x)`` agree on a small random ``(2, channels, 5, 6)`` probe."""
-    p = next(old.parameters())
-    x = torch.randn(2, channels, 5, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    x = x.to(device=p.device, dtype=p.dtype)
+def _trace(m: nn.Module) -> Optional[fx.GraphModule]:
+    """``m`` traced with one tensor input (other parameters fixed at their defaults), or None."""
     try:
-        with torch.no_grad():
-            a, b = old(x), new(x)
-    except Exception:  # a block whose forward takes other arguments is not a look-alike
+        params = list(inspect.signature(m.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if not params or params[0].kind not in kinds or any(p.default is inspect.Parameter.empty or p.kind
+                                                        in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params[1:]):
+        return None
+    try:
+        graph = _LeafTracer().trace(m, concrete_args={p.name: p.default for p in params[1:]})
+    except Exception:  # data-dependent control flow and the like: not ours
+        return None
+    gm = fx.GraphModule(m, graph)
+    gm.graph.eliminate_dead_code()
+    return gm
+
+
+def _channel_candidates(gm: fx.GraphModule) -> List[int]:
+    """Input channel counts worth probing: those of the block's convs and linears."""
+    seen: List[int] = []
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            c = gm.get_submodule(n.target)
+            size = c.in_channels if isinstance(c, nn.Conv2d) else getattr(c, "in_features", None)
+            if size is not None and size not in seen:
+                seen.append(size)
+    return seen
+
+
+def _probe_input(m: nn.Module, channels: int) -> torch.Tensor:
+    """A fixed random ``(2, channels, 5, 6)`` input in the block's dtype and device."""
+    p = next(itertools.chain(m.parameters(), m.buffers()))
+    x = torch.randn(2, channels, 5, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return x.to(device=p.device, dtype=p.dtype)
+
+
+def _record(gm: fx.GraphModule, x: torch.Tensor) -> Optional[Dict[fx.Node, object]]:
+    """Every node's value on the probe ``x`` (no grad, private RNG), or None if it fails."""
+    values: Dict[fx.Node, object] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n):
+            values[n] = super().run_node(n)
+            return values[n]
+
+    try:
+        with torch.no_grad(), private_rng(x.device):
+            Recorder(gm).run(x)
+    except Exception:  # e.g. the wrong channel count for this block
+        return None
+    return values
+
+
+def _twin_by_computation(m: nn.Module, gm: fx.GraphModule, x: torch.Tensor) -> Optional[nn.Module]:
+    """The fused wrapper for ``m`` when its whole traced graph is one recognised pattern."""
+    values = _record(gm, x)
+    if values is None:
+        return None
+    info = values.get
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    if not isinstance(out, fx.Node):
+        return None
+    match = match_se(out, gm, info) or match_gated_conv(out, gm, info)
+    if match is None or match.x is not inputs[0]:
+        return None
+    ignored = {fx._symbolic_trace._assert_is_none}  # checks of the arguments fixed by tracing
+    rest = [n for n in gm.graph.nodes if n not in match.nodes and n.op not in ("placeholder", "output")
+            and n.target not in ignored]
+    if rest:
+        return None
+    if isinstance(match, SEMatch):
+        weights = [_path(r) for f in (match.fc1, match.fc2) for r in (f.weight, f.bias)]
+        new = FusedSqueezeExcitation(m, weights, match.act, match.gate)
+    else:
+        assert isinstance(match, GatedConvMatch)
+        f = match.features
+        new = FusedGatedConv(m, (_path(f.weight), _path(match.attention.weight)), f.stride, f.padding, f.dilation)
+    _check_same_keys(new, m)
+    return new
+
+
+def _path(ref) -> Optional[str]:
+    """A parameter path from a :data:`fastmtl.nn.patterns.Ref` of a traced block."""
+    return ref.target if isinstance(ref, fx.Node) else ref
+
+
+def _same_output(old: nn.Module, new: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``old(x)`` and ``new(x)`` agree, in train and in eval mode (no grad, private RNG)."""
+    flags = [(mod, mod.training) for mod in itertools.chain(old.modules(), [new])]
+    tol = _PROBE_TOL.get(x.dtype, 1e-3)
+    try:
+        for training in (True, False):
+            old.train(training), new.train(training)
+            with torch.no_grad(), private_rng(x.device):
+                a, b = old(x), new(x)
+            if not (isinstance(a, torch.Tensor) and a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=tol, atol=tol)):
+                return False
+        return True
+    except Exception:
         return False
-    tol = _PROBE_TOL.get(p.dtype, 1e-3)
-    return isinstance(a, torch.Tensor) and a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=tol, atol=tol)
+    finally:
+        for mod, flag in flags:
+            mod.training = flag
