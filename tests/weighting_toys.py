@@ -6,9 +6,9 @@ from torch import nn
 class ToyModel(nn.Module):
     """``encoder`` (shared) -> features ``{1: x, 2: h}`` -> two linear heads ``a``, ``b``."""
 
-    def __init__(self, width=6):
+    def __init__(self, width=6, batch_norm=True):
         super().__init__()
-        self.encoder = ToyEncoder(width)
+        self.encoder = ToyEncoder(width, batch_norm)
         self.a = nn.Linear(width, 1)
         self.b = nn.Linear(width, 1)
 
@@ -23,10 +23,10 @@ class ToyModel(nn.Module):
 
 
 class ToyEncoder(nn.Module):
-    def __init__(self, width):
+    def __init__(self, width, batch_norm=True):
         super().__init__()
         self.lin = nn.Linear(3, width)
-        self.bn = nn.BatchNorm1d(width)
+        self.bn = nn.BatchNorm1d(width) if batch_norm else nn.Identity()
 
     def forward(self, x):
         return {1: x, 2: torch.tanh(self.bn(self.lin(x)))}

@@ -137,12 +137,13 @@ class WeightedBackward:
 
     # -- gradient methods ----------------------------------------------------------------------
 
-    def _per_task(self, losses: torch.Tensor, inputs: List[torch.Tensor], scale: float):
+    def _per_task(self, losses: torch.Tensor, inputs: List[torch.Tensor], scaler):
         """``(T, D_inputs)`` gradients of ``scale * L_t`` w.r.t. ``inputs``, and ``(T, D_heads)``."""
         t_count, n_in = losses.shape[0], len(inputs)
+        scaled = scaler.scale(losses)
         rows, head_rows = [], []
         for t in range(t_count):
-            grads = torch.autograd.grad(losses[t] * scale, inputs + self.heads, retain_graph=t < t_count - 1,
+            grads = torch.autograd.grad(scaled[t], inputs + self.heads, retain_graph=t < t_count - 1,
                                         allow_unused=True, materialize_grads=True)
             rows.append(flat(grads[:n_in]))
             head_rows.append(flat(grads[n_in:]) if self.heads else losses.new_zeros(0))
@@ -166,8 +167,8 @@ class WeightedBackward:
         global_losses = self.global_losses(losses)
         if not bool(torch.isfinite(global_losses).all()):
             return None
+        grads, head_grads = self._per_task(losses, self.shared, scaler)
         scale = _scale_of(scaler)
-        grads, head_grads = self._per_task(losses, self.shared, scale)
         grads = self.sync.mean_(grads) / scale
         if not bool(torch.isfinite(grads).all()):
             return self.method.last_weights if self._skip(scaler) else None
@@ -189,8 +190,8 @@ class WeightedBackward:
         global_losses = self.global_losses(losses)
         if not bool(torch.isfinite(global_losses).all()):
             return None
+        rep, head_grads = self._per_task(losses, leaves, scaler)
         scale = _scale_of(scaler)
-        rep, head_grads = self._per_task(losses, leaves, scale)
         rep = rep / scale
         sizes = [f.numel() for f in leaves]
         w = self.sync.world_size

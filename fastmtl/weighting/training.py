@@ -70,7 +70,8 @@ class WeightedTrainStep:
     """
 
     def __init__(self, method: Weighting, model: nn.Module, forward: Callable, loss_fn: Callable, tasks: List[str],
-                 grad_mode: str = "params", world_size: int = 1, compile: bool = False):
+                 grad_mode: str = "params", world_size: int = 1, compile: bool = False,
+                 compile_backend: str = "inductor"):
         self.method, self.model, self.forward, self.loss_fn, self.tasks = method, model, forward, loss_fn, tasks
         self.grad_mode = grad_mode if method.kind == "gradient" else "loss"
         shared, heads = split_parameters(model) if method.kind == "gradient" else ([], [])
@@ -81,8 +82,9 @@ class WeightedTrainStep:
         if compile and method.kind == "gradient":
             allow_repeated_backward()
         if self.grad_mode == "rep":
-            self.encoder = torch.compile(model.encoder) if compile else model.encoder
-            self.heads = torch.compile(model.predict_from_features) if compile else model.predict_from_features
+            self.encoder = torch.compile(model.encoder, backend=compile_backend) if compile else model.encoder
+            self.heads = (torch.compile(model.predict_from_features, backend=compile_backend) if compile
+                          else model.predict_from_features)
 
     def weights(self) -> Dict[str, float]:
         """The last step's task weights by task name."""
