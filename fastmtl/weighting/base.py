@@ -156,7 +156,7 @@ class GradientWeighting(Weighting):
 
     def combine(self, grads: torch.Tensor, losses: Optional[torch.Tensor] = None):
         """``grads (T, D)`` -> ``(combined (D,), coefficients (T,))``; updates the state once."""
-        gram = grads.double() @ grads.double().T
+        gram = (grads @ grads.T).double()
         c = self.coefficients(gram, losses)
         self.last_weights = c.detach().float().cpu()
         return c.to(grads.dtype) @ grads, c.float()
@@ -170,6 +170,6 @@ class GradientWeighting(Weighting):
         if losses is not None:
             self._check_losses(losses)
             losses = losses.detach().double()
-        own = self.own_loss(grads.double() @ grads.double().T, losses) if self.gram_only else None
+        own = self.own_loss((grads @ grads.T).double(), losses) if self.gram_only else None
         combined, c = self.combine(grads, losses)
         return WeightingResult(c, combined, own)

@@ -170,10 +170,10 @@ class WeightedBackward:
         grads, head_grads = self._per_task(losses, self.shared, scaler)
         scale = _scale_of(scaler)
         grads = self.sync.mean_(grads) / scale
-        if not bool(torch.isfinite(grads).all()):
+        gram = gram_of(grads)  # its diagonal is non-finite iff some gradient is
+        if not bool(torch.isfinite(gram.diagonal()).all()):
             return self.method.last_weights if self._skip(scaler) else None
         if self.method.gram_only:
-            gram = grads.double() @ grads.double().T
             c = self.method.coefficients(gram, global_losses)
             self._own_grads(self.method.own_loss(gram, global_losses), scale)
             combined = c.to(grads) @ grads
@@ -196,7 +196,7 @@ class WeightedBackward:
         sizes = [f.numel() for f in leaves]
         w = self.sync.world_size
         if self.method.gram_only:
-            gram = self.sync.sum_(rep.double() @ rep.double().T) / (w * w)
+            gram = self.sync.sum_(gram_of(rep)) / (w * w)
             if not bool(torch.isfinite(gram).all()):
                 return self.method.last_weights if self._skip(scaler) else None
             c = self.method.coefficients(gram, global_losses)
@@ -225,6 +225,12 @@ class WeightedBackward:
             write_grads(with_grad, self.sync.mean_(flat([p.grad for p in with_grad])))
         self._finish_heads(head_grads, c.to(head_grads))
         return c
+
+
+def gram_of(grads: torch.Tensor) -> torch.Tensor:
+    """``grads @ grads.T`` as float64 ``(T, T)`` (the product in the gradients' float32: a copy
+    of ``(T, D)`` in float64 would cost more than the product)."""
+    return (grads @ grads.T).double()
 
 
 def _scale_of(scaler) -> float:
