@@ -133,3 +133,29 @@ def test_cli_flags(tiny_data, tmp_path, capsys):
         Config(weighting="pcgrad", weighting_grads="both").validate()
     with pytest.raises(ConfigError, match="leak must be in"):
         Config(weighting="graddrop", weighting_opts={"leak": 2.0}).validate()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,grads", [("pcgrad", "rep"), ("uw", "params")])
+def test_torchrun_two_processes(tiny_data, tmp_path, name, grads):
+    """The trainer under torchrun (gloo): a gradient method without DDP's reducer, a loss method through it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "fastmtl", "train", "--model", "joint", "--encoder", "resnet18", "--dilation", "F,F,T",
+           "--data-root", str(tiny_data), "--size", "32x64", "--batch-size", "2", "--workers", "0",
+           "--max-steps", "2", "--eval-every", "2", "--quiet", "--out", str(out), "--device", "cpu",
+           "--weighting", name, "--weighting-grads", grads]
+    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final"]["step"] == 2 and summary["weighting"]["method"] == name
+    assert load_checkpoint(out / "last.pt")["weighting"]
