@@ -138,16 +138,22 @@ class WeightedBackward:
     # -- gradient methods ----------------------------------------------------------------------
 
     def _per_task(self, losses: torch.Tensor, inputs: List[torch.Tensor], scaler):
-        """``(T, D_inputs)`` gradients of ``scale * L_t`` w.r.t. ``inputs``, and ``(T, D_heads)``."""
+        """``(T, D_inputs)`` float32 gradients of ``scale * L_t`` w.r.t. ``inputs``, written row by
+        row into one buffer, and the heads' gradients: ``(T, D_heads)`` when the method weights
+        the heads by its coefficients, else their sum over tasks ``(1, D_heads)``."""
         t_count, n_in = losses.shape[0], len(inputs)
         scaled = scaler.scale(losses)
-        rows, head_rows = [], []
+        rows = losses.new_empty((t_count, sum(x.numel() for x in inputs)), dtype=torch.float32)
+        per_task_heads = self.method.head_weights_mode == "coefficients"
+        head_rows = losses.new_zeros((t_count if per_task_heads else 1, sum(p.numel() for p in self.heads)),
+                                     dtype=torch.float32)
         for t in range(t_count):
             grads = torch.autograd.grad(scaled[t], inputs + self.heads, retain_graph=t < t_count - 1,
                                         allow_unused=True, materialize_grads=True)
-            rows.append(flat(grads[:n_in]))
-            head_rows.append(flat(grads[n_in:]) if self.heads else losses.new_zeros(0))
-        return torch.stack(rows), torch.stack(head_rows)
+            _copy_into(rows[t], grads[:n_in])
+            _copy_into(head_rows[t if per_task_heads else 0], grads[n_in:], add=not per_task_heads)
+            del grads
+        return rows, head_rows
 
     def _skip(self, scaler) -> bool:
         """A non-finite gradient: let an fp16 GradScaler skip the step (True), else report it."""
@@ -159,7 +165,10 @@ class WeightedBackward:
 
     def _finish_heads(self, head_grads: torch.Tensor, coefficients: torch.Tensor) -> None:
         if self.heads:
-            h = self.method.head_weights(coefficients).to(head_grads) @ head_grads
+            if head_grads.shape[0] == 1:  # already the sum over tasks (weights 1)
+                h = head_grads[0]
+            else:
+                h = self.method.head_weights(coefficients).to(head_grads) @ head_grads
             write_grads(self.heads, self.sync.mean_(h))
 
     def params_backward(self, losses: torch.Tensor, scaler):
@@ -169,7 +178,7 @@ class WeightedBackward:
             return None
         grads, head_grads = self._per_task(losses, self.shared, scaler)
         scale = _scale_of(scaler)
-        grads = self.sync.mean_(grads) / scale
+        grads = self.sync.mean_(grads).div_(scale)
         gram = gram_of(grads)  # its diagonal is non-finite iff some gradient is
         if not bool(torch.isfinite(gram.diagonal()).all()):
             return self.method.last_weights if self._skip(scaler) else None
@@ -192,7 +201,7 @@ class WeightedBackward:
             return None
         rep, head_grads = self._per_task(losses, leaves, scaler)
         scale = _scale_of(scaler)
-        rep = rep / scale
+        rep = rep.div_(scale)
         sizes = [f.numel() for f in leaves]
         w = self.sync.world_size
         if self.method.gram_only:
@@ -225,6 +234,18 @@ class WeightedBackward:
             write_grads(with_grad, self.sync.mean_(flat([p.grad for p in with_grad])))
         self._finish_heads(head_grads, c.to(head_grads))
         return c
+
+
+def _copy_into(row: torch.Tensor, tensors: Sequence[torch.Tensor], add: bool = False) -> None:
+    """Write (or add) the flattened ``tensors`` into the 1-D ``row``, converting the dtype."""
+    offset = 0
+    for x in tensors:
+        n = x.numel()
+        if add:
+            row[offset:offset + n] += x.reshape(-1)
+        else:
+            row[offset:offset + n].copy_(x.reshape(-1))
+        offset += n
 
 
 def gram_of(grads: torch.Tensor) -> torch.Tensor:

@@ -36,10 +36,10 @@ class DWA(LossWeighting):
         # the weights of this step come from the periods completed before it
         if self.periods_done >= 2:
             r = (self.history[1] / self.history[0].clamp_min(1e-12)).float()
-            self.current = self.num_tasks * F.softmax(r / float(self.options["temperature"]), dim=0)
+            self.current = self.num_tasks * F.softmax(r / float(self.options["temperature"]), dim=0).cpu()
         else:
             self.current = torch.ones(self.num_tasks)
-        self.period_sum += losses.detach().double().cpu()
+        self.period_sum += losses.detach().to(self.period_sum)
         self.count += 1
         if self.count == self.period:
             self.history = torch.stack([self.history[1], self.period_sum / self.count])

@@ -31,7 +31,7 @@ class FAMO(LossWeighting):
     def update(self, losses: torch.Tensor) -> None:
         """One Adam step of the logits from the previous losses to ``losses``."""
         eps = float(self.options["eps"])
-        delta = (self.prev + eps).log() - (losses.detach().double().cpu() + eps).log()
+        delta = (self.prev + eps).log() - (losses.detach().to(self.prev) + eps).log()
         z = F.softmax(self.logits, 0)
         grad = z * (delta - (z * delta).sum())  # J_softmax^T delta (J is symmetric)
         grad = grad + float(self.options["gamma"]) * self.logits
@@ -46,7 +46,7 @@ class FAMO(LossWeighting):
     def observe(self, losses: torch.Tensor) -> None:
         if self.has_prev:
             self.update(losses)
-        self.prev = losses.detach().double().cpu().clone()
+        self.prev = losses.detach().to(self.logits).clone()
         self.has_prev = True
 
     def objective(self, losses: torch.Tensor) -> torch.Tensor:

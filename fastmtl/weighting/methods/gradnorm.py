@@ -33,7 +33,7 @@ class GradNorm(GradientWeighting):
         if losses is None:
             raise ValueError("weighting gradnorm needs the task losses")
         if not self.has_initial:
-            self.initial_losses = losses.detach().double().cpu().clone()
+            self.initial_losses = losses.detach().to(self.initial_losses).clone()
             self.has_initial = True
         return self.task_weights().detach().to(gram)
 

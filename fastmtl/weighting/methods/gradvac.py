@@ -38,7 +38,7 @@ class GradVac(GradientWeighting):
                         norm_j * (1 - phi ** 2).sqrt() + 1e-8)
                     a[i, j] += w
                 target[i, j] = (1 - beta) * phi + beta * rho
-        self.target = target.detach().cpu()
+        self.target = target.detach().to(self.target)
         return a.sum(0)
 
     def _extra(self):

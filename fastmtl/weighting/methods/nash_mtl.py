@@ -17,6 +17,7 @@ class NashMTL(GradientWeighting):
     name = "nash_mtl"
     paper = "Navon et al., ICML 2022"
     defaults = {"update_weights_every": 1, "optim_niter": 20, "max_norm": 1.0}
+    head_weights_mode = "coefficients"
 
     def __init__(self, num_tasks: int, **options):
         super().__init__(num_tasks, **options)
@@ -30,8 +31,8 @@ class NashMTL(GradientWeighting):
         if self.steps % int(self.options["update_weights_every"]) == 0:
             scale = torch.linalg.matrix_norm(gram).clamp_min(1e-30)
             a = nash_bargaining(gram / scale, self.alpha_normalized, int(self.options["optim_niter"]))
-            self.alpha_normalized = a.detach().cpu().double()
-            self.alpha = (a / scale.sqrt()).detach().cpu().double()
+            self.alpha_normalized = a.detach().to(self.alpha_normalized)
+            self.alpha = (a / scale.sqrt()).detach().to(self.alpha)
         self.steps += 1
         c = self.alpha.to(gram)
         max_norm = float(self.options["max_norm"])
