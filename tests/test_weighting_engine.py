@@ -92,7 +92,7 @@ def test_grad_scaler_scales_per_task_backward_and_unscales_before_combining(name
         assert torch.allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)` before")
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")
 def test_overflowing_scaled_gradients_skip_the_step_and_keep_the_method_state():
     x, ya, yb = toy_data()
     model = ToyModel()

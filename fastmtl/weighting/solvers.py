@@ -40,26 +40,21 @@ def min_norm_point(gram: torch.Tensor, iters: int = 1000) -> torch.Tensor:
         g = min_norm_two(gram[0, 0], gram[0, 1], gram[1, 1])
         return torch.stack([g, 1 - g])
     m = gram / gram.diagonal().max().clamp_min(1e-30)
-    return minimize_on_simplex(lambda a: a @ m @ a, t, gram, iters=iters, tol=1e-14)
+    return minimize_on_simplex(lambda a: a @ m @ a, lambda a: 2 * m @ a, t, gram, iters=iters, tol=1e-14)
 
 
-def minimize_on_simplex(fun: Callable[[torch.Tensor], torch.Tensor], t: int, like: torch.Tensor,
-                        iters: int = 300, tol: float = 1e-10) -> torch.Tensor:
-    """Minimise a convex, differentiable ``fun`` over the simplex by projected gradient descent
-    with backtracking (Armijo) line search, from the uniform point. For CAGrad's ``T``-variable
-    sub-problem (LibMTL solves it with scipy's SLSQP)."""
+def minimize_on_simplex(fun: Callable[[torch.Tensor], torch.Tensor], grad: Callable[[torch.Tensor], torch.Tensor],
+                        t: int, like: torch.Tensor, iters: int = 300, tol: float = 1e-10) -> torch.Tensor:
+    """Minimise a convex, differentiable ``fun`` (gradient ``grad``) over the simplex by projected
+    gradient descent with backtracking (Armijo) line search, from the uniform point. For
+    CAGrad's ``T``-variable sub-problem (LibMTL solves it with scipy's SLSQP) and MGDA's."""
     x = torch.full((t,), 1.0 / t, dtype=like.dtype, device=like.device)
     step = 1.0
     for _ in range(iters):
-        with torch.enable_grad():
-            xv = x.clone().requires_grad_(True)
-            f = fun(xv)
-            (g,) = torch.autograd.grad(f, xv)
-        f = f.detach()
+        f, g = fun(x), grad(x)
         while True:
             cand = project_to_simplex(x - step * g)
-            fc = fun(cand)
-            if fc <= f + g @ (cand - x) + (cand - x).pow(2).sum() / (2 * step) or step < 1e-12:
+            if fun(cand) <= f + g @ (cand - x) + (cand - x).pow(2).sum() / (2 * step) or step < 1e-12:
                 break
             step *= 0.5
         moved = float((cand - x).abs().sum())

@@ -28,10 +28,16 @@ class CAGrad(GradientWeighting):
         b = torch.full((t,), 1.0 / t, dtype=gram.dtype, device=gram.device)
         c = calpha * (gram.mean() + 1e-8).sqrt() + 1e-8
 
-        def objective(x):
-            return x @ gram @ b + c * (x @ gram @ x + 1e-8).sqrt()
+        gb = gram @ b
 
-        w = minimize_on_simplex(objective, t, gram)
+        def objective(x):
+            return x @ gb + c * (x @ gram @ x + 1e-8).sqrt()
+
+        def gradient(x):
+            gx = gram @ x
+            return gb + c * gx / (x @ gx + 1e-8).sqrt()
+
+        w = minimize_on_simplex(objective, gradient, t, gram)
         gw_norm = (w @ gram @ w).clamp_min(0).sqrt()
         coef = b + c / (gw_norm + 1e-8) * w
         return coef / {0: 1.0, 1: 1 + calpha ** 2, 2: 1 + calpha}[int(self.options["rescale"])]
