@@ -81,6 +81,20 @@ def _plain(state):
     return state.tolist() if isinstance(state, torch.Tensor) else state
 
 
+def test_run_defaults_for_methods():
+    from fastmtl.weighting.training import method_for_run, param_groups
+
+    assert method_for_run(Config(), ["semseg", "depth"], 10) is None  # fixed: the trainer's own path
+    dwa = method_for_run(Config(weighting="dwa"), ["semseg", "depth"], 10)
+    assert dwa.period == 10
+    assert method_for_run(Config(weighting="dwa", weighting_opts={"period": 3}), ["semseg", "depth"], 10).period == 3
+    assert method_for_run(Config(weighting="pcgrad", seed=5), ["semseg", "depth"], 10).options["seed"] == 5
+    model = torch.nn.Linear(2, 2)
+    assert len(param_groups(model, method_for_run(Config(weighting="pcgrad"), ["a", "b"], 1))) == 1
+    groups = param_groups(model, method_for_run(Config(weighting="imtl_l"), ["a", "b"], 1))
+    assert len(groups) == 2 and groups[1]["weight_decay"] == 0.0
+
+
 def test_uw_log_variances_are_trained_and_saved(tiny_data, tmp_path):
     out = tmp_path / "uw"
     train(cfg(tiny_data, out, weighting="uw", max_steps=3, eval_every=3))

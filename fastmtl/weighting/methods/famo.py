@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from ..base import LossWeighting
 
+
 class FAMO(LossWeighting):
     """Objective ``sum_t z_t log(L_t + eps) / c`` with ``z = softmax(xi)``, ``c = sum_t z_t / (L_t + eps)``
     (so the weights are ``z_t / (c (L_t + eps))``); the logits ``xi`` take one Adam step
