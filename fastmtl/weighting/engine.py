@@ -249,8 +249,9 @@ def _copy_into(row: torch.Tensor, tensors: Sequence[torch.Tensor], add: bool = F
 
 
 def gram_of(grads: torch.Tensor) -> torch.Tensor:
-    """``grads @ grads.T`` as float64 ``(T, T)`` (the product in the gradients' float32: a copy
-    of ``(T, D)`` in float64 would cost more than the product)."""
+    """``grads @ grads.T`` as float64 ``(T, T)``. The product is in the gradients' float32 (as
+    LibMTL's): a float64 copy of ``(T, D)`` would cost more than the product. Its rounding can
+    make it slightly indefinite, so the solvers clamp quadratic forms at 0."""
     return (grads @ grads.T).double()
 
 

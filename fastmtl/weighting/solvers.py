@@ -15,7 +15,8 @@ def project_to_simplex(y: torch.Tensor) -> torch.Tensor:
     u, _ = torch.sort(y, descending=True)
     css = u.cumsum(0) - 1
     k = torch.arange(1, y.numel() + 1, device=y.device, dtype=y.dtype)
-    rho = int((u - css / k > 0).nonzero().max())
+    positive = (u - css / k > 0).nonzero()
+    rho = int(positive.max()) if positive.numel() else 0
     return (y - css[rho] / (rho + 1)).clamp_min(0)
 
 
@@ -52,6 +53,8 @@ def minimize_on_simplex(fun: Callable[[torch.Tensor], torch.Tensor], grad: Calla
     step = 1.0
     for _ in range(iters):
         f, g = fun(x), grad(x)
+        if not bool(torch.isfinite(g).all()):
+            break
         while True:
             cand = project_to_simplex(x - step * g)
             if fun(cand) <= f + g @ (cand - x) + (cand - x).pow(2).sum() / (2 * step) or step < 1e-12:
@@ -59,7 +62,7 @@ def minimize_on_simplex(fun: Callable[[torch.Tensor], torch.Tensor], grad: Calla
             step *= 0.5
         moved = float((cand - x).abs().sum())
         x = cand
-        step *= 2.0
+        step = min(step * 2.0, 1e12)
         if moved < tol:
             break
     return x

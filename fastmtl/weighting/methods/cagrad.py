@@ -26,16 +26,16 @@ class CAGrad(GradientWeighting):
     def coefficients(self, gram, losses):
         t, calpha = self.num_tasks, float(self.options["calpha"])
         b = torch.full((t,), 1.0 / t, dtype=gram.dtype, device=gram.device)
-        c = calpha * (gram.mean() + 1e-8).sqrt() + 1e-8
+        c = calpha * (gram.mean().clamp_min(0) + 1e-8).sqrt() + 1e-8
 
         gb = gram @ b
 
         def objective(x):
-            return x @ gb + c * (x @ gram @ x + 1e-8).sqrt()
+            return x @ gb + c * ((x @ gram @ x).clamp_min(0) + 1e-8).sqrt()
 
         def gradient(x):
             gx = gram @ x
-            return gb + c * gx / (x @ gx + 1e-8).sqrt()
+            return gb + c * gx / ((x @ gx).clamp_min(0) + 1e-8).sqrt()
 
         w = minimize_on_simplex(objective, gradient, t, gram)
         gw_norm = (w @ gram @ w).clamp_min(0).sqrt()

@@ -31,7 +31,7 @@ class GradVac(GradientWeighting):
                 j = others[k]
                 norm_i = (a[i] @ gram @ a[i]).clamp_min(0).sqrt()
                 norm_j = gram[j, j].clamp_min(0).sqrt()
-                rho = (a[i] @ gram[:, j]) / (norm_i * norm_j + 1e-8)
+                rho = ((a[i] @ gram[:, j]) / (norm_i * norm_j + 1e-8)).clamp(-1.0, 1.0)
                 phi = target[i, j]
                 if rho < phi:
                     w = norm_i * (phi * (1 - rho ** 2).clamp_min(0).sqrt() - rho * (1 - phi ** 2).sqrt()) / (
