@@ -48,7 +48,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> Config:
     """A validated Config from the flags that were given (the rest keep their defaults)."""
     fields = set(Config.__dataclass_fields__)
-    return Config(**{k: v for k, v in vars(args).items() if k in fields}).validate()
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    if getattr(args, "weighting_opt", None):
+        from .weighting import parse_options
+
+        try:
+            values["weighting_opts"] = parse_options(values.get("weighting", "fixed"), args.weighting_opt)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return Config(**values).validate()
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -190,6 +198,15 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-semseg", type=float, default=_SUPPRESS, help=f"task weight (default {d.weight_semseg})")
     g.add_argument("--weight-depth", type=float, default=_SUPPRESS, help=f"task weight (default {d.weight_depth})")
     g.add_argument("--depth-loss", default=_SUPPRESS, help=f"l1 | l2 | silog (default {d.depth_loss})")
+    g = p.add_argument_group("task weighting (README: Task weighting)")
+    g.add_argument("--weighting", default=_SUPPRESS, metavar="NAME",
+                   help="fixed (default: --weight-semseg/--weight-depth) | uw | dwa | rlw | gls | famo | imtl_l | "
+                        "gradnorm | mgda_ub | pcgrad | cagrad | imtl_g | nash_mtl | aligned_mtl | gradvac | graddrop")
+    g.add_argument("--weighting-opt", action="append", default=_SUPPRESS, metavar="KEY=VALUE",
+                   help="an option of the method over its paper default (repeatable), e.g. temperature=2")
+    g.add_argument("--weighting-grads", default=_SUPPRESS, metavar="params|rep",
+                   help="gradient methods: per-task gradients w.r.t. the shared encoder parameters (default) or "
+                        "the shared representation (encoder features; one encoder backward)")
     g = p.add_argument_group("run")
     g.add_argument("--out", default=_SUPPRESS, metavar="DIR", help=f"run directory (default {d.out})")
     g.add_argument("--seed", type=int, default=_SUPPRESS, help=f"(default {d.seed})")

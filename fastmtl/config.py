@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 MODELS = ("joint", "branched", "distill", "distill_allconnect")
@@ -61,6 +61,10 @@ class Config:
     weight_semseg: float = 0.5
     weight_depth: float = 0.5
     depth_loss: str = "l1"
+    # task weighting (fastmtl.weighting): "fixed" uses weight_semseg / weight_depth
+    weighting: str = "fixed"
+    weighting_opts: Dict[str, Any] = field(default_factory=dict)  # the method's options over its paper defaults
+    weighting_grads: str = "params"  # gradient methods: w.r.t. the shared "params" or the shared representation "rep"
     # run
     out: str = "runs/default"
     seed: int = 0
@@ -82,6 +86,7 @@ class Config:
             value = getattr(self, name)
             if value not in valid:
                 raise ConfigError(f"{_flag(name)}: unknown value {value!r}; valid choices: {', '.join(valid)}")
+        self._validate_weighting()
         if len(self.dilation) != 3:
             raise ConfigError(f"--dilation needs three flags (layer2,layer3,layer4), got {self.dilation!r}")
         positive = {"lr": self.lr, "batch_size": self.batch_size, "epochs": self.epochs}
@@ -115,6 +120,24 @@ class Config:
             raise ConfigError("--model distill_allconnect needs features at 8x: use a --dilation with output stride >= 8")
         return self
 
+    def _validate_weighting(self) -> None:
+        from .weighting import GRAD_MODES, METHODS, NAMES, build
+
+        if self.weighting not in METHODS:
+            raise ConfigError(f"--weighting: unknown value {self.weighting!r}; valid choices: {', '.join(NAMES)}")
+        if self.weighting_grads not in GRAD_MODES:
+            raise ConfigError(f"--weighting-grads: unknown value {self.weighting_grads!r}; valid choices: "
+                              f"{', '.join(GRAD_MODES)}")
+        if self.weighting_grads != "params" and METHODS[self.weighting].kind != "gradient":
+            raise ConfigError(f"--weighting-grads {self.weighting_grads}: only for gradient methods; "
+                              f"--weighting {self.weighting} weights the losses")
+        if self.weighting == "fixed" and self.weighting_opts:
+            raise ConfigError("--weighting-opt: --weighting fixed takes its weights from --weight-semseg / --weight-depth")
+        try:
+            build(self.weighting, 2, **self.weighting_opts)
+        except ValueError as e:
+            raise ConfigError(f"--weighting-opt: {e}") from None
+
     @property
     def output_stride(self) -> int:
         return 32 // (2 ** sum(bool(f) for f in self.dilation))
@@ -123,6 +146,7 @@ class Config:
         d = dataclasses.asdict(self)
         d["dilation"] = list(self.dilation)
         d["size"] = list(self.size) if self.size is not None else None
+        d["weighting_opts"] = dict(self.weighting_opts)
         return d
 
     @classmethod

@@ -36,6 +36,7 @@ from .errors import TrainingDiverged
 from .evaluate import amp_dtype_for, autocast_context, evaluate
 from .losses import MultiTaskLoss
 from .models import build_model
+from .weighting.training import WeightedTrainStep, method_for_run, param_groups
 
 # The CPU budget used when no --epochs / --max-steps / --size is given on a CPU device:
 # about 10 minutes of training on 2 cores for the default model (see README).
@@ -231,8 +232,13 @@ class Run:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.steps_per_epoch = len(self.sampler)
+        # task weighting (fastmtl.weighting; None: fixed weights, the loss's own) -----------------
+        self.weighting = method_for_run(cfg, list(self.outputs_desc), self.steps_per_epoch)
+        if self.weighting is not None:
+            self.weighting.to(self.rt.device)
+        self.optimizer = make_optimizer(cfg, param_groups(self.model, self.weighting))
+        # -----------------------------------------------------------------------------------------
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, poly_schedule(self.total_steps))
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.amp_dtype == torch.float16)
@@ -243,7 +249,8 @@ class Run:
             self._restore(ckpt)
 
         self.train_model = self.model
-        if self.rt.distributed:
+        # gradient methods synchronise per-task gradients themselves (fastmtl.weighting.engine)
+        if self.rt.distributed and (self.weighting is None or self.weighting.kind == "loss"):
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.train_model, device_ids=[self.rt.device.index] if self.rt.device.type == "cuda" else None)
         self.step_loss = self.loss_fn
@@ -256,6 +263,9 @@ class Run:
                 inductor_config.reorder_for_peak_memory = False
             self.train_model = torch.compile(self.train_model)
             self.step_loss = torch.compile(self.loss_fn)
+        self.weighted_step = None if self.weighting is None else WeightedTrainStep(
+            self.weighting, self.model, self.train_model, self.step_loss, list(self.outputs_desc),
+            cfg.weighting_grads, self.rt.world_size, cfg.compile)
         self.writer = None
 
     def _default_data_root(self) -> Path:
@@ -280,6 +290,7 @@ class Run:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "step": self.step, "metrics": metrics or {}, "best": self.best, "rng": rng,
+            "weighting": self.weighting.state_dict() if self.weighting is not None else {},
         }
 
     def _restore(self, ckpt: Dict) -> None:
@@ -287,6 +298,8 @@ class Run:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        if self.weighting is not None:
+            self.weighting.load_state_dict(ckpt["weighting"])
         self.step, self.best = int(ckpt["step"]), ckpt["best"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         if "cuda" in ckpt["rng"] and self.rt.device.type == "cuda":
@@ -338,6 +351,9 @@ class Run:
         rgb = batch["rgb"].to(dev, non_blocking=True).contiguous(memory_format=memory_format)
         semseg = batch["semseg"].to(dev, non_blocking=True)
         depth = batch["depth"].to(dev, non_blocking=True)
+        if self.weighted_step is not None:  # fastmtl.weighting does forward, backward and the step
+            return self.weighted_step(rgb, semseg, depth, lambda: autocast_context(dev, self.rt.amp_dtype),
+                                      self.optimizer, self.scaler, self.scheduler)
         with autocast_context(dev, self.rt.amp_dtype):
             out = self.train_model(rgb)
         loss, parts = self.step_loss(out, semseg, depth)
@@ -390,6 +406,9 @@ class Run:
                 images += batch["rgb"].shape[0] * rt.world_size
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                if rt.is_main and self.weighted_step is not None:  # task weights, every step
+                    for task, w in self.weighted_step.weights().items():
+                        self._tensorboard().add_scalar(f"train/weight_{task}", w, self.step)
                 if rt.is_main and self.step % 10 == 0:
                     writer = self._tensorboard()
                     writer.add_scalar("train/loss", loss, self.step)
@@ -445,6 +464,9 @@ class Run:
             "final_all": final_metrics, "baselines": trivial_baselines(self),
             "images_per_second": images_per_second, "wall_seconds": wall, "device": str(self.rt.device),
             "skipped_train_samples": self.skipped_samples,
+            "weighting": {"method": self.cfg.weighting, "grads": self.cfg.weighting_grads,
+                          "final_weights": self.weighted_step.weights() if self.weighted_step is not None
+                          else dict(self.loss_fn.weights)},
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         b = summary["baselines"]

@@ -53,8 +53,13 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Dict[str, Prediction]:
         self.check_input(x)
-        size = x.shape[-2:]
-        out = self.decode(self.encoder(x))
+        return self.predict_from_features(self.encoder(x), x.shape[-2:])
+
+    def predict_from_features(self, features: Dict[int, torch.Tensor], size) -> Dict[str, Prediction]:
+        """Everything after the shared encoder: its ``{scale: feature}`` -> ``{task: prediction}`` at
+        ``size`` (H, W). Gradient balancing w.r.t. the shared representation backpropagates the
+        task losses to ``features`` through this alone."""
+        out = self.decode(features)
         return {t: [upsample_to(p, size) for p in v] if isinstance(v, list) else upsample_to(v, size)
                 for t, v in out.items()}
 
