@@ -10,11 +10,12 @@ a section whose dict has ``"ok": False`` makes the command exit 1. Sections:
 * ``ops``: :func:`fastmtl.kernels.selfcheck.check` of every fused op in bf16 and fp32, NCHW and
   channels_last, on the CUDA device (or on the CPU through the interpreter when
   ``TRITON_INTERPRET=1``; else skipped): per check ``ok``, ``fallback`` (with the error) or
-  ``skipped`` (with the reason). It runs whatever ``FASTMTL_SELFCHECK`` says.
+  ``skipped`` (with the reason). It runs whatever ``FASTMTL_SELFCHECK`` says;
+* ``gate``: the compile gate's verdict (:func:`gate_section`) for this GPU's target (sm_90 off GPU).
 
-To add a section (e.g. the compile gate's verdict) write ``def gate_section() -> dict`` and
-append ``("gate", gate_section)`` to :data:`SECTIONS`; the text output prints any section's
-scalar fields, :data:`FORMATTERS` may give it a layout of its own.
+To add a section write a function returning a dict and append ``(name, function)`` to
+:data:`SECTIONS`; the text output prints any section's scalar fields, :data:`FORMATTERS` may
+give it a layout of its own.
 """
 from __future__ import annotations
 
@@ -102,12 +103,36 @@ def ops_section() -> Dict:
             "ok": not fallbacks, "fallback_ops": fallbacks, "checks": rows}
 
 
+def gate_section() -> Dict:
+    """The compile gate (:mod:`fastmtl.aot.gate`) for this GPU's target (sm_90 without a GPU, or
+    for a GPU the gate has no target for): every specialisation the fused ops launch at the
+    bench's ``full`` shapes compiles, without spills. Results are cached (``$FASTMTL_CACHE/aot``)."""
+    from .kernels import dispatch
+
+    if not dispatch.HAS_TRITON:
+        return {"ok": None, "error": "triton is not importable"}
+    from .aot.archs import ARCHS
+    from .aot.gate import run_gate
+
+    cc = 90
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        cc = major * 10 + minor if major * 10 + minor in ARCHS else cc
+    try:
+        report = run_gate(archs=(cc,), workers=max(1, min(8, os.cpu_count() or 1)))
+    except Exception as e:  # a launcher that fails while its launches are captured is a finding
+        return {"ok": False, "arch": ARCHS[cc].name, "error": f"{type(e).__name__}: {e}"}
+    return {"ok": report["ok"], "arch": ARCHS[cc].name, "specialisations": len(report["rows"]),
+            "errors": report["errors"], "spilling": report["spilling"], "cache": report["cache"],
+            "seconds": report["seconds"]["total"]}
+
+
 SECTIONS: List[Tuple[str, Callable[[], Dict]]] = [
     ("device", device_section),
     ("versions", versions_section),
     ("kernels", kernels_section),
     ("ops", ops_section),
-    # the compile gate's verdict goes here: ("gate", gate_section)
+    ("gate", gate_section),
 ]
 
 

@@ -375,12 +375,13 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _gemm_stages(dtype: torch.dtype, device: torch.device) -> int:
-    """Software-pipeline depth of the GEMM kernels. fp32 (TF32) on sm_90+: 1. Hopper's wgmma
+    """Software-pipeline depth of the GEMM kernels. fp32 (TF32) on sm_90: 1. Hopper's wgmma
     takes TF32 operands only K-major from shared memory; with pipelining Triton transposes an
     operand whose contiguous dim is not the reduction dim (e.g. NCHW pixels) with 4-byte async
     copies, without it the loads are 128-bit and the transpose happens on the store to shared
-    memory (the compile gate shows the load widths). bf16/fp16 operands transpose for free: 3."""
-    return 1 if dtype == torch.float32 and device_capability(device) >= (9, 0) else 3
+    memory (the compile gate shows the load widths). Not on sm_100, where the unpipelined
+    forward GEMM spills. bf16/fp16 operands transpose for free: 3."""
+    return 1 if dtype == torch.float32 and device_capability(device)[0] == 9 else 3
 
 
 def _gemm_blocks(dtype: torch.dtype, device: torch.device, rows: int, inner: int, cols: int) -> dict:
@@ -469,7 +470,9 @@ def _backward_blocks(dtype: torch.dtype, device: torch.device, cout: int, cb: in
         return (dict(BLOCK_M=16, BLOCK_R=16, BLOCK_P=32, num_warps=4),
                 dict(BLOCK_R=16, BLOCK_C=16, BLOCK_Q=32, num_warps=4), finish)
     half, stages = dtype.itemsize == 2, _gemm_stages(dtype, device)
-    return (dict(BLOCK_M=128, BLOCK_R=64 if half else 32, BLOCK_P=128, num_warps=8, num_stages=stages),
+    # sm_80, fp32: 3 stages of the branch-gradient tiles spill (bf16 spills with 2, not 3)
+    branch_stages = 2 if not half and device_capability(device) < (9, 0) else stages
+    return (dict(BLOCK_M=128, BLOCK_R=64 if half else 32, BLOCK_P=128, num_warps=8, num_stages=branch_stages),
             dict(BLOCK_R=64, BLOCK_C=64, BLOCK_Q=64 if half else 32, num_warps=4, num_stages=stages), finish)
 
 

@@ -34,6 +34,25 @@ def test_json_report_runs_every_check_under_the_interpreter(triton_mode, capsys)
     assert keys == {(op, dt, lay) for op in selfcheck.OPS for dt in ("bfloat16", "float32") for lay in selfcheck.LAYOUTS}
     assert all(c["status"] == "ok" and c["error"] is None for c in ops["checks"])
     assert len(selfcheck.results()) == 16  # the checks really ran (and are this process's verdicts now)
+    gate = report["gate"]  # no GPU: the compile gate for sm_90, every specialisation compiled
+    assert gate["ok"] and gate["arch"] == "sm_90" and gate["errors"] == 0 and gate["spilling"] == 0
+    assert gate["specialisations"] > 20
+
+
+def test_a_failing_compile_gate_exits_1(triton_mode, monkeypatch, capsys):
+    from fastmtl.aot import gate
+
+    real = gate.run_gate
+
+    def one_error(*args, **kwargs):
+        report = real(*args, **kwargs)
+        report["rows"][0].update(ok=False, error="forced compiler error")
+        return dict(report, ok=False, errors=1)
+
+    monkeypatch.setattr(gate, "run_gate", one_error)
+    rc, report = _doctor_json(capsys)
+    assert rc == 1 and not report["ok"] and report["gate"]["ok"] is False and report["gate"]["errors"] == 1
+    assert report["ops"]["ok"]
 
 
 def test_a_failing_kernel_is_reported_and_exits_1(triton_mode, monkeypatch, capsys):
@@ -51,7 +70,8 @@ def test_a_failing_kernel_is_reported_and_exits_1(triton_mode, monkeypatch, caps
     selfcheck.reset()
     assert main(["doctor"]) == 1
     text = capsys.readouterr().out
-    assert "FALLBACK: sigmoid_gate" in text and "verdict: NOT OK (ops)" in text
+    # the gate captures the launches of the same broken launcher: a finding too
+    assert "FALLBACK: sigmoid_gate" in text and "verdict: NOT OK (ops, gate)" in text
 
 
 def test_without_cuda_or_interpreter_the_checks_are_skipped(monkeypatch, capsys):
