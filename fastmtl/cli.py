@@ -36,6 +36,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--encoder", default=_SUPPRESS, help=f"resnet18 | resnet34 | resnet50 | resnet101 (default {d.encoder})")
     g.add_argument("--dilation", type=_dilation, default=_SUPPRESS, metavar="F,F,T",
                    help=f"replace stride with dilation in layer2,layer3,layer4 (default {format_dilation(d.dilation)})")
+    g.add_argument("--dilation-style", default=_SUPPRESS, help="template | torchvision: which 3x3 convs a dilated layer "
+                   f"dilates (default {d.dilation_style}, the report's network)")
     g.add_argument("--aspp", action=argparse.BooleanOptionalAction, default=_SUPPRESS, help="ASPP head (default on)")
     g.add_argument("--skip", action=argparse.BooleanOptionalAction, default=_SUPPRESS, help="decoder skip connections (default on)")
     g.add_argument("--se", action=argparse.BooleanOptionalAction, default=_SUPPRESS, help="squeeze-excitation in the encoder (default on)")
