@@ -42,6 +42,17 @@ def save_atomic(obj: Any, path: Union[str, Path]) -> None:
         os.close(dir_fd)
 
 
+def load_error_reason(error: Exception) -> str:
+    """One line saying why ``torch.load(..., weights_only=True)`` failed."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    unsafe = [line for line in lines if "Unsupported global" in line]
+    if unsafe:
+        return f"refused by weights_only=True, it would run code: {unsafe[0][:160]}"
+    if lines and lines[0].startswith("Weights only load failed"):
+        return "not a torch.save file, or one holding objects that weights_only=True refuses"
+    return f"not a torch.save file: {type(error).__name__}: {(lines[0] if lines else '')[:160]}"
+
+
 def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     """Load a fastmtl checkpoint on CPU with ``weights_only=True`` (a pickle that would run code is refused)."""
     path = Path(path)
@@ -52,7 +63,7 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"--checkpoint {path}: cannot be loaded safely (weights_only=True): {e}") from None
+        raise ValueError(f"--checkpoint {path}: cannot be loaded ({load_error_reason(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"--checkpoint {path}: not a fastmtl checkpoint (no format field {FORMAT!r})")
     return ckpt

@@ -46,10 +46,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--aspp-dropout", type=float, default=_SUPPRESS, help="dropout after the ASPP projection (default 0)")
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """A validated Config from the flags that were given (the rest keep their defaults)."""
+def given_config_fields(args: argparse.Namespace) -> Dict:
+    """The Config fields among the flags that were given (flags not given are absent: SUPPRESS)."""
     fields = set(Config.__dataclass_fields__)
-    return Config(**{k: v for k, v in vars(args).items() if k in fields}).validate()
+    return {k: v for k, v in vars(args).items() if k in fields}
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """A validated Config from the flags that were given over ``--config FILE`` if any (else defaults)."""
+    base: Dict = {}
+    if getattr(args, "config", None):
+        try:
+            base = Config.from_json(open(args.config).read()).to_dict()
+        except OSError as e:
+            raise ConfigError(f"--config {args.config}: cannot be read ({e.strerror or e})") from None
+        except ValueError as e:  # bad JSON or unknown fields
+            raise ConfigError(f"--config {args.config}: {e}") from None
+    return Config.from_dict({**base, **given_config_fields(args)}).validate()
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -90,10 +103,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     if args.resume:
-        cfg = None
+        for flag, value in (("--config", args.config), ("--overwrite", args.overwrite)):
+            if value:
+                raise ConfigError(f"{flag} cannot be used with --resume (a resumed run keeps its own config and files)")
+        summary = train(None, resume=args.resume, resume_overrides=given_config_fields(args))
     else:
-        cfg = config_from_args(args)
-    summary = train(cfg, resume=args.resume)
+        summary = train(config_from_args(args), overwrite=args.overwrite)
     if summary is not None and args.json:
         print(json.dumps(summary))
     return 0
@@ -106,9 +121,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                   workers=args.workers, batch_size=args.batch_size, on_bad_sample=args.on_bad_sample)
     if args.json:
         print(json.dumps(metrics))
-    else:
-        for k, v in metrics.items():
-            print(f"{k:12s} {v:8.3f}")
+        return 0
+    per_class = metrics.pop("iou_per_class")
+    for k, v in metrics.items():
+        print(f"{k:14s} {v:8.3f}")
+    print(f"\n{'class':14s} {'IoU %':>8s}")
+    for name, iou in per_class.items():
+        print(f"{name:14s} {iou:8.2f}")
     return 0
 
 
@@ -179,12 +198,20 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=_SUPPRESS, help="channels_last memory format")
     g.add_argument("--eval-every", type=int, default=_SUPPRESS, metavar="STEPS", help="evaluate every N steps (default: every epoch)")
     g.add_argument("--quiet", action="store_true", default=_SUPPRESS, help="log lines instead of a progress bar")
-    g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly (its config is used)")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR exactly (its config is used; a larger --max-steps or --epochs "
+                        "trains a finished run on)")
+    g.add_argument("--overwrite", action="store_true", help="replace the run already in --out (default: refuse)")
+    g.add_argument("--config", default=None, metavar="CONFIG_JSON",
+                   help="start from a saved config (e.g. a run's config.json); flags given override it")
     g.add_argument("--json", action="store_true", help="print summary.json at the end")
 
 
 def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="fastmtl", description="Multi-task semantics + depth with fused Triton kernels.")
+    parser.add_argument("--version", action="version", version=f"fastmtl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

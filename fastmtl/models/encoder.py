@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import load_error_reason
 from .heads import SqueezeExcitation
 
 ENCODERS = {
@@ -253,9 +254,7 @@ def load_pretrained(encoder: Encoder, path_or_url: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, truncated, or a pickle that would run code
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"--pretrained {path}: not a loadable PyTorch state_dict (weights_only=True): "
-                         f"{reason[:200]}") from None
+        raise ValueError(f"--pretrained {path}: not a loadable PyTorch state_dict ({load_error_reason(e)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
