@@ -139,6 +139,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    path = export(args.checkpoint, args.out or f"model.{'onnx' if args.format == 'onnx' else 'pt'}", args.format)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_data_synthetic(args: argparse.Namespace) -> int:
     from .data.synthetic import generate_dataset
 
@@ -238,6 +246,12 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=commands["predict"])
 
+    p = sub.add_parser("export", help="a checkpoint as an ONNX or TorchScript file (outputs: semseg logits, depth in m)")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file or a run directory (best.pt)")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    p.add_argument("--out", default=None, metavar="FILE", help="default: model.onnx or model.pt")
+    p.set_defaults(func=commands["export"])
+
     p = sub.add_parser("data", help="datasets")
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     data_sub.required = True
@@ -279,7 +293,8 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS: Dict[str, Callable] = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "profile": cmd_profile,
+COMMANDS: Dict[str, Callable] = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
+                                  "profile": cmd_profile,
                                   "data_synthetic": cmd_data_synthetic, "bench": cmd_bench}
 
 
