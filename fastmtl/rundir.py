@@ -25,7 +25,7 @@ from .config import Config, ConfigError, _flag
 LOCK_NAME = ".lock"
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "last.pt", "best.pt")
 EVENTS_PREFIX = "events.out.tfevents"
-RESUME_OVERRIDES = ("max_steps", "epochs", "workers", "quiet")  # the flags --resume accepts
+RESUME_OVERRIDES = ("max_steps", "epochs", "workers", "quiet", "device")  # the flags --resume accepts
 
 
 def _pid_alive(pid: int) -> bool:

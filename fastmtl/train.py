@@ -122,7 +122,7 @@ class Run:
                                      ignore_index=self.info.ignore_index)
         self.step, self.best, self.skipped_samples = 0, None, 0
         self.timing = {"wall_seconds": 0.0, "eval_seconds": 0.0, "warmup_seconds": 0.0, "warmup_steps": 0,
-                       "steady_seconds": 0.0, "steady_images": 0}
+                       "warmup_images": 0, "steady_seconds": 0.0, "steady_images": 0}
         if ckpt is not None:
             self._restore(ckpt)
             if self.rt.is_main:
@@ -321,7 +321,6 @@ class Run:
         if segment_steps <= WARMUP_STEPS:
             self.timing["warmup_seconds"] += seconds
             self.timing["warmup_steps"] += 1
-            self.timing.setdefault("warmup_images", 0)
             self.timing["warmup_images"] += images
         else:
             self.timing["steady_seconds"] += seconds
@@ -368,7 +367,7 @@ class Run:
         if t["steady_images"]:
             images_per_second = t["steady_images"] / max(t["steady_seconds"], 1e-9)
         else:  # too few steps for a steady state
-            images_per_second = t.get("warmup_images", 0) / max(t["warmup_seconds"], 1e-9)
+            images_per_second = t["warmup_images"] / max(t["warmup_seconds"], 1e-9)
         summary = {
             "best": self.best, "final": {**_headline(final_metrics), "step": self.step},
             "final_all": final_metrics, "baselines": trivial_baselines(self),
