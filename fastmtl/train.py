@@ -288,7 +288,9 @@ class Run:
                 bad_steps = 0
                 self.step += 1
                 segment_steps += 1
-                self._time_step(segment_steps, time.time() - step_start, batch["rgb"].shape[0] * rt.world_size)
+                step_end = time.time()
+                self._time_step(segment_steps, step_end - step_start, batch["rgb"].shape[0] * rt.world_size)
+                step_start = step_end  # a step's time runs from the end of the previous one (data loading included)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                 if rt.is_main and self.step % 10 == 0:
@@ -372,6 +374,7 @@ class Run:
             "best": self.best, "final": {**_headline(final_metrics), "step": self.step},
             "final_all": final_metrics, "baselines": trivial_baselines(self),
             "images_per_second": images_per_second, "steady_state_steps": self.step - t["warmup_steps"],
+            "steady_state_seconds": t["steady_seconds"],
             "warmup_seconds": t["warmup_seconds"], "warmup_steps": t["warmup_steps"],
             "eval_seconds": t["eval_seconds"], "wall_seconds": t["wall_seconds"], "device": str(self.rt.device),
             "skipped_train_samples": self.skipped_samples,
