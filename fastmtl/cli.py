@@ -42,7 +42,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip", action=argparse.BooleanOptionalAction, default=_SUPPRESS, help="decoder skip connections (default on)")
     g.add_argument("--se", action=argparse.BooleanOptionalAction, default=_SUPPRESS, help="squeeze-excitation in the encoder (default on)")
     g.add_argument("--attention-init", default=_SUPPRESS, help=f"zero | default: init of the distillation attention (default {d.attention_init})")
-    g.add_argument("--pretrained", default=_SUPPRESS, metavar="PATH_OR_URL", help="torchvision-format ResNet state_dict for the encoder")
+    g.add_argument("--pretrained", default=_SUPPRESS, metavar="PATH",
+                   help="torchvision-format ResNet state_dict for the encoder: a local path or file:// URL (no downloads)")
     g.add_argument("--aspp-dropout", type=float, default=_SUPPRESS, help="dropout after the ASPP projection (default 0)")
 
 
