@@ -69,11 +69,11 @@ def export(checkpoint: str, out: str, fmt: str) -> Path:
             traced = torch.jit.trace(model, example, check_trace=False)
             traced.save(str(path))
         else:
-            try:
-                import onnx  # noqa: F401  (torch's exporter needs it)
-            except ImportError:
+            import importlib.util
+
+            if importlib.util.find_spec("onnx") is None:  # torch's exporter needs it
                 raise ConfigError("--format onnx needs the onnx package: pip install onnx onnxruntime "
-                                  "(or pip install -e \".[export]\")") from None
+                                  "(or pip install -e \".[export]\")")
             axes = {0: "batch", 2: "height", 3: "width"}
             torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
                               input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,

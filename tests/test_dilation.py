@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from fastmtl.config import Config
 from fastmtl.models import Encoder, build_model
 
 
