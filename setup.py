@@ -2,11 +2,15 @@
 
 The top-level ``kernels/`` folder is installed as ``fastmtl.kernels``.
 """
+import re
+
 from setuptools import setup
+
+VERSION = re.search(r'__version__ = "([^"]+)"', open("fastmtl/__init__.py", encoding="utf-8").read()).group(1)
 
 setup(
     name="fastmtl",
-    version="0.1.0",
+    version=VERSION,
     description="Fast multi-task dense prediction (semantic segmentation + depth) with Triton kernels",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -21,6 +25,6 @@ setup(
         "tensorboard",
         "triton; sys_platform == 'linux'",
     ],
-    extras_require={"dev": ["pytest", "pytest-benchmark"]},
+    extras_require={"dev": ["pytest", "pytest-benchmark", "onnx", "onnxruntime"], "export": ["onnx", "onnxruntime"]},
     entry_points={"console_scripts": ["fastmtl = fastmtl.cli:main"]},
 )

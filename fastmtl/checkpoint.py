@@ -2,7 +2,7 @@
 
 A checkpoint is a dict of tensors and plain Python data only::
 
-    {"format": "fastmtl-checkpoint", "version": 1, "config": Config.to_dict(),
+    {"format": "fastmtl-checkpoint", "version": 2, "config": Config.to_dict(),
      "outputs_desc": {"semseg": 19, "depth": 1}, "dataset": DatasetInfo as dict,
      "normalizer": DepthNormalizer.to_dict(), "model": state_dict, "step": int, "epoch": int,
      "metrics": {...}, "best": {...} | None, plus resume state: "optimizer", "scheduler",
@@ -18,6 +18,7 @@ from typing import Any, Dict, Union
 import torch
 
 FORMAT = "fastmtl-checkpoint"
+VERSION = 2  # 2: config has dilation_style (version 1 models dilated the torchvision way)
 
 
 def save_atomic(obj: Any, path: Union[str, Path]) -> None:
@@ -41,6 +42,17 @@ def save_atomic(obj: Any, path: Union[str, Path]) -> None:
         os.close(dir_fd)
 
 
+def load_error_reason(error: Exception) -> str:
+    """One line saying why ``torch.load(..., weights_only=True)`` failed."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    unsafe = [line for line in lines if "Unsupported global" in line]
+    if unsafe:
+        return f"refused by weights_only=True, it would run code: {unsafe[0][:160]}"
+    if lines and lines[0].startswith("Weights only load failed"):
+        return "not a torch.save file, or one holding objects that weights_only=True refuses"
+    return f"not a torch.save file: {type(error).__name__}: {(lines[0] if lines else '')[:160]}"
+
+
 def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     """Load a fastmtl checkpoint on CPU with ``weights_only=True`` (a pickle that would run code is refused)."""
     path = Path(path)
@@ -51,18 +63,30 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"--checkpoint {path}: cannot be loaded safely (weights_only=True): {e}") from None
+        raise ValueError(f"--checkpoint {path}: cannot be loaded ({load_error_reason(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"--checkpoint {path}: not a fastmtl checkpoint (no format field {FORMAT!r})")
     return ckpt
 
 
+def checkpoint_config(ckpt: Dict[str, Any]):
+    """The :class:`~fastmtl.config.Config` a checkpoint was trained with.
+
+    Checkpoints of version 1 predate ``dilation_style``: their encoder dilated the torchvision way.
+    """
+    from .config import Config
+
+    data = dict(ckpt["config"])
+    if ckpt.get("version", 1) < 2:
+        data.setdefault("dilation_style", "torchvision")
+    return Config.from_dict(data)
+
+
 def model_from_checkpoint(ckpt: Dict[str, Any], fused: bool = False):
     """Rebuild the model of a checkpoint and load its weights. Returns ``(model, config)``."""
-    from .config import Config
     from .models import build_model
 
-    config = Config.from_dict(ckpt["config"])
+    config = checkpoint_config(ckpt)
     config.pretrained = None  # the weights come from the checkpoint
     model = build_model(config, ckpt["outputs_desc"], fused=fused)
     model.load_state_dict(ckpt["model"])

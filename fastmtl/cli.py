@@ -37,16 +37,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--encoder", default=_SUPPRESS, help=f"resnet18 | resnet34 | resnet50 | resnet101 (default {d.encoder})")
     g.add_argument("--dilation", type=_dilation, default=_SUPPRESS, metavar="F,F,T",
                    help=f"replace stride with dilation in layer2,layer3,layer4 (default {format_dilation(d.dilation)})")
+    g.add_argument("--dilation-style", default=_SUPPRESS, help="template | torchvision: which 3x3 convs a dilated layer "
+                   f"dilates (default {d.dilation_style}, the report's network)")
     g.add_argument("--aspp", action=argparse.BooleanOptionalAction, default=_SUPPRESS, help="ASPP head (default on)")
     g.add_argument("--skip", action=argparse.BooleanOptionalAction, default=_SUPPRESS, help="decoder skip connections (default on)")
     g.add_argument("--se", action=argparse.BooleanOptionalAction, default=_SUPPRESS, help="squeeze-excitation in the encoder (default on)")
     g.add_argument("--attention-init", default=_SUPPRESS, help=f"zero | default: init of the distillation attention (default {d.attention_init})")
-    g.add_argument("--pretrained", default=_SUPPRESS, metavar="PATH_OR_URL", help="torchvision-format ResNet state_dict for the encoder")
+    g.add_argument("--pretrained", default=_SUPPRESS, metavar="PATH",
+                   help="torchvision-format ResNet state_dict for the encoder: a local path or file:// URL (no downloads)")
     g.add_argument("--aspp-dropout", type=float, default=_SUPPRESS, help="dropout after the ASPP projection (default 0)")
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """A validated Config from the flags that were given (the rest keep their defaults)."""
+def given_config_fields(args: argparse.Namespace) -> Dict:
+    """The Config fields among the flags that were given (flags not given are absent: SUPPRESS)."""
     fields = set(Config.__dataclass_fields__)
     values = {k: v for k, v in vars(args).items() if k in fields}
     if getattr(args, "weighting_opt", None):
@@ -56,7 +59,20 @@ def config_from_args(args: argparse.Namespace) -> Config:
             values["weighting_opts"] = parse_options(values.get("weighting", "fixed"), args.weighting_opt)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    return Config(**values).validate()
+    return values
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """A validated Config from the flags that were given over ``--config FILE`` if any (else defaults)."""
+    base: Dict = {}
+    if getattr(args, "config", None):
+        try:
+            base = Config.from_json(open(args.config).read()).to_dict()
+        except OSError as e:
+            raise ConfigError(f"--config {args.config}: cannot be read ({e.strerror or e})") from None
+        except ValueError as e:  # bad JSON or unknown fields
+            raise ConfigError(f"--config {args.config}: {e}") from None
+    return Config.from_dict({**base, **given_config_fields(args)}).validate()
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -97,10 +113,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     if args.resume:
-        cfg = None
+        for flag, value in (("--config", args.config), ("--overwrite", args.overwrite)):
+            if value:
+                raise ConfigError(f"{flag} cannot be used with --resume (a resumed run keeps its own config and files)")
+        summary = train(None, resume=args.resume, resume_overrides=given_config_fields(args))
     else:
-        cfg = config_from_args(args)
-    summary = train(cfg, resume=args.resume)
+        summary = train(config_from_args(args), overwrite=args.overwrite)
     if summary is not None and args.json:
         print(json.dumps(summary))
     return 0
@@ -113,9 +131,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                   workers=args.workers, batch_size=args.batch_size, on_bad_sample=args.on_bad_sample)
     if args.json:
         print(json.dumps(metrics))
-    else:
-        for k, v in metrics.items():
-            print(f"{k:12s} {v:8.3f}")
+        return 0
+    per_class = metrics.pop("iou_per_class")
+    for k, v in metrics.items():
+        print(f"{k:14s} {v:8.3f}")
+    print(f"\n{'class':14s} {'IoU %':>8s}")
+    for name, iou in per_class.items():
+        print(f"{name:14s} {iou:8.2f}")
     return 0
 
 
@@ -124,6 +146,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     written = predict(args.checkpoint, args.inputs, args.out, resolve_device(args.device))
     print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    path = export(args.checkpoint, args.out or f"model.{'onnx' if args.format == 'onnx' else 'pt'}", args.format)
+    print(f"wrote {path}")
     return 0
 
 
@@ -218,12 +248,20 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=_SUPPRESS, help="channels_last memory format")
     g.add_argument("--eval-every", type=int, default=_SUPPRESS, metavar="STEPS", help="evaluate every N steps (default: every epoch)")
     g.add_argument("--quiet", action="store_true", default=_SUPPRESS, help="log lines instead of a progress bar")
-    g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly (its config is used)")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR exactly (its config is used; a larger --max-steps or --epochs "
+                        "trains a finished run on)")
+    g.add_argument("--overwrite", action="store_true", help="replace the run already in --out (default: refuse)")
+    g.add_argument("--config", default=None, metavar="CONFIG_JSON",
+                   help="start from a saved config (e.g. a run's config.json); flags given override it")
     g.add_argument("--json", action="store_true", help="print summary.json at the end")
 
 
 def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="fastmtl", description="Multi-task semantics + depth with fused Triton kernels.")
+    parser.add_argument("--version", action="version", version=f"fastmtl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -249,6 +287,12 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=commands["predict"])
+
+    p = sub.add_parser("export", help="a checkpoint as an ONNX or TorchScript file (outputs: semseg logits, depth in m)")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file or a run directory (best.pt)")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    p.add_argument("--out", default=None, metavar="FILE", help="default: model.onnx or model.pt")
+    p.set_defaults(func=commands["export"])
 
     p = sub.add_parser("data", help="datasets")
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
@@ -302,7 +346,8 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS: Dict[str, Callable] = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "profile": cmd_profile,
+COMMANDS: Dict[str, Callable] = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
+                                  "profile": cmd_profile,
                                   "data_synthetic": cmd_data_synthetic, "bench": cmd_bench}
 COMMANDS["doctor"] = cmd_doctor
 

@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 MODELS = ("joint", "branched", "distill", "distill_allconnect")
 ENCODER_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101")
 ATTENTION_INITS = ("zero", "default")
+DILATION_STYLES = ("template", "torchvision")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEPTH_NORMS = ("linear", "log")
 DEPTH_LOSSES = ("l1", "l2", "silog")
@@ -36,6 +37,7 @@ class Config:
     model: str = "distill_allconnect"
     encoder: str = "resnet34"
     dilation: Tuple[bool, bool, bool] = (False, True, True)
+    dilation_style: str = "template"  # which 3x3 convs a dilated layer dilates (models/encoder.py)
     aspp: bool = True
     skip: bool = True
     se: bool = True
@@ -78,7 +80,7 @@ class Config:
     def validate(self) -> "Config":
         """Raise :class:`ConfigError` for any value that cannot work; return self."""
         choices = {
-            "model": MODELS, "encoder": ENCODER_NAMES, "attention_init": ATTENTION_INITS,
+            "model": MODELS, "encoder": ENCODER_NAMES, "attention_init": ATTENTION_INITS, "dilation_style": DILATION_STYLES,
             "optimizer": OPTIMIZERS, "depth_norm": DEPTH_NORMS, "depth_loss": DEPTH_LOSSES,
             "dataset": DATASETS, "amp": AMP_MODES, "on_bad_sample": ON_BAD_SAMPLE,
         }

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 
@@ -28,8 +28,12 @@ def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, normalizer, num_classes: int, depth_range, device: torch.device,
              amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-             ignore_index: int = 255) -> Dict[str, float]:
-    """mIoU, SI-logRMSE, multitask and the depth extras of ``model`` over ``loader``.
+             ignore_index: int = 255, class_names: Optional[Sequence[str]] = None,
+             progress: Optional[bool] = False) -> Dict:
+    """mIoU, SI-logRMSE, multitask, the depth extras and ``iou_per_class`` of ``model`` over ``loader``.
+
+    ``iou_per_class`` is ``{class name: IoU %}`` (names from ``class_names``, else the trainIds).
+    ``progress``: a progress bar on stderr (True), none (False), or one only on a terminal (None).
 
     Batches are the data pipeline's dicts (``rgb (N, 3, H, W)`` normalised, ``semseg (N, H, W)``,
     ``depth (N, 1, H, W)`` metres with NaN invalid). Predictions are the last element of a
@@ -39,6 +43,9 @@ def evaluate(model: torch.nn.Module, loader, normalizer, num_classes: int, depth
     model.eval()
     meter = MultiTaskMeter(num_classes, depth_range, ignore_index)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(loader) if hasattr(loader, "__len__") else None, desc="eval", unit="batch", leave=False, disable=progress is False, dynamic_ncols=True)
     try:
         for batch in nonempty_batches(loader):
             rgb = batch["rgb"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
@@ -47,13 +54,17 @@ def evaluate(model: torch.nn.Module, loader, normalizer, num_classes: int, depth
             depth_m = normalizer.denormalize(last_prediction(out["depth"]).float())
             meter.update(last_prediction(out["semseg"]).float(), batch["semseg"].to(device),
                          depth_m, batch["depth"].to(device))
+            bar.update(1)
     finally:
+        bar.close()
         model.train(was_training)
-    return meter.compute()
+    names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+    return {**meter.compute(), "iou_per_class": dict(zip(names, meter.semseg.iou_per_class().tolist()))}
 
 
 def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split: str = "val", device: str = "cpu",
-                        workers: int = 2, batch_size: Optional[int] = None, on_bad_sample: str = "error") -> Dict[str, float]:
+                        workers: int = 2, batch_size: Optional[int] = None, on_bad_sample: str = "error",
+                        progress: Optional[bool] = None) -> Dict:
     """``fastmtl eval``: the metrics of a checkpoint, computed exactly as the training run does."""
     from pathlib import Path
 
@@ -73,4 +84,5 @@ def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split:
     loader = fdata.build_loader(dataset, batch_size or cfg.batch_size, shuffle=False, workers=workers, seed=cfg.seed)
     info = ckpt["dataset"]
     return evaluate(model, loader, fdata.DepthNormalizer.from_dict(ckpt["normalizer"]), info["num_classes"],
-                    tuple(info["depth_range"]), dev, amp_dtype_for(cfg.amp, dev), cfg.channels_last, info["ignore_index"])
+                    tuple(info["depth_range"]), dev, amp_dtype_for(cfg.amp, dev), cfg.channels_last, info["ignore_index"],
+                    class_names=info.get("class_names"), progress=progress)

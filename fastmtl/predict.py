@@ -1,4 +1,9 @@
-"""``fastmtl predict``: colourised segmentation, depth colour map and a side-by-side panel per image."""
+"""``fastmtl predict``: per image, the raw results (trainId PNG, depth in metres as .npy) and
+pictures (colourised segmentation, depth colour map, side-by-side panel), all at the input's size.
+
+An input whose size is not a multiple of the model's is padded (edge pixels repeated) to the next
+multiple and the outputs are cropped back, so nothing of the image is lost.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +11,7 @@ from typing import Iterable, List, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -44,22 +50,36 @@ def depth_colormap(depth_m: np.ndarray, depth_range: Sequence[float]) -> np.ndar
     return (stops[i] * (1 - frac) + stops[i + 1] * frac).astype(np.uint8)
 
 
-def load_image(path: Path, multiple: int) -> np.ndarray:
-    """RGB uint8 ``(H, W, 3)`` cropped top-left to a multiple of ``multiple``."""
+def load_image(path: Path) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)``."""
     try:
         with Image.open(path) as im:
-            rgb = np.array(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except Exception as e:
         raise ValueError(f"predict: {path} is not a readable image ({e})") from None
-    h, w = (rgb.shape[0] // multiple) * multiple, (rgb.shape[1] // multiple) * multiple
-    if h == 0 or w == 0:
-        raise ValueError(f"predict: {path} is {rgb.shape[1]}x{rgb.shape[0]}, smaller than the model's multiple {multiple}")
-    return rgb[:h, :w]
+
+
+def predict_image(model: torch.nn.Module, rgb: np.ndarray, normalizer, device="cpu"):
+    """``rgb (H, W, 3) uint8`` -> ``(trainIds (H, W) uint8, depth (H, W) float32 metres)``.
+
+    The image is padded at the bottom and right (edge pixels repeated) to a multiple of
+    ``model.size_multiple`` and the predictions are cropped back to ``H x W``.
+    """
+    h, w = rgb.shape[:2]
+    m = model.size_multiple
+    x = normalize_rgb({"rgb": torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)})["rgb"][None]
+    x = F.pad(x, (0, -w % m, 0, -h % m), mode="replicate")
+    pred = model(x.to(device))
+    labels = last_prediction(pred["semseg"])[0, :, :h, :w].argmax(0).to(torch.uint8).cpu().numpy()
+    depth_m = normalizer.denormalize(last_prediction(pred["depth"]).float())[0, 0, :h, :w].cpu().numpy()
+    return labels, depth_m.astype(np.float32)
 
 
 @torch.no_grad()
 def predict(checkpoint: str, inputs: Iterable[str], out_dir: str, device: str = "cpu") -> List[Path]:
-    """Write ``{name}_semseg.png``, ``{name}_depth.png`` and ``{name}_panel.png`` per image to ``out_dir``."""
+    """Write per image to ``out_dir``: ``{name}_trainid.png`` (8-bit, Cityscapes trainIds),
+    ``{name}_depth.npy`` (float32 ``(H, W)`` metres), ``{name}_semseg.png`` (colours),
+    ``{name}_depth.png`` (colour map) and ``{name}_panel.png`` (input | segmentation | depth)."""
     from .data import DepthNormalizer
 
     ckpt = load_checkpoint(checkpoint)
@@ -71,15 +91,14 @@ def predict(checkpoint: str, inputs: Iterable[str], out_dir: str, device: str = 
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path in collect_images(list(inputs)):
-        rgb = load_image(path, max(32, model.size_multiple))
-        x = normalize_rgb({"rgb": torch.from_numpy(rgb).permute(2, 0, 1)})["rgb"][None]
-        pred = model(x.to(device))
-        labels = last_prediction(pred["semseg"]).argmax(1)[0].cpu().numpy()
-        depth_m = normalizer.denormalize(last_prediction(pred["depth"]).float())[0, 0].cpu().numpy()
+        rgb = load_image(path)
+        labels, depth_m = predict_image(model, rgb, normalizer, device)
         seg_img, depth_img = colorize(labels), depth_colormap(depth_m, depth_range)
         panel = np.concatenate([rgb, seg_img, depth_img], axis=1)
-        for suffix, img in (("semseg", seg_img), ("depth", depth_img), ("panel", panel)):
+        for suffix, img in (("trainid", labels), ("semseg", seg_img), ("depth", depth_img), ("panel", panel)):
             target = out / f"{path.stem}_{suffix}.png"
             Image.fromarray(img).save(target)
             written.append(target)
+        np.save(out / f"{path.stem}_depth.npy", depth_m)
+        written.append(out / f"{path.stem}_depth.npy")
     return written

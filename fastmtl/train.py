@@ -3,15 +3,19 @@
 AMP, ``torch.compile``, DistributedDataParallel (under ``torchrun``), atomic checkpoints,
 exact resume, TensorBoard, metrics.jsonl and summary.json. One run directory holds::
 
-    config.json     the fully resolved configuration
+    config.json     the configuration that ran (budget, device, amp and fused resolved)
     metrics.jsonl   one JSON line per evaluation
-    summary.json    {"best": {...}, "final": {...}, "baselines": {...}, "images_per_second", "wall_seconds"}
-    last.pt, best.pt
-    events.*        TensorBoard (losses, metrics, LR, prediction images, depth histograms)
+    summary.json    {"best", "final", "baselines", "images_per_second" (steady state), "warmup_seconds", ...}
+    last.pt         everything needed to resume (optimizer, scheduler, scaler, RNG)
+    best.pt         the best model by multitask score, without resume state (for eval/predict/export)
+    events.*        TensorBoard (losses, metrics, LR, input / prediction / ground-truth images, depth histograms)
+    .lock           while a process trains into the directory (see :mod:`fastmtl.rundir`)
 
 Exact resume: the data order and every augmentation are functions of (seed, epoch, sample
-index) (:class:`ResumableBatchSampler`), so a resumed run sees the same batches; model,
-optimizer, scheduler, scaler and RNG state come from ``last.pt``.
+index) (:class:`fastmtl.data.order.ResumableBatchSampler`), so a resumed run sees the same
+batches; model, optimizer, scheduler, scaler and RNG state come from ``last.pt``. Run-directory
+policy (lock, no silent overwrite, rewind on resume) is :mod:`fastmtl.rundir`; device, budget and
+precision are :mod:`fastmtl.runtime`.
 """
 from __future__ import annotations
 
@@ -20,144 +24,29 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
 from . import data as fdata
-from .checkpoint import FORMAT, load_checkpoint, save_atomic
+from . import rundir
+from .checkpoint import FORMAT, VERSION, save_atomic
 from .config import Config, ConfigError
+from .data.order import ResumableBatchSampler, SeededTransform
 from .errors import TrainingDiverged
-from .evaluate import amp_dtype_for, autocast_context, evaluate
+from .evaluate import autocast_context, evaluate
 from .losses import MultiTaskLoss
 from .models import build_model
+from .rundir import check_output_dir
+from .runtime import Runtime, resolve_config, setup_runtime
 from .weighting.training import WeightedTrainStep, method_for_run, param_groups
 
-# The CPU budget used when no --epochs / --max-steps / --size is given on a CPU device:
-# about 10 minutes of training on 2 cores for the default model (see README).
-CPU_BUDGET_STEPS = 200
-CPU_BUDGET_SIZE = (64, 128)
-GPU_EPOCHS = 16
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before training stops
-
-
-# ---------------------------------------------------------------------------------------------
-# runtime: device, distributed, precision
-
-
-@dataclass
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-    amp_dtype: Optional[torch.dtype] = None
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_runtime(cfg: Config) -> Runtime:
-    """Device, process group (when started by torchrun) and autocast dtype for ``cfg``."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            device = torch.device(cfg.device)
-        except RuntimeError as e:
-            raise ConfigError(f"--device {cfg.device!r}: {e}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine")
-        if device.type == "cuda" and world_size > 1:
-            device = torch.device(f"cuda:{local_rank}")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(device, rank, world_size, amp_dtype_for(cfg.amp, device))
-
-
-def resolve_config(cfg: Config, device: torch.device) -> Config:
-    """Fill the budget fields left open: the full recipe on GPU, the CPU budget on CPU."""
-    if cfg.epochs is None and cfg.max_steps is None:
-        if device.type == "cpu":
-            cfg.max_steps = CPU_BUDGET_STEPS
-            if cfg.size is None:
-                cfg.size = CPU_BUDGET_SIZE
-        cfg.epochs = GPU_EPOCHS
-    if cfg.size is None:
-        cfg.size = (128, 256)
-    if cfg.fused is None:
-        from .kernels import kernels_available
-
-        cfg.fused = kernels_available(device)
-    return cfg.validate()
-
-
-# ---------------------------------------------------------------------------------------------
-# data order that survives a restart
-
-
-def augmentation_seed(seed: int, epoch: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
-
-
-class ResumableBatchSampler(Sampler):
-    """Batches of ``(index, augmentation seed)`` for one epoch, sharded over ranks.
-
-    The permutation depends only on ``(seed, epoch)``; ``start_batch`` skips batches already
-    trained on before a restart. Incomplete last batches are dropped.
-    """
-
-    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True):
-        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
-        self.epoch, self.start_batch = 0, 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def __len__(self) -> int:
-        return self.num_samples // (self.batch_size * self.world_size)
-
-    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
-            order = torch.randperm(self.num_samples, generator=g).tolist()
-        else:
-            order = list(range(self.num_samples))
-        per_rank = order[self.rank::self.world_size]
-        for b in range(self.start_batch, len(self)):
-            idx = per_rank[b * self.batch_size:(b + 1) * self.batch_size]
-            yield [(i, augmentation_seed(self.seed, self.epoch, i)) for i in idx]
-
-
-class SeededTransform(Dataset):
-    """Applies ``transform(sample, generator)`` with a torch generator seeded from the sampler's key."""
-
-    def __init__(self, base: Dataset, transform):
-        self.base, self.transform = base, transform
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, key):
-        index, seed = key if isinstance(key, tuple) else (key, 0)
-        sample = self.base[index]  # None: a bad sample under --on-bad-sample skip
-        return None if sample is None else self.transform(sample, torch.Generator().manual_seed(seed))
+WARMUP_STEPS = 3  # first steps of every (resumed) segment, timed apart: compilation and warm-up
 
 
 def make_loaders(cfg: Config, root: Path, rt: Runtime):
@@ -181,17 +70,6 @@ def make_loaders(cfg: Config, root: Path, rt: Runtime):
 # the run
 
 
-def check_output_dir(out: Path) -> None:
-    """Fail before any training time is spent if ``out`` cannot hold checkpoints."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"  # one per process: ranks check at the same time
-        probe.write_bytes(b"x" * 1024)
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"--out {out}: not writable ({e.strerror or e})") from None
-
-
 def poly_schedule(total_steps: int):
     return lambda step: max(1e-6, (1.0 - min(step, total_steps) / total_steps) ** 0.9)
 
@@ -205,18 +83,22 @@ def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
 
 
 class Run:
-    """One training run: built from a config (new) or from a run directory (resume)."""
+    """One training run: built from a config (new) or from a run directory (resume).
 
-    def __init__(self, cfg: Config, resume: Optional[str] = None):
+    The caller holds the run directory's lock (:func:`train`); building a Run writes nothing
+    except, for a new run with ``overwrite``, deleting the previous run's files.
+    """
+
+    def __init__(self, cfg: Optional[Config], resume: Optional[str] = None, overwrite: bool = False,
+                 resume_overrides: Optional[Dict] = None):
+        ckpt = None
         if resume is not None:
-            ckpt = load_checkpoint(Path(resume) / "last.pt")
-            cfg = Config.from_dict(ckpt["config"])
-        else:
-            ckpt = None
+            ckpt, cfg = rundir.resume_checkpoint(resume, resume_overrides or {})
         self.rt = setup_runtime(cfg)
-        self.cfg = cfg = resolve_config(cfg, self.rt.device)
+        self.cfg = cfg = resolve_config(cfg, self.rt)
         self.out = Path(cfg.out)
-        check_output_dir(self.out)
+        if ckpt is None and self.rt.is_main:
+            rundir.prepare_new_run(self.out, overwrite)
         torch.manual_seed(cfg.seed)
 
         root = Path(cfg.data_root) if cfg.data_root else self._default_data_root()
@@ -245,8 +127,12 @@ class Run:
         self.loss_fn = MultiTaskLoss(cfg.weight_semseg, cfg.weight_depth, cfg.depth_loss, self.normalizer,
                                      ignore_index=self.info.ignore_index)
         self.step, self.best, self.skipped_samples = 0, None, 0
+        self.timing = {"wall_seconds": 0.0, "eval_seconds": 0.0, "warmup_seconds": 0.0, "warmup_steps": 0,
+                       "warmup_images": 0, "steady_seconds": 0.0, "steady_images": 0}
         if ckpt is not None:
             self._restore(ckpt)
+            if self.rt.is_main:
+                rundir.rewind(self.out, self.step)
 
         self.train_model = self.model
         # gradient methods synchronise per-task gradients themselves (fastmtl.weighting.engine)
@@ -280,18 +166,22 @@ class Run:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def checkpoint(self, metrics: Optional[Dict[str, float]] = None) -> Dict:
-        rng = {"torch": torch.get_rng_state()}
-        if self.rt.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.rt.device)
-        return {
-            "format": FORMAT, "version": 1, "config": self.cfg.to_dict(), "outputs_desc": self.outputs_desc,
+    def checkpoint(self, metrics: Optional[Dict] = None, resume_state: bool = True) -> Dict:
+        """What ``eval``/``predict``/``export`` need, plus (``resume_state``) what ``--resume`` needs."""
+        ckpt = {
+            "format": FORMAT, "version": VERSION, "config": self.cfg.to_dict(), "outputs_desc": self.outputs_desc,
             "dataset": dataclasses.asdict(self.info), "normalizer": self.normalizer.to_dict(),
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "step": self.step, "metrics": metrics or {}, "best": self.best, "rng": rng,
-            "weighting": self.weighting.state_dict() if self.weighting is not None else {},
+            "model": self.model.state_dict(), "step": self.step, "metrics": metrics or {}, "best": self.best,
         }
+        if resume_state:
+            rng = {"torch": torch.get_rng_state()}
+            if self.rt.device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(self.rt.device)
+            ckpt.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                        scaler=self.scaler.state_dict(), rng=rng, timing=dict(self.timing),
+                        skipped_samples=self.skipped_samples,
+                        weighting=self.weighting.state_dict() if self.weighting is not None else {})
+        return ckpt
 
     def _restore(self, ckpt: Dict) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -301,6 +191,8 @@ class Run:
         if self.weighting is not None:
             self.weighting.load_state_dict(ckpt["weighting"])
         self.step, self.best = int(ckpt["step"]), ckpt["best"]
+        self.timing.update(ckpt.get("timing", {}))
+        self.skipped_samples = int(ckpt.get("skipped_samples", 0))
         torch.set_rng_state(ckpt["rng"]["torch"])
         if "cuda" in ckpt["rng"] and self.rt.device.type == "cuda":
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.rt.device)
@@ -321,8 +213,9 @@ class Run:
         return self.writer
 
     def _log_images(self, writer) -> None:
-        """Prediction panels and depth histograms (report Fig. 22) for the first val batch."""
+        """Input, prediction and ground-truth images and depth histograms (report Fig. 22) of the first val batch."""
         from .data.classes import colorize
+        from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
         batch = next(fdata.nonempty_batches(self.val_loader))
         self.model.eval()
@@ -332,14 +225,20 @@ class Run:
         seg = out["semseg"][-1] if isinstance(out["semseg"], list) else out["semseg"]
         depth = out["depth"][-1] if isinstance(out["depth"], list) else out["depth"]
         labels = seg.argmax(1).cpu().numpy()
+        rgb = batch["rgb"][:4] * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        writer.add_images("val/rgb", rgb.clamp(0, 1), self.step)
         writer.add_images("val/semseg_pred", np.stack([colorize(l) for l in labels]), self.step, dataformats="NHWC")
         writer.add_images("val/semseg_gt", np.stack([colorize(l) for l in batch["semseg"][:4].numpy()]), self.step,
                           dataformats="NHWC")
         depth_m = self.normalizer.denormalize(depth.float()).cpu()
         lo, hi = self.info.depth_range
-        writer.add_images("val/depth_pred", (1 - (depth_m.clamp(lo, hi).log() - math.log(lo)) / math.log(hi / lo)), self.step)
+        def near_is_bright(d):  # log scale over the dataset's depth range; invalid depth is black
+            return (1 - (d.clamp(lo, hi).log() - math.log(lo)) / math.log(hi / lo)).nan_to_num(0.0)
+
+        writer.add_images("val/depth_pred", near_is_bright(depth_m), self.step)
         target = batch["depth"]
         valid = torch.isfinite(target) & (target > 0)
+        writer.add_images("val/depth_gt", near_is_bright(target[:4].where(valid[:4], torch.nan)), self.step)
         writer.add_histogram("depth/target_normalized", self.normalizer.normalize(target[valid]), self.step)
         writer.add_histogram("depth/pred_normalized", depth.float().flatten().cpu(), self.step)
 
@@ -366,10 +265,10 @@ class Run:
         self.scheduler.step()
         return loss.item(), {k: v.item() for k, v in parts.items()}
 
-    def evaluate(self) -> Dict[str, float]:
-        metrics = evaluate(self.model, self.val_loader, self.normalizer, self.info.num_classes, self.info.depth_range,
-                           self.rt.device, self.rt.amp_dtype, self.cfg.channels_last, self.info.ignore_index)
-        return metrics
+    def evaluate(self) -> Dict:
+        return evaluate(self.model, self.val_loader, self.normalizer, self.info.num_classes, self.info.depth_range,
+                        self.rt.device, self.rt.amp_dtype, self.cfg.channels_last, self.info.ignore_index,
+                        class_names=self.info.class_names, progress=not self.cfg.quiet and self.rt.is_main)
 
     def run(self, stop_after: Optional[int] = None) -> Dict:
         """Train to the end (or until ``stop_after`` steps, a simulated interruption). Returns summary.json."""
@@ -381,7 +280,8 @@ class Run:
         eval_every = cfg.eval_every or self.steps_per_epoch
         bar = tqdm(total=self.total_steps, initial=self.step, disable=cfg.quiet or not rt.is_main,
                    desc="train", unit="step", dynamic_ncols=True)
-        start, eval_time, images, bad_steps, last_metrics = time.time(), 0.0, 0, 0, None
+        bad_steps, segment_steps, last_metrics = 0, 0, None
+        self._wall_mark = step_start = time.time()
         self.model.train()
         while self.step < self.total_steps and (stop_after is None or self.step < stop_after):
             epoch, start_batch = divmod(self.step, self.steps_per_epoch)
@@ -403,7 +303,10 @@ class Run:
                     continue
                 bad_steps = 0
                 self.step += 1
-                images += batch["rgb"].shape[0] * rt.world_size
+                segment_steps += 1
+                step_end = time.time()
+                self._time_step(segment_steps, step_end - step_start, batch["rgb"].shape[0] * rt.world_size)
+                step_start = step_end  # a step's time runs from the end of the previous one (data loading included)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                 if rt.is_main and self.weighted_step is not None:  # task weights, every step
@@ -419,50 +322,80 @@ class Run:
                         print(f"step {self.step}/{self.total_steps} loss {loss:.4f}", flush=True)
                 done = self.step >= self.total_steps or (stop_after is not None and self.step >= stop_after)
                 if self.step % eval_every == 0 or done:
-                    t0 = time.time()
                     last_metrics = self._evaluate_and_save(epoch)
-                    eval_time += time.time() - t0
+                    step_start = time.time()
                 if done:
                     break
         bar.close()
+        self._tick()
         summary = None
         if rt.is_main and self.step >= self.total_steps:
-            wall = time.time() - start
-            summary = self._write_summary(last_metrics, images / max(wall - eval_time, 1e-9), wall)
+            summary = self._write_summary(last_metrics)
         if self.writer is not None:
             self.writer.close()
         if rt.distributed:
             dist.barrier()
         return summary
 
-    def _evaluate_and_save(self, epoch: int) -> Optional[Dict[str, float]]:
+    def _time_step(self, segment_steps: int, seconds: float, images: int) -> None:
+        """Account one step: the first :data:`WARMUP_STEPS` of a segment are warm-up (compilation)."""
+        if segment_steps <= WARMUP_STEPS:
+            self.timing["warmup_seconds"] += seconds
+            self.timing["warmup_steps"] += 1
+            self.timing["warmup_images"] += images
+        else:
+            self.timing["steady_seconds"] += seconds
+            self.timing["steady_images"] += images
+
+    def _tick(self) -> None:
+        """Add the time since the last tick to ``wall_seconds`` (kept in last.pt across resumes)."""
+        now = time.time()
+        self.timing["wall_seconds"] += now - self._wall_mark
+        self._wall_mark = now
+
+    def _evaluate_and_save(self, epoch: int) -> Optional[Dict]:
         metrics = None
         if self.rt.is_main:
+            eval_started = time.time()
             metrics = self.evaluate()
             record = {"step": self.step, "epoch": epoch, "lr": self.scheduler.get_last_lr()[0], **metrics}
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             writer = self._tensorboard()
             for k, v in metrics.items():
-                writer.add_scalar(f"val/{k}", v, self.step)
+                if isinstance(v, dict):  # iou_per_class
+                    for name, iou in v.items():
+                        writer.add_scalar(f"val_iou/{name}", iou, self.step)
+                else:
+                    writer.add_scalar(f"val/{k}", v, self.step)
             self._log_images(writer)
             self.log(f"step {self.step}: mIoU {metrics['miou']:.2f}  SI-logRMSE {metrics['si_log_rmse']:.2f}  "
                      f"multitask {metrics['multitask']:.2f}")
             if self.best is None or metrics["multitask"] > self.best["multitask"]:
                 self.best = {**_headline(metrics), "step": self.step}
-                save_atomic(self.checkpoint(metrics), self.out / "best.pt")
+                save_atomic(self.checkpoint(metrics, resume_state=False), self.out / "best.pt")
+            self.timing["eval_seconds"] += time.time() - eval_started
+            self._tick()
             save_atomic(self.checkpoint(metrics), self.out / "last.pt")
         if self.rt.distributed:
             dist.barrier()
         return metrics
 
-    def _write_summary(self, final_metrics, images_per_second: float, wall: float) -> Dict:
+    def _write_summary(self, final_metrics) -> Dict:
         if final_metrics is None:  # resumed after the last evaluation had been written
             final_metrics = self.evaluate()
+        t = self.timing
+        if t["steady_images"]:
+            images_per_second = t["steady_images"] / max(t["steady_seconds"], 1e-9)
+        else:  # too few steps for a steady state
+            images_per_second = t["warmup_images"] / max(t["warmup_seconds"], 1e-9)
         summary = {
             "best": self.best, "final": {**_headline(final_metrics), "step": self.step},
             "final_all": final_metrics, "baselines": trivial_baselines(self),
-            "images_per_second": images_per_second, "wall_seconds": wall, "device": str(self.rt.device),
+            "images_per_second": images_per_second, "steady_state_steps": self.step - t["warmup_steps"],
+            "steady_state_seconds": t["steady_seconds"],
+            "warmup_seconds": t["warmup_seconds"], "warmup_steps": t["warmup_steps"],
+            "eval_seconds": t["eval_seconds"], "wall_seconds": t["wall_seconds"], "device": str(self.rt.device),
             "skipped_train_samples": self.skipped_samples,
             "weighting": {"method": self.cfg.weighting, "grads": self.cfg.weighting_grads,
                           "final_weights": self.weighted_step.weights() if self.weighted_step is not None
@@ -497,11 +430,24 @@ def trivial_baselines(run: Run) -> Dict[str, Dict[str, float]]:
     return {"majority_class": {"class": majority, **seg.compute()}, "mean_depth": {"depth_m": mean_depth, **depth.compute()}}
 
 
-def train(cfg: Config, resume: Optional[str] = None, stop_after: Optional[int] = None) -> Optional[Dict]:
-    """Train ``cfg`` (or resume the run in directory ``resume``); returns the summary on rank 0."""
-    run = Run(cfg, resume)
-    try:
-        return run.run(stop_after)
-    finally:
-        if run.rt.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+def train(cfg: Optional[Config], resume: Optional[str] = None, stop_after: Optional[int] = None,
+          overwrite: bool = False, resume_overrides: Optional[Dict] = None) -> Optional[Dict]:
+    """Train ``cfg`` into ``cfg.out`` (or resume the run in directory ``resume``, with
+    ``resume_overrides`` such as a larger ``max_steps``); returns the summary on rank 0.
+
+    A new run refuses a directory that holds a run unless ``overwrite``; a resumed run that is
+    already complete changes nothing and returns its summary.
+    """
+    out = Path(resume if resume is not None else cfg.out)
+    check_output_dir(out)
+    with rundir.run_dir_lock(out, enabled=int(os.environ.get("RANK", "0")) == 0):
+        run = Run(cfg, resume, overwrite, resume_overrides)
+        try:
+            if resume is not None and run.step >= run.total_steps and (out / "summary.json").is_file():
+                run.log(f"the run in {out} is complete (step {run.step} of {run.total_steps}); nothing changed. "
+                        f"To train on, pass --resume {out} with a larger --max-steps or --epochs")
+                return json.loads((out / "summary.json").read_text()) if run.rt.is_main else None
+            return run.run(stop_after)
+        finally:
+            if run.rt.distributed and dist.is_initialized():
+                dist.destroy_process_group()

@@ -73,14 +73,67 @@ def test_pretrained_mismatch_names_the_keys(checkpoint, tmp_path):
     sd["bogus.weight"] = torch.zeros(1)
     path = tmp_path / "bad.pth"
     torch.save(sd, path)
-    with pytest.raises(ValueError, match=r"missing keys \['layer1.0.conv1.weight'\].*bogus.weight"):
+    with pytest.raises(ValueError, match=r"bad.pth does not match.*missing keys layer1.0.conv1.weight; unexpected keys bogus.weight"):
         Encoder("resnet34", pretrained=str(path))
 
 
-def test_pretrained_wrong_architecture(checkpoint):
+def test_pretrained_wrong_architecture_is_one_line_naming_keys_and_shapes(checkpoint, tmp_path):
     _, path = checkpoint
-    with pytest.raises((ValueError, RuntimeError), match="size mismatch|does not match"):
+    with pytest.raises(ValueError) as e:
         Encoder("resnet50", pretrained=str(path))
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and "does not match encoder resnet50" in msg
+    assert "layer1.0.conv1.weight (64, 64, 3, 3) in the file vs (64, 64, 1, 1) in the model" in msg
+    assert "missing keys layer1.0.conv3.weight" in msg
+    r50 = tmp_path / "r50.pth"
+    torch.save(Encoder("resnet50").state_dict(), r50)
+    with pytest.raises(ValueError, match=r"r50.pth does not match encoder resnet34: shape mismatch: layer1.0.conv1"):
+        Encoder("resnet34", pretrained=str(r50))
+
+
+@pytest.mark.parametrize("content", [b"\x00\x13garbage" * 100, b"just some text\n"])
+def test_pretrained_not_a_checkpoint_is_one_line(tmp_path, content):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        Encoder("resnet18", pretrained=str(path))
+    assert "\n" not in str(e.value) and str(e.value).startswith(f"--pretrained {path}: not a loadable")
+
+
+def test_file_urls_with_the_same_base_name_load_their_own_weights(tmp_path, monkeypatch):
+    hub = tmp_path / "hub"
+    monkeypatch.setenv("TORCH_HOME", str(hub))
+    weights = []
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        state = Encoder("resnet18").state_dict()
+        torch.save(state, tmp_path / d / "r18.pth")
+        weights.append(state["conv1.weight"])
+    assert not torch.equal(weights[0], weights[1])
+    for d, w in zip(("a", "b"), weights):
+        enc = Encoder("resnet18", pretrained=(tmp_path / d / "r18.pth").as_uri())
+        torch.testing.assert_close(enc.conv1.weight.detach(), w)
+    assert not hub.exists(), "a local file must not be copied into the hub cache"
+
+
+@pytest.mark.parametrize("url", ["https://download.pytorch.org/models/resnet18-f37072fd.pth", "s3://bucket/r18.pth"])
+def test_pretrained_urls_are_refused_without_network(url, monkeypatch):
+    def no_network(*a, **k):
+        raise AssertionError("no download may start")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(ValueError, match=r"--pretrained .*does not download weights.*local path"):
+        Encoder("resnet18", pretrained=url)
+
+
+def test_cli_bad_pretrained_is_one_line(tmp_path, capsys):
+    from fastmtl.cli import main
+
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    assert main(["profile", "--model", "joint", "--encoder", "resnet18", "--pretrained", str(path), "--size", "64x64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err
 
 
 def test_pretrained_missing_file():

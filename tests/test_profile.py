@@ -73,3 +73,12 @@ def test_profile_under_inference_is_not_zero():
         expected = count_macs(m, (32, 32))[0]
     with torch.inference_mode():  # FlopCounterMode alone would count 0 here
         assert count_macs(m, (32, 32))[0] == expected > 0
+
+
+def test_both_dilation_styles_have_the_table9_counts():
+    counts = []
+    for style in ("template", "torchvision"):
+        m = build_model(Config(model="joint", encoder="resnet34", dilation=(False, False, True), se=False,
+                               dilation_style=style), DESC)
+        counts.append((count_params(m), count_macs(m, (256, 256))[0]))
+    assert counts[0] == counts[1] == (26125748, 11227234304)

@@ -63,6 +63,20 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny_data, tmp_path)
     assert a["step"] == b["step"] == steps
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+    # the directory is as the uninterrupted run left it: no temp file, lock, or step logged twice
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+
+    def steps_logged(d):
+        return [json.loads(line)["step"] for line in (d / "metrics.jsonl").read_text().splitlines()]
+
+    assert steps_logged(run) == steps_logged(straight) == [3, 6, 9, 12, 15]
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    def tags_and_steps(d):
+        return sorted((v.tag, e.step) for f in d.glob("events.out.tfevents*")
+                      for e in EventFileLoader(str(f)).Load() for v in e.summary.value)
+
+    assert tags_and_steps(run) == tags_and_steps(straight)
 
 
 def test_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):

@@ -67,19 +67,52 @@ def test_resume_is_exact(tiny_data, tmp_path):
     assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
 
 
-def test_predict_writes_three_images_per_input(tiny_data, tmp_path, capsys):
+def test_predict_writes_raw_results_and_pictures_at_the_input_size(tiny_data, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
     out = tmp_path / "run"
     train(tiny_config(tiny_data, out, max_steps=1, eval_every=1))
     pred_dir = tmp_path / "pred"
     rgb_dir = tiny_data / "val" / "rgb"
-    assert main(["predict", "--checkpoint", str(out), str(rgb_dir), "--out", str(pred_dir), "--device", "cpu"]) == 0
-    from PIL import Image
-
-    n = len(list(rgb_dir.iterdir()))
+    odd = tmp_path / "odd.png"  # 333 x 250 (W x H): not a multiple of the output stride
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (250, 333, 3), dtype=np.uint8)).save(odd)
+    assert main(["predict", "--checkpoint", str(out), str(rgb_dir), str(odd), "--out", str(pred_dir),
+                 "--device", "cpu"]) == 0
+    n = len(list(rgb_dir.iterdir())) + 1
     files = sorted(p.name for p in pred_dir.iterdir())
-    assert len(files) == 3 * n
-    with Image.open(pred_dir / "0_panel.png") as panel, Image.open(pred_dir / "0_semseg.png") as seg:
-        assert panel.size == (3 * seg.size[0], seg.size[1]) and seg.mode == "RGB"
+    assert len(files) == 5 * n
+    with Image.open(pred_dir / "odd_panel.png") as panel, Image.open(pred_dir / "odd_semseg.png") as seg, \
+            Image.open(pred_dir / "odd_trainid.png") as ids, Image.open(pred_dir / "odd_depth.png") as depth:
+        assert seg.size == ids.size == depth.size == (333, 250) and panel.size == (3 * 333, 250)
+        assert seg.mode == "RGB" and ids.mode == "L" and np.array(ids).max() < 19
+    depth_m = np.load(pred_dir / "odd_depth.npy")
+    assert depth_m.shape == (250, 333) and depth_m.dtype == np.float32 and np.isfinite(depth_m).all()
+    assert (depth_m > 0).all()
+
+
+def test_predict_image_of_a_multiple_size_equals_the_model(tiny_data, tmp_path):
+    import numpy as np
+
+    from fastmtl.checkpoint import model_from_checkpoint
+    from fastmtl.data import DepthNormalizer
+    from fastmtl.data.transforms import normalize_rgb
+    from fastmtl.predict import predict_image
+
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, out, max_steps=1, eval_every=1))
+    ckpt = load_checkpoint(out)
+    model, _ = model_from_checkpoint(ckpt)
+    model.eval()
+    normalizer = DepthNormalizer.from_dict(ckpt["normalizer"])
+    rgb = np.random.default_rng(1).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    with torch.no_grad():
+        labels, depth_m = predict_image(model, rgb, normalizer)
+        x = normalize_rgb({"rgb": torch.from_numpy(rgb).permute(2, 0, 1)})["rgb"][None]
+        pred = model(x)
+    expected_depth = normalizer.denormalize(pred["depth"][-1])[0, 0].numpy()
+    assert (labels == pred["semseg"][-1][0].argmax(0).numpy()).all()
+    np.testing.assert_allclose(depth_m, expected_depth, rtol=1e-6)
 
 
 @pytest.mark.slow

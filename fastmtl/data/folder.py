@@ -685,7 +685,7 @@ def seed_worker(worker_id: int) -> None:
 def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int,
                  drop_last: bool = False) -> DataLoader:
     """A reproducible ``DataLoader`` (used for evaluation; training batches come from
-    :class:`fastmtl.train.ResumableBatchSampler`).
+    :class:`fastmtl.data.order.ResumableBatchSampler`).
 
     The shuffle order comes from a generator seeded with ``seed``; worker processes get
     seeds derived from it, so the same seed and worker count give the same batches.

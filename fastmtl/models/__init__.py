@@ -20,14 +20,25 @@ def build_model(config, outputs_desc: Dict[str, int], fused: Optional[bool] = Fa
     """The model named by ``config.model`` with the config's knobs.
 
     Args:
-        config: a :class:`fastmtl.config.Config` (or anything with its model fields).
+        config: a :class:`fastmtl.config.Config`, or a dict of some of its fields (the CLI flag
+            names with ``-`` -> ``_``, e.g. ``{"model": "joint", "encoder": "resnet18",
+            "dilation": [False, False, True]}``; the rest keep their defaults). An unknown field
+            or value is a ``ConfigError`` naming it.
         outputs_desc: ``{task: channels}``, e.g. ``{"semseg": 19, "depth": 1}``.
         fused: swap in the fused Triton modules of :mod:`fastmtl.nn` (same state_dict).
     """
+    from fastmtl.config import Config, ConfigError
+
+    if isinstance(config, dict):
+        config = Config.from_dict(config).validate()
+    elif not isinstance(config, Config):
+        raise ConfigError(f"build_model: config must be a fastmtl.config.Config or a dict of its fields, "
+                          f"got {type(config).__name__}")
     if config.model not in MODEL_NAMES:
         raise ValueError(f"unknown model {config.model!r}; valid choices: {', '.join(MODEL_NAMES)}")
     common = dict(encoder=config.encoder, dilation=tuple(config.dilation), se=config.se, pretrained=config.pretrained,
-                  aspp=config.aspp, skip=config.skip, aspp_dropout=config.aspp_dropout)
+                  aspp=config.aspp, skip=config.skip, aspp_dropout=config.aspp_dropout,
+                  dilation_style=config.dilation_style)
     if config.model in ("distill", "distill_allconnect"):
         common["attention_init"] = config.attention_init
     model: nn.Module = MODELS[config.model](outputs_desc, **common)

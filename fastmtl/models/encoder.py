@@ -8,16 +8,32 @@ which a plain torchvision checkpoint does not have: they stay freshly initialise
 ``Encoder.forward(x)`` returns ``{downscale factor: feature}``: 1 = the input, 2 = the stem
 (after conv1/bn1/relu), 4 = layer1, 8 = layer2, ...; with dilation a later layer at the same
 scale replaces an earlier one (template behaviour).
+
+Dilation (``replace_stride_with_dilation``) follows one of two rules, ``dilation_style``:
+
+- ``"template"`` (default; the network behind the report's numbers): a BasicBlock's ``conv1``
+  is never dilated, only ``conv2`` (a Bottleneck's one 3x3, ``conv2``, takes it as usual);
+  torchvision's ``_make_layer`` bookkeeping gives the first block of a dilated layer the
+  previous dilation and later blocks the new one; then the first block of every dilated layer
+  gets ``conv2.dilation = padding = 2`` (the course template's ``Encoder._create`` patch).
+- ``"torchvision"``: both 3x3 convs of a BasicBlock take the block's dilation, and the first
+  block of a dilated layer keeps the previous dilation, unpatched (torchvision's Bottleneck
+  rule, extended to BasicBlock).
+
+Both rules give the same shapes, parameters and MACs; only the receptive fields differ.
 """
 from __future__ import annotations
 
 import os
+import urllib.parse
+import urllib.request
 from typing import Dict, Optional, Sequence, Type, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import load_error_reason
 from .heads import SqueezeExcitation
 
 ENCODERS = {
@@ -26,6 +42,8 @@ ENCODERS = {
     "resnet50": ("bottleneck", (3, 4, 6, 3)),
     "resnet101": ("bottleneck", (3, 4, 23, 3)),
 }
+DILATION_STYLES = ("template", "torchvision")
+TEMPLATE_FIRST_BLOCK_DILATION = 2  # the template's patch of layerN[0].conv2 in every dilated layer
 
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -42,14 +60,18 @@ def _tail(se: Optional[nn.Module], out: torch.Tensor, identity: torch.Tensor) ->
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block that allows dilation (torchvision's refuses it); SE after bn2."""
+    """ResNet basic block that allows dilation (torchvision's refuses it); SE after bn2.
+
+    ``dilation`` applies to ``conv2``, and to ``conv1`` too when ``dilate_conv1`` (torchvision
+    style); the template's block never dilates ``conv1``.
+    """
 
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
-                 dilation: int = 1, se: bool = False):
+                 dilation: int = 1, se: bool = False, dilate_conv1: bool = False):
         super().__init__()
-        self.conv1 = conv3x3(inplanes, planes, stride, dilation)
+        self.conv1 = conv3x3(inplanes, planes, stride, dilation if dilate_conv1 else 1)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes, dilation=dilation)
@@ -73,8 +95,8 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
-                 dilation: int = 1, se: bool = False):
-        super().__init__()
+                 dilation: int = 1, se: bool = False, dilate_conv1: bool = False):
+        super().__init__()  # dilate_conv1: unused, conv1 is 1x1 (same signature as BasicBlock)
         width = planes
         self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -105,21 +127,27 @@ class Encoder(nn.Module):
         replace_stride_with_dilation: three flags for layer2..layer4; output stride
             32 / 16 / 8 for (F,F,F) / (F,F,T) / (F,T,T).
         se: squeeze-excitation (reduction 16) inside every block.
+        dilation_style: ``"template"`` (default) or ``"torchvision"``: which 3x3 convs a dilated
+            layer dilates (see the module docstring).
         pretrained: path or URL of a torchvision-format state_dict (loaded with
             ``weights_only=True``), or None for random init (with zero-init residuals).
     """
 
     def __init__(self, name: str = "resnet34", replace_stride_with_dilation: Sequence[bool] = (False, False, False),
-                 se: bool = False, pretrained: Optional[str] = None, zero_init_residual: bool = True):
+                 se: bool = False, pretrained: Optional[str] = None, zero_init_residual: bool = True,
+                 dilation_style: str = "template"):
         super().__init__()
         if name not in ENCODERS:
             raise ValueError(f"unknown encoder {name!r}; valid choices: {', '.join(ENCODERS)}")
+        if dilation_style not in DILATION_STYLES:
+            raise ValueError(f"unknown dilation style {dilation_style!r}; valid choices: {', '.join(DILATION_STYLES)}")
         if len(replace_stride_with_dilation) != 3:
             raise ValueError(f"replace_stride_with_dilation needs 3 flags (layer2..layer4), got {replace_stride_with_dilation!r}")
         kind, layers = ENCODERS[name]
         block: Type[Union[BasicBlock, Bottleneck]] = BasicBlock if kind == "basic" else Bottleneck
         self.name = name
         self.se = se
+        self.dilation_style = dilation_style
         self.inplanes, self.dilation = 64, 1
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -153,10 +181,15 @@ class Encoder(nn.Module):
                 nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(planes * block.expansion),
             )
-        # as torchvision: the first block of a dilated layer keeps the previous dilation
-        layers = [block(self.inplanes, planes, stride, downsample, previous_dilation, self.se)]
+        # as torchvision: the first block of a dilated layer keeps the previous dilation ...
+        first_dilation = previous_dilation
+        template = self.dilation_style == "template"
+        if template and dilate:  # ... which the template then patches to 2
+            first_dilation = TEMPLATE_FIRST_BLOCK_DILATION
+        layers = [block(self.inplanes, planes, stride, downsample, first_dilation, self.se, dilate_conv1=not template)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, dilation=self.dilation, se=self.se) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, dilation=self.dilation, se=self.se, dilate_conv1=not template)
+                   for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
@@ -185,30 +218,60 @@ class Encoder(nn.Module):
         return features
 
 
+def pretrained_path(path_or_url: str) -> str:
+    """The local file of ``--pretrained``: a path, or a ``file://`` URL read in place.
+
+    Other URLs are refused: fastmtl downloads nothing (fetch the file, pass its path).
+    """
+    if "://" not in path_or_url:
+        return path_or_url
+    parsed = urllib.parse.urlparse(path_or_url)
+    if parsed.scheme != "file":
+        raise ValueError(f"--pretrained {path_or_url}: fastmtl does not download weights; download the file "
+                         f"yourself and pass its local path (or a file:// URL)")
+    if parsed.netloc not in ("", "localhost"):
+        raise ValueError(f"--pretrained {path_or_url}: a file:// URL must name a local file (file:///path)")
+    return urllib.request.url2pathname(parsed.path)
+
+
+def _first(items, n: int = 3) -> str:
+    items = list(items)
+    return ", ".join(items[:n]) + (f" ... ({len(items)} in all)" if len(items) > n else "")
+
+
 def load_pretrained(encoder: Encoder, path_or_url: str) -> None:
     """Load a torchvision-format ResNet state_dict into ``encoder`` (weights_only=True).
 
-    ``fc.*`` (the classifier) is ignored; missing ``se.*`` parameters are allowed (SE is not
-    in torchvision's ResNet). Any other missing or unexpected key raises a ValueError that
-    lists them.
+    ``path_or_url`` is a local path or a ``file://`` URL (read in place, never copied into the
+    torch hub cache); other URLs are refused. ``fc.*`` (the classifier) is ignored; missing
+    ``se.*`` parameters are allowed (SE is not in torchvision's ResNet). A file that is not a
+    checkpoint, or any other missing, unexpected or differently shaped key, raises a one-line
+    ValueError naming the file and the first offending keys (with shapes).
     """
-    if "://" in path_or_url:
-        state = torch.hub.load_state_dict_from_url(path_or_url, map_location="cpu", progress=False, weights_only=True)
-    else:
-        if not os.path.isfile(path_or_url):
-            raise FileNotFoundError(f"--pretrained: no such file: {path_or_url}")
-        state = torch.load(path_or_url, map_location="cpu", weights_only=True)
+    path = pretrained_path(path_or_url)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--pretrained: no such file: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, truncated, or a pickle that would run code
+        raise ValueError(f"--pretrained {path}: not a loadable PyTorch state_dict ({load_error_reason(e)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"--pretrained {path_or_url}: expected a state_dict, got {type(state).__name__}")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"--pretrained {path}: expected a state_dict of tensors, got {type(state).__name__}")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    result = encoder.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if ".se." not in k]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"--pretrained {path_or_url} does not match encoder {encoder.name}: "
-            f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''} ({len(missing)}), "
-            f"unexpected keys {result.unexpected_keys[:10]}{' ...' if len(result.unexpected_keys) > 10 else ''} "
-            f"({len(result.unexpected_keys)})"
-        )
+    own = encoder.state_dict()
+    missing = [k for k in own if k not in state and ".se." not in k]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(v.shape)} in the file vs {tuple(own[k].shape)} in the model"
+              for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if missing or unexpected or shapes:
+        problems = []
+        if shapes:
+            problems.append(f"shape mismatch: {_first(shapes)}")
+        if missing:
+            problems.append(f"missing keys {_first(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys {_first(unexpected)}")
+        raise ValueError(f"--pretrained {path} does not match encoder {encoder.name}: " + "; ".join(problems))
+    encoder.load_state_dict(state, strict=False)

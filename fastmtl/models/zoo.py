@@ -30,12 +30,13 @@ class MultiTaskModel(nn.Module):
     """Shared encoder + per-model heads. Subclasses implement ``decode``."""
 
     def __init__(self, outputs_desc: Dict[str, int], encoder: str = "resnet34",
-                 dilation: Sequence[bool] = (False, False, True), se: bool = False, pretrained: Optional[str] = None):
+                 dilation: Sequence[bool] = (False, False, True), se: bool = False, pretrained: Optional[str] = None,
+                 dilation_style: str = "template"):
         super().__init__()
         if not outputs_desc:
             raise ValueError("outputs_desc must name at least one task")
         self.outputs_desc = dict(outputs_desc)
-        self.encoder = Encoder(encoder, dilation, se=se, pretrained=pretrained)
+        self.encoder = Encoder(encoder, dilation, se=se, pretrained=pretrained, dilation_style=dilation_style)
 
     @property
     def size_multiple(self) -> int:
@@ -71,8 +72,8 @@ class JointModel(MultiTaskModel):
     """The report's deeplabv3p: one shared ASPP + decoder, one head of ``sum(outputs)`` channels split per task."""
 
     def __init__(self, outputs_desc, encoder="resnet34", dilation=(False, False, True), se=False, pretrained=None,
-                 aspp=True, skip=True, aspp_dropout=0.0):
-        super().__init__(outputs_desc, encoder, dilation, se, pretrained)
+                 aspp=True, skip=True, aspp_dropout=0.0, dilation_style="template"):
+        super().__init__(outputs_desc, encoder, dilation, se, pretrained, dilation_style)
         ch = self.encoder.feature_channels
         self.aspp = bottleneck_head(ch[self.encoder.output_stride], self.encoder.output_stride, aspp, aspp_dropout)
         self.decoder = DecoderDeepLabV3p(256, ch[4], sum(self.outputs_desc.values()), skip)
@@ -86,8 +87,8 @@ class BranchedModel(MultiTaskModel):
     """Per-task ASPP + DeepLabV3+ decoder on the shared encoder."""
 
     def __init__(self, outputs_desc, encoder="resnet34", dilation=(False, False, True), se=False, pretrained=None,
-                 aspp=True, skip=True, aspp_dropout=0.0):
-        super().__init__(outputs_desc, encoder, dilation, se, pretrained)
+                 aspp=True, skip=True, aspp_dropout=0.0, dilation_style="template"):
+        super().__init__(outputs_desc, encoder, dilation, se, pretrained, dilation_style)
         ch, os_ = self.encoder.feature_channels, self.encoder.output_stride
         self.aspp = nn.ModuleDict({t: bottleneck_head(ch[os_], os_, aspp, aspp_dropout) for t in self.outputs_desc})
         self.decoder = nn.ModuleDict({t: self.make_decoder(ch, n, skip) for t, n in self.outputs_desc.items()})
@@ -119,8 +120,8 @@ class DistillModel(BranchedModel):
     """
 
     def __init__(self, outputs_desc, encoder="resnet34", dilation=(False, False, True), se=False, pretrained=None,
-                 aspp=True, skip=True, aspp_dropout=0.0, attention_init="zero"):
-        super().__init__(outputs_desc, encoder, dilation, se, pretrained, aspp, skip, aspp_dropout)
+                 aspp=True, skip=True, aspp_dropout=0.0, attention_init="zero", dilation_style="template"):
+        super().__init__(outputs_desc, encoder, dilation, se, pretrained, aspp, skip, aspp_dropout, dilation_style)
         feat_ch = next(iter(self.decoder.values())).out_channels
         self.attention = nn.ModuleDict({t: SelfAttention(feat_ch, feat_ch, attention_init) for t in self.outputs_desc})
         self.decoder2 = nn.ModuleDict({t: DecoderDistill(feat_ch, n) for t, n in self.outputs_desc.items()})
