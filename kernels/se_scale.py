@@ -3,26 +3,30 @@
 Math (per image ``n`` and channel ``c``)::
 
     s   = mean_hw(x)                          (N, C)
-    u   = s @ W1.T + b1,  h = relu(u)         (N, Cr)
-    g   = sigmoid(h @ W2.T + b2)              (N, C)
+    u   = s @ W1.T + b1,  h = act(u)          (N, Cr)    act: relu | silu | gelu | hardswish
+    g   = gate(h @ W2.T + b2)                 (N, C)     gate: sigmoid | hardsigmoid
     y   = x * g[:, :, None, None]             (N, C, H, W)
     out = y            or   relu(y + identity)
 
 Shapes and layouts: ``x`` and ``identity`` are ``(N, C, H, W)`` in any layout whose H and W
 dims merge into one strided dim (NCHW-contiguous, channels_last, and channel slices of
 either); other layouts are copied to NCHW first. ``w1`` is ``(Cr, C)`` or the 1x1 conv weight
-``(Cr, C, 1, 1)``, ``b1`` ``(Cr,)``, ``w2`` ``(C, Cr)`` or ``(C, Cr, 1, 1)``, ``b2`` ``(C,)``.
-The output is channels_last when ``x``'s channels are its innermost dim, else NCHW-contiguous.
+``(Cr, C, 1, 1)``, ``b1`` ``(Cr,)`` or None, ``w2`` ``(C, Cr)`` or ``(C, Cr, 1, 1)``, ``b2``
+``(C,)`` or None. The output is channels_last when ``x``'s channels are its innermost dim,
+else NCHW-contiguous.
 
-Dtypes: ``x`` and ``identity`` share one dtype (fp16/bf16/fp32/fp64); the four weights share
+Dtypes: ``x`` and ``identity`` share one dtype (fp16/bf16/fp32/fp64); the weights share
 one dtype that may differ from ``x``'s (autocast keeps fp32 weights with fp16 activations).
 Everything is computed in fp32 (fp64 if any input is fp64) right after loading.
 
-Triton path: kernel 1 reduces ``sum_hw(x)`` per (n, c) in fixed-order chunks (partial sums are
-added by ``torch.sum``: deterministic, no atomics); the tiny FC runs in torch; kernel 2 applies
-the gate (+ residual + ReLU). Backward: one reduction kernel gives ``sum_hw(dy * x)`` and
-``sum_hw(x)`` per (n, c) (``dy`` already masked by the ReLU of the residual tail), the FC
-backward runs in torch, one elementwise kernel writes ``dx`` (and ``d_identity``).
+Triton path, forward in three launches: ``_se_reduce_kernel`` leaves partial sums of ``x``
+over fixed-order chunks of H*W; ``_se_excite_kernel`` (one program per image) adds them, runs
+the excitation MLP and writes the gate ``g``; ``_se_apply_kernel`` writes ``x * g`` (+ residual
++ ReLU). Backward in four: the reduction kernel leaves partial sums of ``x`` and ``dy * x``
+(``dy`` masked by the ReLU of the residual tail); ``_se_excite_backward_kernel`` (per image)
+recomputes the MLP and writes ``g``, ``ds`` and what the weight gradients need;
+``_se_weight_grad_kernel`` sums those over the batch in a fixed order; ``_se_dx_kernel`` writes
+``dx`` (and ``d_identity``). Deterministic, no atomics.
 """
 from __future__ import annotations
 
