@@ -76,6 +76,20 @@ if HAS_TRITON:
 
 
     @triton.jit
+    def _branch_pointer(k, p0, p1, p2, p3):
+        """Pointer ``p_k`` of the (up to) four branch tensors of one launch (``k`` constexpr or runtime)."""
+        if k == 0:
+            p = p0
+        elif k == 1:
+            p = p1
+        elif k == 2:
+            p = p2
+        else:
+            p = p3
+        return p
+
+
+    @triton.jit
     def _project_kernel(
         b0_ptr, b1_ptr, b2_ptr, b3_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, acc_ptr, out_ptr,
         R, C, P,
@@ -103,15 +117,7 @@ if HAS_TRITON:
         else:
             acc = tl.zeros((BLOCK_R, BLOCK_P), dtype=ACC)
         for k in tl.static_range(NB):
-            if k == 0:
-                b_ptr = b0_ptr
-            elif k == 1:
-                b_ptr = b1_ptr
-            elif k == 2:
-                b_ptr = b2_ptr
-            else:
-                b_ptr = b3_ptr
-            b_base = b_ptr + n * s_bn
+            b_base = _branch_pointer(k, b0_ptr, b1_ptr, b2_ptr, b3_ptr) + n * s_bn
             for c0 in range(0, C, BLOCK_C):
                 offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
                 mask_c = offs_c < C
@@ -202,14 +208,7 @@ if HAS_TRITON:
             a = tl.load(w_ptr + offs_r[None, :] * s_wr + (k * C + offs_m)[:, None] * s_wc,
                         mask=mask_m[:, None] & mask_r[None, :], other=0.0)
             acc = _mac(acc, a, gy.to(a.dtype), USE_DOT, PRECISION)
-        if k == 0:
-            d_ptr = d0_ptr
-        elif k == 1:
-            d_ptr = d1_ptr
-        elif k == 2:
-            d_ptr = d2_ptr
-        else:
-            d_ptr = d3_ptr
+        d_ptr = _branch_pointer(k, d0_ptr, d1_ptr, d2_ptr, d3_ptr)
         tl.store(d_ptr + n * s_dn + offs_m[:, None] * s_dc + offs_p[None, :] * s_dp,
                  acc.to(d_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_p[None, :])
 
@@ -240,14 +239,7 @@ if HAS_TRITON:
         offs_c = ((pid_c % C_BLOCKS) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
         mask_r = offs_r < R
         mask_c = offs_c < C
-        if k == 0:
-            b_ptr = b0_ptr
-        elif k == 1:
-            b_ptr = b1_ptr
-        elif k == 2:
-            b_ptr = b2_ptr
-        else:
-            b_ptr = b3_ptr
+        b_ptr = _branch_pointer(k, b0_ptr, b1_ptr, b2_ptr, b3_ptr)
         acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=ACC)
         q_start = split * Q_PER_SPLIT
         q_end = tl.minimum(q_start + Q_PER_SPLIT, NP)
