@@ -28,3 +28,13 @@ def _seed_everything():
 def triton_mode(monkeypatch):
     """Run fastmtl's ops through their Triton kernels (through the interpreter on CPU)."""
     monkeypatch.setenv("FASTMTL_KERNELS", "triton")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A small synthetic dataset (8 train, 4 val images at 64x96), generated once per session."""
+    from fastmtl.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    generate_dataset(root, train=8, val=4, size=(64, 96), seed=1, workers=1, progress=False)
+    return root

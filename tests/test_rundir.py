@@ -12,25 +12,15 @@ import torch
 from fastmtl.checkpoint import load_checkpoint
 from fastmtl.cli import main
 from fastmtl.config import Config, ConfigError
-from fastmtl.data.synthetic import generate_dataset
 from fastmtl.rundir import LOCK_NAME
 from fastmtl.runtime import CPU_BUDGET_STEPS, Runtime, resolve_config
 from fastmtl.train import train
 
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "synthetic"
-    generate_dataset(root, train=8, val=4, size=(64, 96), seed=1, workers=1, progress=False)
-    return root
+import tiny_runs  # tests/ helper
 
 
 def tiny_config(data_root, out, **overrides):
-    cfg = dict(model="joint", encoder="resnet18", dilation=(False, False, True), data_root=str(data_root),
-               size=(64, 64), batch_size=2, workers=0, max_steps=4, eval_every=2, quiet=True, out=str(out),
-               lr=1e-3, device="cpu")
-    cfg.update(overrides)
-    return Config(**cfg)
+    return tiny_runs.tiny_config(data_root, out, **{"model": "joint", **overrides})
 
 
 def snapshot(run):

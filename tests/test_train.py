@@ -10,23 +10,9 @@ import torch
 from fastmtl.checkpoint import load_checkpoint
 from fastmtl.cli import main
 from fastmtl.config import Config
-from fastmtl.data.synthetic import generate_dataset
 from fastmtl.train import train
 
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "synthetic"
-    generate_dataset(root, train=8, val=4, size=(64, 96), seed=1, workers=1, progress=False)
-    return root
-
-
-def tiny_config(data_root, out, **overrides):
-    cfg = dict(model="distill", encoder="resnet18", dilation=(False, False, True), data_root=str(data_root),
-               size=(64, 64), batch_size=2, workers=0, max_steps=4, eval_every=2, quiet=True, out=str(out),
-               lr=1e-3, device="cpu")
-    cfg.update(overrides)
-    return Config(**cfg)
+from tiny_runs import tiny_config  # tests/ helper
 
 
 def test_train_then_eval_gives_the_same_numbers(tiny_data, tmp_path, capsys):

@@ -1,0 +1,12 @@
+"""A tiny training configuration shared by the trainer tests (tests/ is on sys.path)."""
+from fastmtl.config import Config
+
+
+def tiny_config(data_root, out, **overrides) -> Config:
+    """ResNet-18 with dilation F,F,T on 64x64 crops, batch 2, 4 steps, evaluated every 2, on the CPU;
+    ``overrides`` replace any field (e.g. ``model="joint"``)."""
+    cfg = dict(model="distill", encoder="resnet18", dilation=(False, False, True), data_root=str(data_root),
+               size=(64, 64), batch_size=2, workers=0, max_steps=4, eval_every=2, quiet=True, out=str(out),
+               lr=1e-3, device="cpu")
+    cfg.update(overrides)
+    return Config(**cfg)
