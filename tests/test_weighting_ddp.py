@@ -3,7 +3,6 @@ same global batch, for loss methods (through DDP), and gradient methods in both 
 import os
 import socket
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
