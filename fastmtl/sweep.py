@@ -140,6 +140,7 @@ def expand_variants(spec: Dict[str, Any], where: str) -> List[Tuple[str, Dict[st
         for key, values in grid.items():
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{where}: grid {key!r} must be a non-empty list of values")
+            grid[key] = [normalise_fields({key: v}, f"{where}: grid")[key] for v in values]
         keys = list(grid)
         combos = product(*(grid[k] for k in keys))
         return [(",".join(f"{k}={_show(v)}" for k, v in zip(keys, c)), dict(zip(keys, c))) for c in combos]

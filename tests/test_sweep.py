@@ -1,5 +1,6 @@
 """``fastmtl sweep`` end to end on a tiny dataset: every point a real ``fastmtl train`` process."""
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastmtl.cli import COMMANDS, build_parser, config_from_args
 from fastmtl.config import Config
@@ -35,9 +37,10 @@ def tiny_spec(data_root):
     }
 
 
-def sweep_cli(*args, cwd=None):
+def sweep_cli(*args):
+    # one thread per run, whatever --jobs: float reductions then agree across sweeps to the bit
     return subprocess.run([sys.executable, "-m", "fastmtl", "sweep", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd)
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def metrics_by_point(folder):
@@ -86,7 +89,12 @@ def test_sweep_end_to_end_then_resume_after_interruption(tiny_data, tmp_path):
     for p in (resumed, restarted):
         shutil.rmtree(p.run_dir)
     cfg = Config.from_dict({**resumed.fields, "seed": resumed.seed, "out": str(resumed.run_dir), "quiet": True})
-    train(cfg, stop_after=1)  # leaves last.pt of step 1 and no summary, as a kill after a checkpoint does
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the sweep's runs
+    try:
+        train(cfg, stop_after=1)  # leaves last.pt of step 1 and no summary, as a kill after a checkpoint does
+    finally:
+        torch.set_num_threads(threads)
     assert resumed.state() == "interrupted"
     restarted.run_dir.mkdir(parents=True)
     (restarted.run_dir / "config.json").write_text("{}")  # a kill before the first checkpoint
@@ -159,5 +167,6 @@ def test_builtin_ladder_ends_at_the_default_recipe():
     for field in ("model", "dilation", "aspp", "skip", "se", "depth_norm", "depth_loss", "attention_init", "lr"):
         assert getattr(last, field) == getattr(default, field), field
     with_init = build_sweep(builtin_sweep("report-ladder", "/w/r34.pth"), Path("unused"), "x").points
-    assert with_init[0].fields.get("pretrained") is None
-    assert {p.fields.get("pretrained") for p in with_init[3:]} == {"/w/r34.pth"}
+    assert {p.fields.get("pretrained") for p in with_init if p.variant == "template base"} == {None}
+    assert {p.fields.get("pretrained") for p in with_init if p.variant != "template base"} == {"/w/r34.pth"}
+    assert [p.variant for p in with_init[:2]] == ["template base", "+ ImageNet init"]
