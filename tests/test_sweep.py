@@ -170,3 +170,18 @@ def test_builtin_ladder_ends_at_the_default_recipe():
     assert {p.fields.get("pretrained") for p in with_init if p.variant == "template base"} == {None}
     assert {p.fields.get("pretrained") for p in with_init if p.variant != "template base"} == {"/w/r34.pth"}
     assert [p.variant for p in with_init[:2]] == ["template base", "+ ImageNet init"]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="TOML sweep files need tomllib (Python >= 3.11)")
+def test_toml_sweep_file_gives_the_same_points_as_json(tmp_path):
+    (tmp_path / "s.json").write_text(json.dumps({"base": {"model": "joint", "size": "32x64", "aspp": False},
+                                                 "grid": {"lr": [0.001, 0.0001]}, "seeds": [0, 1]}))
+    (tmp_path / "s.toml").write_text('seeds = [0, 1]\n[base]\nmodel = "joint"\nsize = "32x64"\naspp = false\n'
+                                     '[grid]\nlr = [0.001, 0.0001]\n')
+    a = open_sweep(str(tmp_path / "s.json"), str(tmp_path / "a"), {}, builtin_sweep)
+    b = open_sweep(str(tmp_path / "s.toml"), str(tmp_path / "b"), {}, builtin_sweep)
+    assert [(p.variant, p.seed, p.fields) for p in a.points] == [(p.variant, p.seed, p.fields) for p in b.points]
+    assert [p.variant for p in a.points] == ["lr=0.001", "lr=0.0001"] * 2
+    # a sweep folder continues as it was set up: scale flags go with a file or built-in name
+    r = sweep_cli(tmp_path / "a", "--steps", "5")
+    assert r.returncode == 2 and "continues as it was set up" in r.stderr
