@@ -229,7 +229,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 print(user_command(p))
         return 0
     print(f"sweep {sweep.name}: {len(sweep.points)} runs ({len(sweep.variants)} variants) in {sweep.folder}", flush=True)
-    failed = run_sweep(sweep, jobs=args.jobs, echo=lambda line: print(line, flush=True))
+    failed = [] if args.report_only else run_sweep(sweep, jobs=args.jobs, echo=lambda line: print(line, flush=True))
     results = collect(sweep)
     paths = write_report(results, sweep.folder)
     print()
@@ -388,6 +388,8 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR", help="sweep folder (default sweeps/NAME)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (one GPU each on a multi-GPU machine; default 1)")
     p.add_argument("--print-commands", action="store_true", help="print one fastmtl train command per run not done; run nothing")
+    p.add_argument("--report-only", action="store_true", help="write the table, CSV, JSON and plot of the runs "
+                   "finished so far; run nothing")
     p.add_argument("--steps", type=int, default=None, help="--max-steps of every run")
     p.add_argument("--size", type=_size, default=None, metavar="HxW", help="--size of every run")
     p.add_argument("--encoder", default=None, help="--encoder of every run")

@@ -141,6 +141,8 @@ def plot_ladder(results: Dict[str, Any], path: Path, metrics: Tuple[str, ...] = 
         lo, hi = min(values + [0.0]), max(values + [0.0])
         if hi - lo < 1e-9:
             hi = lo + 1.0
+        span = hi - lo  # room for the value labels beyond the bars
+        lo, hi = lo - 0.2 * span * (lo < 0), hi + 0.2 * span * (hi > 0)
 
         def x(v: float) -> float:
             return x0 + (v - lo) / (hi - lo) * (x1 - x0)
@@ -159,7 +161,8 @@ def plot_ladder(results: Dict[str, Any], path: Path, metrics: Tuple[str, ...] = 
             d.line([(a, y + row_h / 2), (b, y + row_h / 2)], fill="black", width=2)
             d.line([(a, y + 6), (a, y + row_h - 6)], fill="black")
             d.line([(b, y + 6), (b, y + row_h - 6)], fill="black")
-            d.text((max(x(s["mean"]), b) + 3, y + 5), f"{s['mean']:.1f}", fill="black", font=font)
-        d.text((x0, top + row_h * len(rows) + 6), f"{lo:.1f}", fill="gray", font=font)
-        d.text((x1 - 20, top + row_h * len(rows) + 6), f"{hi:.1f}", fill="gray", font=font)
+            text = f"{s['mean']:.1f}"
+            left = min(x(s["mean"]), a) - 3 - d.textlength(text, font=font)
+            d.text((max(x(s["mean"]), b) + 3 if s["mean"] >= 0 else left, y + 5), text, fill="black", font=font)
+        d.text((x(0) - 3, top + row_h * len(rows) + 6), "0", fill="gray", font=font)
     img.save(path, format="PNG")
