@@ -15,7 +15,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["fastmtl", "fastmtl.aot", "fastmtl.models", "fastmtl.nn", "fastmtl.data", "fastmtl.kernels"],
+    packages=["fastmtl", "fastmtl.aot", "fastmtl.models", "fastmtl.nn", "fastmtl.data", "fastmtl.tasks", "fastmtl.weighting",
+              "fastmtl.weighting.methods", "fastmtl.kernels"],
     package_dir={"fastmtl.kernels": "kernels"},
     install_requires=[
         "torch>=2.6",

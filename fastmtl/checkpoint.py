@@ -3,7 +3,7 @@
 A checkpoint is a dict of tensors and plain Python data only::
 
     {"format": "fastmtl-checkpoint", "version": 2, "config": Config.to_dict(),
-     "outputs_desc": {"semseg": 19, "depth": 1}, "dataset": DatasetInfo as dict,
+     "outputs_desc": {"semseg": 19, "depth": 1, ...} (one entry per task), "dataset": DatasetInfo as dict,
      "normalizer": DepthNormalizer.to_dict(), "model": state_dict, "step": int, "epoch": int,
      "metrics": {...}, "best": {...} | None, plus resume state: "optimizer", "scheduler",
      "scaler", "rng"}
@@ -91,3 +91,14 @@ def model_from_checkpoint(ckpt: Dict[str, Any], fused: bool = False):
     model = build_model(config, ckpt["outputs_desc"], fused=fused)
     model.load_state_dict(ckpt["model"])
     return model, config
+
+
+def checkpoint_tasks(ckpt: Dict[str, Any], config=None):
+    """The :class:`fastmtl.tasks.Task` objects of a checkpoint's run (``config.tasks``; checkpoints
+    from before tasks were configurable have semseg + depth, the config's default)."""
+    from .data import DatasetInfo, DepthNormalizer
+    from .tasks import build_tasks
+
+    config = config if config is not None else checkpoint_config(ckpt)
+    info = DatasetInfo.from_dict(ckpt["dataset"])
+    return build_tasks(config.tasks, config, info, DepthNormalizer.from_dict(ckpt["normalizer"]))

@@ -29,10 +29,21 @@ def _size(text: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _tasks(text: str):
+    from .tasks import parse_tasks
+
+    try:
+        return parse_tasks(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The model knobs the report varies (defaults: the report's best recipe)."""
     d = Config()
     g = p.add_argument_group("model")
+    g.add_argument("--tasks", type=_tasks, default=_SUPPRESS, metavar="LIST",
+                   help=f"comma-separated tasks, one head each: semseg, depth, normals (default {','.join(d.tasks)})")
     g.add_argument("--model", default=_SUPPRESS, help=f"joint | branched | distill | distill_allconnect (default {d.model})")
     g.add_argument("--encoder", default=_SUPPRESS, help=f"resnet18 | resnet34 | resnet50 | resnet101 (default {d.encoder})")
     g.add_argument("--dilation", type=_dilation, default=_SUPPRESS, metavar="F,F,T",
@@ -52,6 +63,21 @@ def given_config_fields(args: argparse.Namespace) -> Dict:
     """The Config fields among the flags that were given (flags not given are absent: SUPPRESS)."""
     fields = set(Config.__dataclass_fields__)
     values = {k: v for k, v in vars(args).items() if k in fields}
+    for item in getattr(args, "task_weight", None) or []:
+        name, eq, text = item.partition("=")
+        name = name.strip()
+        try:
+            weight = float(text)
+        except ValueError:
+            weight = None
+        if not eq or not name or weight is None:
+            raise ConfigError(f"--task-weight {item!r}: must look like TASK=WEIGHT, e.g. normals=1.0")
+        if name in ("semseg", "depth"):
+            if f"weight_{name}" in vars(args):
+                raise ConfigError(f"--task-weight {name}=... and --weight-{name}: give one of them")
+            values[f"weight_{name}"] = weight
+        else:
+            values.setdefault("task_weights", {})[name] = weight
     if getattr(args, "weighting_opt", None):
         from .weighting import parse_options
 
@@ -85,7 +111,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     h, w = args.profile_size
     if h % cfg.output_stride or w % cfg.output_stride:
         raise ConfigError(f"--size {h}x{w}: height and width must be multiples of {cfg.output_stride} (the output stride)")
-    model = build_model(cfg, {"semseg": args.num_classes, "depth": 1}, fused=args.fused)
+    from .tasks import get
+
+    model = build_model(cfg, {t: get(t).output_channels(args.num_classes) for t in cfg.tasks}, fused=args.fused)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
     result = profile_model(model, (h, w), depth=args.depth, throughput=args.throughput,
                            device=resolve_device(args.device), batch_size=args.batch_size, amp_dtype=amp)
@@ -272,6 +300,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-semseg", type=float, default=_SUPPRESS, help=f"task weight (default {d.weight_semseg})")
     g.add_argument("--weight-depth", type=float, default=_SUPPRESS, help=f"task weight (default {d.weight_depth})")
     g.add_argument("--depth-loss", default=_SUPPRESS, help=f"l1 | l2 | silog (default {d.depth_loss})")
+    g.add_argument("--task-weight", action="append", default=_SUPPRESS, metavar="TASK=WEIGHT",
+                   help="fixed loss weight of any task (repeatable), e.g. normals=1.0; semseg=/depth= set "
+                        "--weight-semseg/--weight-depth (default 0.5 each)")
+    g.add_argument("--normals-loss", default=_SUPPRESS, help=f"cosine | l1 (default {d.normals_loss})")
     g = p.add_argument_group("task weighting (README: Task weighting)")
     g.add_argument("--weighting", default=_SUPPRESS, metavar="NAME",
                    help="fixed (default: --weight-semseg/--weight-depth) | uw | dwa | rlw | gls | famo | imtl_l | "

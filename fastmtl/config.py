@@ -18,6 +18,8 @@ DILATION_STYLES = ("template", "torchvision")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEPTH_NORMS = ("linear", "log")
 DEPTH_LOSSES = ("l1", "l2", "silog")
+NORMALS_LOSSES = ("cosine", "l1")
+DEFAULT_TASK_WEIGHT = 0.5  # a task other than semseg / depth without --task-weight
 DATASETS = ("synthetic", "miniscapes")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 ON_BAD_SAMPLE = ("error", "skip")
@@ -45,6 +47,8 @@ class Config:
     pretrained: Optional[str] = None
     fused: Optional[bool] = None  # None: fused when the Triton kernels can run on the device
     aspp_dropout: float = 0.0
+    # tasks (fastmtl.tasks): what the model predicts, in this order
+    tasks: Tuple[str, ...] = ("semseg", "depth")
     # data
     dataset: str = "synthetic"
     data_root: Optional[str] = None  # None: the built-in synthetic set in the user cache
@@ -63,6 +67,8 @@ class Config:
     weight_semseg: float = 0.5
     weight_depth: float = 0.5
     depth_loss: str = "l1"
+    task_weights: Dict[str, float] = field(default_factory=dict)  # tasks other than semseg / depth (default 0.5)
+    normals_loss: str = "cosine"
     # task weighting (fastmtl.weighting): "fixed" uses weight_semseg / weight_depth
     weighting: str = "fixed"
     weighting_opts: Dict[str, Any] = field(default_factory=dict)  # the method's options over its paper defaults
@@ -81,13 +87,14 @@ class Config:
         """Raise :class:`ConfigError` for any value that cannot work; return self."""
         choices = {
             "model": MODELS, "encoder": ENCODER_NAMES, "attention_init": ATTENTION_INITS, "dilation_style": DILATION_STYLES,
-            "optimizer": OPTIMIZERS, "depth_norm": DEPTH_NORMS, "depth_loss": DEPTH_LOSSES,
+            "optimizer": OPTIMIZERS, "depth_norm": DEPTH_NORMS, "depth_loss": DEPTH_LOSSES, "normals_loss": NORMALS_LOSSES,
             "dataset": DATASETS, "amp": AMP_MODES, "on_bad_sample": ON_BAD_SAMPLE,
         }
         for name, valid in choices.items():
             value = getattr(self, name)
             if value not in valid:
                 raise ConfigError(f"{_flag(name)}: unknown value {value!r}; valid choices: {', '.join(valid)}")
+        self._validate_tasks()
         self._validate_weighting()
         if len(self.dilation) != 3:
             raise ConfigError(f"--dilation needs three flags (layer2,layer3,layer4), got {self.dilation!r}")
@@ -101,8 +108,10 @@ class Config:
         for name in ("weight_decay", "momentum", "weight_semseg", "weight_depth", "workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
-        if self.weight_semseg + self.weight_depth <= 0:
-            raise ConfigError("--weight-semseg and --weight-depth cannot both be 0")
+        if sum(self.task_weight(t) for t in self.tasks) <= 0:
+            if set(self.tasks) == {"semseg", "depth"}:
+                raise ConfigError("--weight-semseg and --weight-depth cannot both be 0")
+            raise ConfigError(f"the task weights of --tasks {','.join(self.tasks)} cannot all be 0")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"--max-steps must be > 0, got {self.max_steps}")
         if self.eval_every is not None and self.eval_every <= 0:
@@ -122,6 +131,28 @@ class Config:
             raise ConfigError("--model distill_allconnect needs features at 8x: use a --dilation with output stride >= 8")
         return self
 
+    def _validate_tasks(self) -> None:
+        from .tasks import check_task_names
+
+        try:
+            check_task_names(self.tasks)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        for name, w in self.task_weights.items():
+            if name in ("semseg", "depth"):
+                raise ConfigError(f"--task-weight {name}: the weight of {name} is --weight-{name}")
+            if name not in self.tasks:
+                raise ConfigError(f"--task-weight {name}: not one of --tasks {','.join(self.tasks)}")
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or not w >= 0:
+                raise ConfigError(f"--task-weight {name}={w!r}: must be a number >= 0")
+
+    def task_weight(self, name: str) -> float:
+        """The fixed loss weight of task ``name``: ``weight_semseg``, ``weight_depth`` or
+        ``task_weights[name]`` (default :data:`DEFAULT_TASK_WEIGHT`)."""
+        if name in ("semseg", "depth"):
+            return float(getattr(self, f"weight_{name}"))
+        return float(self.task_weights.get(name, DEFAULT_TASK_WEIGHT))
+
     def _validate_weighting(self) -> None:
         from .weighting import GRAD_MODES, METHODS, NAMES, build
 
@@ -134,9 +165,10 @@ class Config:
             raise ConfigError(f"--weighting-grads {self.weighting_grads}: only for gradient methods; "
                               f"--weighting {self.weighting} weights the losses")
         if self.weighting == "fixed" and self.weighting_opts:
-            raise ConfigError("--weighting-opt: --weighting fixed takes its weights from --weight-semseg / --weight-depth")
+            raise ConfigError("--weighting-opt: --weighting fixed takes its weights from --weight-semseg / --weight-depth"
+                              " / --task-weight")
         try:
-            build(self.weighting, 2, **self.weighting_opts)
+            build(self.weighting, len(self.tasks), **self.weighting_opts)
         except ValueError as e:
             raise ConfigError(f"--weighting-opt: {e}") from None
 
@@ -149,6 +181,8 @@ class Config:
         d["dilation"] = list(self.dilation)
         d["size"] = list(self.size) if self.size is not None else None
         d["weighting_opts"] = dict(self.weighting_opts)
+        d["tasks"] = list(self.tasks)
+        d["task_weights"] = dict(self.task_weights)
         return d
 
     @classmethod
@@ -162,6 +196,8 @@ class Config:
             data["dilation"] = tuple(bool(x) for x in data["dilation"])
         if data.get("size") is not None:
             data["size"] = tuple(int(x) for x in data["size"])
+        if "tasks" in data:
+            data["tasks"] = tuple(data["tasks"])
         return cls(**data)
 
     def to_json(self) -> str:

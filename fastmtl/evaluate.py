@@ -8,7 +8,7 @@ import torch
 
 from .data.folder import nonempty_batches
 from .losses import last_prediction
-from .metrics import MultiTaskMeter
+from .metrics import TasksMeter
 
 
 def amp_dtype_for(amp: str, device: torch.device) -> Optional[torch.dtype]:
@@ -25,23 +25,26 @@ def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype=amp_dtype)
 
 
+def tasks_meter(tasks) -> TasksMeter:
+    """The meters of ``tasks`` and the run's score ``multitask`` (each headline metric, signed)."""
+    return TasksMeter({t.name: t.meter() for t in tasks}, {t.headline: t.metric_directions[t.headline] for t in tasks})
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, normalizer, num_classes: int, depth_range, device: torch.device,
-             amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-             ignore_index: int = 255, class_names: Optional[Sequence[str]] = None,
-             progress: Optional[bool] = False) -> Dict:
-    """mIoU, SI-logRMSE, multitask, the depth extras and ``iou_per_class`` of ``model`` over ``loader``.
+def evaluate_tasks(model: torch.nn.Module, loader, tasks: Sequence, device: torch.device,
+                   amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+                   progress: Optional[bool] = False) -> Dict:
+    """Every metric of every task (:class:`fastmtl.tasks.Task`) of ``model`` over ``loader``, and
+    ``multitask``; semseg adds ``iou_per_class`` ``{class name: IoU %}``.
 
-    ``iou_per_class`` is ``{class name: IoU %}`` (names from ``class_names``, else the trainIds).
     ``progress``: a progress bar on stderr (True), none (False), or one only on a terminal (None).
-
-    Batches are the data pipeline's dicts (``rgb (N, 3, H, W)`` normalised, ``semseg (N, H, W)``,
-    ``depth (N, 1, H, W)`` metres with NaN invalid). Predictions are the last element of a
-    deep-supervision list; depth is mapped back to metres with ``normalizer.denormalize``.
+    Batches are the data pipeline's dicts (``rgb (N, 3, H, W)`` normalised, one target per task).
+    Predictions are the last element of a deep-supervision list, decoded by the task
+    (:meth:`~fastmtl.tasks.Task.decode`: depth in metres, unit normals).
     """
     was_training = model.training
     model.eval()
-    meter = MultiTaskMeter(num_classes, depth_range, ignore_index)
+    meter = tasks_meter(tasks)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     from tqdm import tqdm
 
@@ -51,15 +54,27 @@ def evaluate(model: torch.nn.Module, loader, normalizer, num_classes: int, depth
             rgb = batch["rgb"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
             with autocast_context(device, amp_dtype):
                 out = model(rgb)
-            depth_m = normalizer.denormalize(last_prediction(out["depth"]).float())
-            meter.update(last_prediction(out["semseg"]).float(), batch["semseg"].to(device),
-                         depth_m, batch["depth"].to(device))
+            meter.update({t.name: t.decode(last_prediction(out[t.name])) for t in tasks},
+                         {t.name: batch[t.name].to(device) for t in tasks})
             bar.update(1)
     finally:
         bar.close()
         model.train(was_training)
-    names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
-    return {**meter.compute(), "iou_per_class": dict(zip(names, meter.semseg.iou_per_class().tolist()))}
+    return meter.compute()
+
+
+def evaluate(model: torch.nn.Module, loader, normalizer, num_classes: int, depth_range, device: torch.device,
+             amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+             ignore_index: int = 255, class_names: Optional[Sequence[str]] = None,
+             progress: Optional[bool] = False) -> Dict:
+    """:func:`evaluate_tasks` for semseg + depth: mIoU, SI-logRMSE, multitask, the depth extras and
+    ``iou_per_class`` (names from ``class_names``, else the trainIds); depth is mapped back to metres
+    with ``normalizer.denormalize``."""
+    from .tasks.depth import DepthTask
+    from .tasks.semseg import SemsegTask
+
+    tasks = [SemsegTask(num_classes, ignore_index, class_names), DepthTask(normalizer, depth_range)]
+    return evaluate_tasks(model, loader, tasks, device, amp_dtype, channels_last, progress)
 
 
 def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split: str = "val", device: str = "cpu",
@@ -69,10 +84,12 @@ def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split:
     from pathlib import Path
 
     from . import data as fdata
-    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .checkpoint import checkpoint_tasks, load_checkpoint, model_from_checkpoint
+    from .tasks import check_available
 
     ckpt = load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(ckpt)
+    tasks = checkpoint_tasks(ckpt, cfg)
     dev = torch.device(device)
     model = model.to(dev)
     if cfg.channels_last:
@@ -81,8 +98,6 @@ def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split:
     root = Path(root) if root else fdata.default_data_root()
     dataset = fdata.SegDepthFolder(root, split, kind=cfg.dataset, transform=fdata.eval_transform(multiple=32),
                                    on_bad_sample=on_bad_sample)
+    check_available([t.name for t in tasks], dataset.targets, f"{root} (split {split})")
     loader = fdata.build_loader(dataset, batch_size or cfg.batch_size, shuffle=False, workers=workers, seed=cfg.seed)
-    info = ckpt["dataset"]
-    return evaluate(model, loader, fdata.DepthNormalizer.from_dict(ckpt["normalizer"]), info["num_classes"],
-                    tuple(info["depth_range"]), dev, amp_dtype_for(cfg.amp, dev), cfg.channels_last, info["ignore_index"],
-                    class_names=info.get("class_names"), progress=progress)
+    return evaluate_tasks(model, loader, tasks, dev, amp_dtype_for(cfg.amp, dev), cfg.channels_last, progress=progress)

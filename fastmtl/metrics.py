@@ -5,12 +5,19 @@
 * SI-logRMSE: per image over valid ground-truth pixels (finite, > 0), predictions clamped to
   the dataset's depth range, both floored at 0.01 m, ``d = log(gt) - log(pred)``,
   ``100 * sqrt(mean(d^2) - mean(d)^2)``; averaged over images with at least one valid pixel.
-* multitask = mIoU - SI-logRMSE.
+* multitask = mIoU - SI-logRMSE (in general: the tasks' headline metrics, signed so that higher
+  is better, summed; see :class:`TasksMeter`).
 * KITTI/NYU extras over all valid pixels of the split: abs-rel, RMSE (m), delta < 1.25^k.
+* LibMTL's (``examples/nyu/utils.py``), so numbers compare with its tables: pixel accuracy
+  ``100 * trace(CM) / sum(CM)`` of the same confusion matrix (SegMetric); depth ``abs_err`` =
+  mean ``|pred - gt|`` and ``rel_err`` = mean ``|pred - gt| / gt`` over all valid pixels of the
+  split, predictions NOT clamped (DepthMetric: its per-batch means are weighted by the batch's
+  count of valid pixels, ``bs`` being appended after ``masked_select``, which is the pixel mean
+  over the split). Surface normals: :mod:`fastmtl.tasks.normals`.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -20,11 +27,14 @@ DEPTH_FLOOR = 0.01
 
 
 class SemsegMeter:
-    """Confusion-matrix mIoU. ``update(logits (N, C, H, W) or labels (N, H, W), target (N, H, W))``."""
+    """Confusion-matrix mIoU and pixel accuracy. ``update(logits (N, C, H, W) or labels (N, H, W),
+    target (N, H, W))``. With ``class_names``, :meth:`compute` adds ``iou_per_class``
+    ``{name: IoU %}``."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 255):
+    def __init__(self, num_classes: int, ignore_index: int = 255, class_names: Optional[Sequence[str]] = None):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        self.class_names = list(class_names) if class_names is not None else None
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
     @torch.no_grad()
@@ -46,8 +56,17 @@ class SemsegMeter:
         denom = cm.sum(0) + cm.sum(1) - tp
         return torch.where(denom > 0, 100.0 * tp / denom.clamp_min(1), torch.zeros_like(tp))
 
+    def pixel_accuracy(self) -> float:
+        """Percent of scored pixels whose argmax is right (LibMTL's pixAcc); 0 with none scored."""
+        total = int(self.confusion.sum())
+        return 100.0 * int(self.confusion.diag().sum()) / total if total else 0.0
+
     def compute(self) -> Dict[str, float]:
-        return {"miou": float(self.iou_per_class().mean())}
+        iou = self.iou_per_class()
+        out = {"miou": float(iou.mean()), "pixel_acc": self.pixel_accuracy()}
+        if self.class_names is not None:
+            out["iou_per_class"] = dict(zip(self.class_names, iou.tolist()))
+        return out
 
 
 def si_log_rmse_per_image(pred: torch.Tensor, target: torch.Tensor, depth_range: Tuple[float, float]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +83,7 @@ def si_log_rmse_per_image(pred: torch.Tensor, target: torch.Tensor, depth_range:
 
 
 class DepthMeter:
-    """SI-logRMSE (per image, averaged) plus abs-rel, RMSE and delta accuracies.
+    """SI-logRMSE (per image, averaged) plus abs-rel, RMSE, delta accuracies and LibMTL's abs/rel error.
 
     ``update(pred, target)`` with metric depth ``(N, 1, H, W)``; NaN / non-positive targets are
     invalid.
@@ -75,6 +94,7 @@ class DepthMeter:
         self.si_sum, self.si_count = 0.0, 0
         self.abs_rel_sum, self.sq_sum, self.pixels = 0.0, 0.0, 0
         self.delta_counts = [0, 0, 0]
+        self.abs_err_sum, self.rel_err_sum = 0.0, 0.0
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -92,6 +112,10 @@ class DepthMeter:
         ratio = torch.maximum(p / gt, gt / p)
         for k in range(3):
             self.delta_counts[k] += int((ratio < 1.25 ** (k + 1)).sum())
+        gt_raw = target[valid].double()  # LibMTL: raw prediction and target, no clamps or floors
+        err = (torch.nan_to_num(pred[valid].double(), nan=self.depth_range[1]) - gt_raw).abs()
+        self.abs_err_sum += float(err.sum())
+        self.rel_err_sum += float((err / gt_raw).sum())
 
     def compute(self) -> Dict[str, float]:
         n = max(self.pixels, 1)
@@ -102,21 +126,45 @@ class DepthMeter:
         }
         for k in range(3):
             out[f"delta{k + 1}"] = 100.0 * self.delta_counts[k] / n
+        out["abs_err"] = self.abs_err_sum / n
+        out["rel_err"] = self.rel_err_sum / n
         return out
 
 
-class MultiTaskMeter:
-    """Both meters and the multitask score ``miou - si_log_rmse``."""
+class TasksMeter:
+    """One meter per task, merged.
+
+    Args:
+        meters: ``{task: meter}``, each with ``update(prediction, target)`` and ``compute()``.
+        score: ``{metric: +1 or -1}``; ``compute()`` adds ``multitask = sum(sign * metric)`` (the
+            trainer passes each task's headline metric with its direction: for semseg + depth,
+            ``miou - si_log_rmse``).
+    """
+
+    def __init__(self, meters: Mapping[str, object], score: Mapping[str, int]):
+        self.meters, self.score = dict(meters), dict(score)
+
+    def update(self, predictions: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> None:
+        """``{task: prediction}`` (in the task's units) and ``{task: target}`` of one batch."""
+        for name, meter in self.meters.items():
+            meter.update(predictions[name], targets[name])
+
+    def compute(self) -> Dict[str, float]:
+        out: Dict = {}
+        for meter in self.meters.values():
+            out.update(meter.compute())
+        out["multitask"] = sum(sign * out[k] for k, sign in self.score.items())
+        return out
+
+
+class MultiTaskMeter(TasksMeter):
+    """The semseg + depth meters and the multitask score ``miou - si_log_rmse``."""
 
     def __init__(self, num_classes: int, depth_range: Tuple[float, float], ignore_index: int = 255):
         self.semseg = SemsegMeter(num_classes, ignore_index)
         self.depth = DepthMeter(depth_range)
+        super().__init__({"semseg": self.semseg, "depth": self.depth}, {"miou": +1, "si_log_rmse": -1})
 
     def update(self, semseg_logits, semseg_target, depth_pred_m, depth_target_m) -> None:
-        self.semseg.update(semseg_logits, semseg_target)
-        self.depth.update(depth_pred_m, depth_target_m)
-
-    def compute(self) -> Dict[str, float]:
-        out = {**self.semseg.compute(), **self.depth.compute()}
-        out["multitask"] = out["miou"] - out["si_log_rmse"]
-        return out
+        super().update({"semseg": semseg_logits, "depth": depth_pred_m},
+                       {"semseg": semseg_target, "depth": depth_target_m})

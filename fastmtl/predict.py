@@ -1,5 +1,6 @@
-"""``fastmtl predict``: per image, the raw results (trainId PNG, depth in metres as .npy) and
-pictures (colourised segmentation, depth colour map, side-by-side panel), all at the input's size.
+"""``fastmtl predict``: per image and task, the raw result (semseg: trainId PNG; depth: metres as
+.npy; normals: unit vectors as .npy) and a picture (colourised segmentation, depth colour map,
+normals as RGB), plus a side-by-side panel, all at the input's size.
 
 An input whose size is not a multiple of the model's is padded (edge pixels repeated) to the next
 multiple and the outputs are cropped back, so nothing of the image is lost.
@@ -7,15 +8,14 @@ multiple and the outputs are cropped back, so nothing of the image is lost.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, List, Sequence
+from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data.classes import colorize
+from .checkpoint import checkpoint_tasks, load_checkpoint, model_from_checkpoint
 from .data.transforms import normalize_rgb
 from .losses import last_prediction
 
@@ -38,18 +38,6 @@ def collect_images(inputs: Sequence[str]) -> List[Path]:
     return files
 
 
-def depth_colormap(depth_m: np.ndarray, depth_range: Sequence[float]) -> np.ndarray:
-    """``(H, W)`` metres -> ``(H, W, 3)`` uint8, near = warm, far = cool, on a log scale."""
-    lo, hi = float(depth_range[0]), float(depth_range[1])
-    t = (np.log(np.clip(depth_m, lo, hi)) - np.log(lo)) / (np.log(hi) - np.log(lo))
-    # a compact "turbo"-like ramp: red (near) -> yellow -> green -> blue (far)
-    stops = np.array([[180, 4, 38], [245, 160, 40], [220, 230, 60], [60, 190, 120], [40, 80, 190], [30, 30, 90]], np.float32)
-    pos = t * (len(stops) - 1)
-    i = np.clip(pos.astype(np.int64), 0, len(stops) - 2)
-    frac = (pos - i)[..., None]
-    return (stops[i] * (1 - frac) + stops[i + 1] * frac).astype(np.uint8)
-
-
 def load_image(path: Path) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)``."""
     try:
@@ -59,8 +47,9 @@ def load_image(path: Path) -> np.ndarray:
         raise ValueError(f"predict: {path} is not a readable image ({e})") from None
 
 
-def predict_image(model: torch.nn.Module, rgb: np.ndarray, normalizer, device="cpu"):
-    """``rgb (H, W, 3) uint8`` -> ``(trainIds (H, W) uint8, depth (H, W) float32 metres)``.
+def predict_tasks(model: torch.nn.Module, rgb: np.ndarray, tasks: Sequence, device="cpu") -> Dict[str, np.ndarray]:
+    """``rgb (H, W, 3) uint8`` -> ``{task: raw result}`` (:meth:`fastmtl.tasks.Task.to_array`: semseg
+    ``(H, W)`` uint8 ids, depth ``(H, W)`` float32 metres, normals ``(H, W, 3)`` float32).
 
     The image is padded at the bottom and right (edge pixels repeated) to a multiple of
     ``model.size_multiple`` and the predictions are cropped back to ``H x W``.
@@ -70,35 +59,43 @@ def predict_image(model: torch.nn.Module, rgb: np.ndarray, normalizer, device="c
     x = normalize_rgb({"rgb": torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)})["rgb"][None]
     x = F.pad(x, (0, -w % m, 0, -h % m), mode="replicate")
     pred = model(x.to(device))
-    labels = last_prediction(pred["semseg"])[0, :, :h, :w].argmax(0).to(torch.uint8).cpu().numpy()
-    depth_m = normalizer.denormalize(last_prediction(pred["depth"]).float())[0, 0, :h, :w].cpu().numpy()
-    return labels, depth_m.astype(np.float32)
+    return {t.name: t.to_array(t.decode(last_prediction(pred[t.name]))[0, :, :h, :w]) for t in tasks}
+
+
+def predict_image(model: torch.nn.Module, rgb: np.ndarray, normalizer, device="cpu"):
+    """Semseg + depth model: ``rgb (H, W, 3) uint8`` -> ``(trainIds (H, W) uint8, depth (H, W) float32
+    metres)`` (see :func:`predict_tasks`)."""
+    from .tasks.depth import DepthTask
+    from .tasks.semseg import SemsegTask
+
+    out = predict_tasks(model, rgb, [SemsegTask(model.outputs_desc["semseg"]), DepthTask(normalizer)], device)
+    return out["semseg"], out["depth"]
 
 
 @torch.no_grad()
 def predict(checkpoint: str, inputs: Iterable[str], out_dir: str, device: str = "cpu") -> List[Path]:
-    """Write per image to ``out_dir``: ``{name}_trainid.png`` (8-bit, Cityscapes trainIds),
-    ``{name}_depth.npy`` (float32 ``(H, W)`` metres), ``{name}_semseg.png`` (colours),
-    ``{name}_depth.png`` (colour map) and ``{name}_panel.png`` (input | segmentation | depth)."""
-    from .data import DepthNormalizer
-
+    """Write per image to ``out_dir``, for each task of the run: its raw result and picture
+    (semseg: ``{name}_trainid.png`` 8-bit class ids, ``{name}_semseg.png`` colours; depth:
+    ``{name}_depth.npy`` float32 ``(H, W)`` metres, ``{name}_depth.png`` colour map; normals:
+    ``{name}_normals.npy`` float32 ``(H, W, 3)`` unit vectors, ``{name}_normals.png`` in the
+    dataset encoding ``(n + 1) * 127.5``), and ``{name}_panel.png`` (input | each task's picture)."""
     ckpt = load_checkpoint(checkpoint)
-    model, _ = model_from_checkpoint(ckpt)
+    model, cfg = model_from_checkpoint(ckpt)
+    tasks = checkpoint_tasks(ckpt, cfg)
     model = model.to(device).eval()
-    normalizer = DepthNormalizer.from_dict(ckpt["normalizer"])
-    depth_range = ckpt["dataset"]["depth_range"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: List[Path] = []
     for path in collect_images(list(inputs)):
         rgb = load_image(path)
-        labels, depth_m = predict_image(model, rgb, normalizer, device)
-        seg_img, depth_img = colorize(labels), depth_colormap(depth_m, depth_range)
-        panel = np.concatenate([rgb, seg_img, depth_img], axis=1)
-        for suffix, img in (("trainid", labels), ("semseg", seg_img), ("depth", depth_img), ("panel", panel)):
-            target = out / f"{path.stem}_{suffix}.png"
-            Image.fromarray(img).save(target)
-            written.append(target)
-        np.save(out / f"{path.stem}_depth.npy", depth_m)
-        written.append(out / f"{path.stem}_depth.npy")
+        results = predict_tasks(model, rgb, tasks, device)
+        pictures = [rgb]
+        for task in tasks:
+            written += task.save_raw(results[task.name], out, path.stem)
+            picture = task.picture(results[task.name])
+            Image.fromarray(picture).save(out / f"{path.stem}_{task.name}.png")
+            written.append(out / f"{path.stem}_{task.name}.png")
+            pictures.append(picture)
+        Image.fromarray(np.concatenate(pictures, axis=1)).save(out / f"{path.stem}_panel.png")
+        written.append(out / f"{path.stem}_panel.png")
     return written

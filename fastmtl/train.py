@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -38,23 +37,35 @@ from .checkpoint import FORMAT, VERSION, save_atomic
 from .config import Config, ConfigError
 from .data.order import ResumableBatchSampler, SeededTransform
 from .errors import TrainingDiverged
-from .evaluate import autocast_context, evaluate
-from .losses import MultiTaskLoss
+from .evaluate import autocast_context, evaluate_tasks
+from .losses import MultiTaskLoss, last_prediction
 from .models import build_model
 from .rundir import check_output_dir
 from .runtime import Runtime, resolve_config, setup_runtime
+from .tasks import build_tasks, check_available, outputs_desc
 from .weighting.training import WeightedTrainStep, method_for_run, param_groups
 
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before training stops
 WARMUP_STEPS = 3  # first steps of every (resumed) segment, timed apart: compilation and warm-up
 
 
-def make_loaders(cfg: Config, root: Path, rt: Runtime):
+def make_datasets(cfg: Config, root: Path):
+    """``(info, train set, val set)`` of the run's dataset; every configured task must have its target
+    in both splits (a clear ``--tasks`` error otherwise)."""
+    info = fdata.dataset_info(root, cfg.dataset)
+    check_available(cfg.tasks, info.tasks, str(root))
     train_set = fdata.SegDepthFolder(root, "train", kind=cfg.dataset, on_bad_sample=cfg.on_bad_sample)
     val_set = fdata.SegDepthFolder(root, "val", kind=cfg.dataset, transform=fdata.eval_transform(multiple=32),
                                    on_bad_sample=cfg.on_bad_sample)
+    for name, split in (("train", train_set), ("val", val_set)):
+        check_available(cfg.tasks, getattr(split, "targets", info.tasks), f"{root} (split {name})")
+    return info, train_set, val_set
+
+
+def make_loaders(cfg: Config, train_set, val_set, rt: Runtime):
     if len(train_set) < cfg.batch_size * rt.world_size:
-        raise ConfigError(f"--batch-size {cfg.batch_size}: the train split of {root} has only {len(train_set)} samples")
+        raise ConfigError(f"--batch-size {cfg.batch_size}: the train split of {train_set.root} has only "
+                          f"{len(train_set)} samples")
     sampler = ResumableBatchSampler(len(train_set), cfg.batch_size, cfg.seed, rt.rank, rt.world_size)
     pin = rt.device.type == "cuda"
     # own generators: creating a loader iterator must not consume the global RNG (exact resume)
@@ -104,10 +115,11 @@ class Run:
         root = Path(cfg.data_root) if cfg.data_root else self._default_data_root()
         if not root.is_dir():
             raise ConfigError(f"--data-root {root}: no such directory")
-        self.info = fdata.dataset_info(root, cfg.dataset)
+        self.info, train_set, val_set = make_datasets(cfg, root)
         self.normalizer = fdata.DepthNormalizer.from_stats(cfg.depth_norm, self.info.depth_stats)
-        self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, root, self.rt)
-        self.outputs_desc = {"semseg": self.info.num_classes, "depth": 1}
+        self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, train_set, val_set, self.rt)
+        self.tasks = build_tasks(cfg.tasks, cfg, self.info, self.normalizer)
+        self.outputs_desc = outputs_desc(self.tasks)
 
         self.model = build_model(cfg, self.outputs_desc, fused=cfg.fused).to(self.rt.device)
         if self.rt.distributed and self.rt.device.type == "cuda":
@@ -124,8 +136,7 @@ class Run:
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, poly_schedule(self.total_steps))
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.amp_dtype == torch.float16)
-        self.loss_fn = MultiTaskLoss(cfg.weight_semseg, cfg.weight_depth, cfg.depth_loss, self.normalizer,
-                                     ignore_index=self.info.ignore_index)
+        self.loss_fn = MultiTaskLoss(tasks=self.tasks, weights={t: cfg.task_weight(t) for t in cfg.tasks})
         self.step, self.best, self.skipped_samples = 0, None, 0
         self.timing = {"wall_seconds": 0.0, "eval_seconds": 0.0, "warmup_seconds": 0.0, "warmup_steps": 0,
                        "warmup_images": 0, "steady_seconds": 0.0, "steady_images": 0}
@@ -213,8 +224,8 @@ class Run:
         return self.writer
 
     def _log_images(self, writer) -> None:
-        """Input, prediction and ground-truth images and depth histograms (report Fig. 22) of the first val batch."""
-        from .data.classes import colorize
+        """Input, prediction and ground-truth images of every task (and depth histograms, report
+        Fig. 22) of the first val batch."""
         from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
         batch = next(fdata.nonempty_batches(self.val_loader))
@@ -222,25 +233,11 @@ class Run:
         with torch.no_grad(), autocast_context(self.rt.device, self.rt.amp_dtype):
             out = self.model(batch["rgb"][:4].to(self.rt.device))
         self.model.train()
-        seg = out["semseg"][-1] if isinstance(out["semseg"], list) else out["semseg"]
-        depth = out["depth"][-1] if isinstance(out["depth"], list) else out["depth"]
-        labels = seg.argmax(1).cpu().numpy()
         rgb = batch["rgb"][:4] * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         writer.add_images("val/rgb", rgb.clamp(0, 1), self.step)
-        writer.add_images("val/semseg_pred", np.stack([colorize(l) for l in labels]), self.step, dataformats="NHWC")
-        writer.add_images("val/semseg_gt", np.stack([colorize(l) for l in batch["semseg"][:4].numpy()]), self.step,
-                          dataformats="NHWC")
-        depth_m = self.normalizer.denormalize(depth.float()).cpu()
-        lo, hi = self.info.depth_range
-        def near_is_bright(d):  # log scale over the dataset's depth range; invalid depth is black
-            return (1 - (d.clamp(lo, hi).log() - math.log(lo)) / math.log(hi / lo)).nan_to_num(0.0)
-
-        writer.add_images("val/depth_pred", near_is_bright(depth_m), self.step)
-        target = batch["depth"]
-        valid = torch.isfinite(target) & (target > 0)
-        writer.add_images("val/depth_gt", near_is_bright(target[:4].where(valid[:4], torch.nan)), self.step)
-        writer.add_histogram("depth/target_normalized", self.normalizer.normalize(target[valid]), self.step)
-        writer.add_histogram("depth/pred_normalized", depth.float().flatten().cpu(), self.step)
+        for task in self.tasks:
+            raw = last_prediction(out[task.name])
+            task.log_images(writer, task.decode(raw).cpu(), raw, batch[task.name], self.step)
 
     # -- loop -------------------------------------------------------------------------------
 
@@ -248,14 +245,13 @@ class Run:
         dev = self.rt.device
         memory_format = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
         rgb = batch["rgb"].to(dev, non_blocking=True).contiguous(memory_format=memory_format)
-        semseg = batch["semseg"].to(dev, non_blocking=True)
-        depth = batch["depth"].to(dev, non_blocking=True)
+        targets = {t: batch[t].to(dev, non_blocking=True) for t in self.cfg.tasks}
         if self.weighted_step is not None:  # fastmtl.weighting does forward, backward and the step
-            return self.weighted_step(rgb, semseg, depth, lambda: autocast_context(dev, self.rt.amp_dtype),
+            return self.weighted_step(rgb, targets, lambda: autocast_context(dev, self.rt.amp_dtype),
                                       self.optimizer, self.scaler, self.scheduler)
         with autocast_context(dev, self.rt.amp_dtype):
             out = self.train_model(rgb)
-        loss, parts = self.step_loss(out, semseg, depth)
+        loss, parts = self.step_loss(out, targets)
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss).item():
             return float("nan"), {}
@@ -266,9 +262,8 @@ class Run:
         return loss.item(), {k: v.item() for k, v in parts.items()}
 
     def evaluate(self) -> Dict:
-        return evaluate(self.model, self.val_loader, self.normalizer, self.info.num_classes, self.info.depth_range,
-                        self.rt.device, self.rt.amp_dtype, self.cfg.channels_last, self.info.ignore_index,
-                        class_names=self.info.class_names, progress=not self.cfg.quiet and self.rt.is_main)
+        return evaluate_tasks(self.model, self.val_loader, self.tasks, self.rt.device, self.rt.amp_dtype,
+                              self.cfg.channels_last, progress=not self.cfg.quiet and self.rt.is_main)
 
     def run(self, stop_after: Optional[int] = None) -> Dict:
         """Train to the end (or until ``stop_after`` steps, a simulated interruption). Returns summary.json."""
@@ -369,10 +364,9 @@ class Run:
                 else:
                     writer.add_scalar(f"val/{k}", v, self.step)
             self._log_images(writer)
-            self.log(f"step {self.step}: mIoU {metrics['miou']:.2f}  SI-logRMSE {metrics['si_log_rmse']:.2f}  "
-                     f"multitask {metrics['multitask']:.2f}")
+            self.log(f"step {self.step}: {_describe(self.tasks, metrics)}")
             if self.best is None or metrics["multitask"] > self.best["multitask"]:
-                self.best = {**_headline(metrics), "step": self.step}
+                self.best = {**_headline(self.tasks, metrics), "step": self.step}
                 save_atomic(self.checkpoint(metrics, resume_state=False), self.out / "best.pt")
             self.timing["eval_seconds"] += time.time() - eval_started
             self._tick()
@@ -390,7 +384,7 @@ class Run:
         else:  # too few steps for a steady state
             images_per_second = t["warmup_images"] / max(t["warmup_seconds"], 1e-9)
         summary = {
-            "best": self.best, "final": {**_headline(final_metrics), "step": self.step},
+            "best": self.best, "final": {**_headline(self.tasks, final_metrics), "step": self.step},
             "final_all": final_metrics, "baselines": trivial_baselines(self),
             "images_per_second": images_per_second, "steady_state_steps": self.step - t["warmup_steps"],
             "steady_state_seconds": t["steady_seconds"],
@@ -402,32 +396,34 @@ class Run:
                           else dict(self.loss_fn.weights)},
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
-        b = summary["baselines"]
-        self.log(f"final: mIoU {final_metrics['miou']:.2f}  SI-logRMSE {final_metrics['si_log_rmse']:.2f}  "
-                 f"multitask {final_metrics['multitask']:.2f}  | baselines: majority-class mIoU "
-                 f"{b['majority_class']['miou']:.2f}, mean-depth SI-logRMSE {b['mean_depth']['si_log_rmse']:.2f}")
+        baselines = "; ".join(f"{name.replace('_', '-')} {_describe(self.tasks, values, score=False)}"
+                              for name, values in summary["baselines"].items())
+        self.log(f"final: {_describe(self.tasks, final_metrics)}  | baselines: {baselines}")
         return summary
 
 
-def _headline(metrics: Dict[str, float]) -> Dict[str, float]:
-    return {k: metrics[k] for k in ("miou", "si_log_rmse", "multitask")}
+def _headline(tasks, metrics: Dict[str, float]) -> Dict[str, float]:
+    """Each task's headline metric and ``multitask`` (summary.json's ``best`` / ``final``)."""
+    return {**{t.headline: metrics[t.headline] for t in tasks}, "multitask": metrics["multitask"]}
 
 
-def trivial_baselines(run: Run) -> Dict[str, Dict[str, float]]:
-    """Scores of predicting the most frequent val class everywhere and the train mean depth everywhere."""
-    from .metrics import DepthMeter, SemsegMeter
+def _describe(tasks, metrics: Dict, score: bool = True) -> str:
+    """``mIoU 12.34  SI-logRMSE 56.78  multitask -44.44`` of the headline metrics present in ``metrics``."""
+    parts = [f"{t.label} {metrics[t.headline]:.2f}" for t in tasks if t.headline in metrics]
+    if score and "multitask" in metrics:
+        parts.append(f"multitask {metrics['multitask']:.2f}")
+    return "  ".join(parts)
 
-    counts = torch.zeros(run.info.num_classes, dtype=torch.int64)
-    for batch in fdata.nonempty_batches(run.val_loader):
-        t = batch["semseg"]
-        counts += torch.bincount(t[t != run.info.ignore_index].flatten(), minlength=run.info.num_classes)
-    majority = int(counts.argmax())
-    seg, depth = SemsegMeter(run.info.num_classes, run.info.ignore_index), DepthMeter(run.info.depth_range)
-    mean_depth = float(run.info.depth_stats["mean"])
-    for batch in fdata.nonempty_batches(run.val_loader):
-        seg.update(torch.full_like(batch["semseg"], majority), batch["semseg"])
-        depth.update(torch.full_like(batch["depth"], mean_depth), batch["depth"])
-    return {"majority_class": {"class": majority, **seg.compute()}, "mean_depth": {"depth_m": mean_depth, **depth.compute()}}
+
+def trivial_baselines(run: Run) -> Dict[str, Dict]:
+    """Each task's trivial predictor on the val split (:meth:`fastmtl.tasks.Task.baseline`: the
+    most frequent val class everywhere, the train mean depth everywhere, the mean val normal)."""
+    out = {}
+    for task in run.tasks:
+        result = task.baseline(lambda: fdata.nonempty_batches(run.val_loader))
+        if result is not None:
+            out[result[0]] = result[1]
+    return out
 
 
 def train(cfg: Optional[Config], resume: Optional[str] = None, stop_after: Optional[int] = None,

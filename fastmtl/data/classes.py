@@ -5,7 +5,7 @@ pixels that are not scored.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 
@@ -27,13 +27,14 @@ CLASS_COLORS: Tuple[Tuple[int, int, int], ...] = (
 NUM_CLASSES = len(CLASS_NAMES)
 
 
-def colorize(labels: np.ndarray) -> np.ndarray:
-    """Cityscapes colours of a ``(H, W)`` integer label map as ``(H, W, 3)`` uint8.
+def colorize(labels: np.ndarray, colors: Sequence[Sequence[int]] = CLASS_COLORS) -> np.ndarray:
+    """The class colours (default: Cityscapes') of a ``(H, W)`` integer label map as ``(H, W, 3)`` uint8.
 
-    Ids outside 0..18 (the ignore value 255 included) are drawn black.
+    Ids outside ``0..len(colors)-1`` (the ignore value 255 included) are drawn black.
     """
     labels = np.asarray(labels)
-    lut = np.zeros((NUM_CLASSES + 1, 3), dtype=np.uint8)
-    lut[:NUM_CLASSES] = CLASS_COLORS
-    known = (labels >= 0) & (labels < NUM_CLASSES)
-    return lut[np.where(known, labels, NUM_CLASSES)]
+    n = len(colors)
+    lut = np.zeros((n + 1, 3), dtype=np.uint8)
+    lut[:n] = np.asarray(colors, dtype=np.uint8).reshape(n, 3)
+    known = (labels >= 0) & (labels < n)
+    return lut[np.where(known, labels, n)]

@@ -12,7 +12,13 @@ Both kinds give the same sample dict (before transforms):
 * ``"rgb"``: uint8 ``(3, H, W)``;
 * ``"semseg"``: int64 ``(H, W)`` Cityscapes trainIds, 255 = ignore;
 * ``"depth"``: float32 ``(1, H, W)`` metres, NaN where invalid;
+* ``"normals"`` (only when the split has a ``normals/`` folder): float32 ``(3, H, W)`` unit
+  vectors in camera coordinates (x right, y down, z forward), the zero vector where invalid;
 * ``"index"``: int, the file index ``i``.
+
+Surface normals (optional ``{root}/{split}/normals/{i}.png``): 8-bit RGB PNG,
+``n = v / 127.5 - 1`` per channel then renormalised to unit length; (0, 0, 0) = invalid. When
+the folder exists every sample of the split needs its normals file (as for the other folders).
 
 Encodings: MiniScapes stores rgb as JPG, semseg as PNG mode ``P`` or ``L`` and depth as an
 8-bit PNG of quantised inverse depth (0 invalid,
@@ -52,6 +58,7 @@ from .classes import CLASS_COLORS, CLASS_NAMES, IGNORE_INDEX
 KINDS = ("auto", "synthetic", "miniscapes")
 ON_BAD_SAMPLE = ("error", "skip")
 SUBFOLDERS = ("rgb", "semseg", "depth")
+OPTIONAL_SUBFOLDERS = ("normals",)  # read when the split has the folder
 SYNTHETIC_FORMAT = "fastmtl-synthetic"
 MINISCAPES_DEPTH_RANGE = (4.0, 300.0)
 MINISCAPES_DEPTH_MEAN = 27.0727
@@ -61,8 +68,9 @@ MINISCAPES_LOG_STATS_MAPS = 100
 # ASCII digits only (``\d`` would accept other scripts' digits), fullmatch (``$`` would accept
 # a trailing newline), at most 18 digits (int() of a huge digit string raises).
 _FILE_NAME = re.compile(r"([0-9]{1,18})\.(png|jpg|jpeg)", re.IGNORECASE | re.ASCII)
-_EXTENSIONS = {"rgb": (".jpg", ".jpeg", ".png"), "semseg": (".png",), "depth": (".png",)}
-_FORMATS = {"rgb": ("JPEG", "PNG"), "semseg": ("PNG",), "depth": ("PNG",)}
+_EXTENSIONS = {"rgb": (".jpg", ".jpeg", ".png"), "semseg": (".png",), "depth": (".png",), "normals": (".png",)}
+_FORMATS = {"rgb": ("JPEG", "PNG"), "semseg": ("PNG",), "depth": ("PNG",), "normals": ("PNG",)}
+NORMALS_MIN_LENGTH = 0.5  # a decoded non-(0,0,0) normals pixel shorter than this is not a normal
 _RGB_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "L", "LA", "1", "P", "PA", "CMYK", "YCbCr")
 _LABEL_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I")
 _MINISCAPES_DEPTH_MODES = ("L",)
@@ -276,6 +284,13 @@ class DatasetInfo:
     ignore_index: int
     depth_range: Tuple[float, float]
     depth_stats: Dict[str, float]
+    tasks: Tuple[str, ...] = ("semseg", "depth")  # the task targets the dataset has
+
+    @classmethod
+    def from_dict(cls, data: Dict) -> "DatasetInfo":
+        """From ``dataclasses.asdict`` (a checkpoint's ``dataset``); fields it lacks keep their defaults."""
+        fields = set(cls.__dataclass_fields__)
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in fields})
 
 
 def _check_policy(on_bad_sample: str) -> str:
@@ -295,7 +310,8 @@ def dataset_info(root, kind: str = "auto", on_bad_sample: str = "error") -> Data
     the first (lowest-index) up to 100 depth maps of the ``train`` split. With
     ``on_bad_sample="skip"`` incomplete samples and unreadable/invalid depth maps are passed
     over (with a :class:`BadSampleWarning`) and the first 100 good maps are used; with
-    ``"error"`` they raise :class:`BadSampleError`.
+    ``"error"`` they raise :class:`BadSampleError`. ``tasks``: semseg and depth, plus normals
+    when ``train/normals/`` exists.
     """
     root = Path(root)
     _check_policy(on_bad_sample)
@@ -304,13 +320,18 @@ def dataset_info(root, kind: str = "auto", on_bad_sample: str = "error") -> Data
         return DatasetInfo(
             num_classes=len(meta["classes"]), class_names=meta["classes"], colors=meta["colors"],
             ignore_index=meta["ignore_index"], depth_range=meta["depth_range"],
-            depth_stats=meta["depth_stats"])
+            depth_stats=meta["depth_stats"], tasks=_folder_tasks(root))
     log_mean, log_std = _miniscapes_log_stats(str(root.resolve()), on_bad_sample)
     return DatasetInfo(
         num_classes=len(CLASS_NAMES), class_names=CLASS_NAMES, colors=CLASS_COLORS,
         ignore_index=IGNORE_INDEX, depth_range=MINISCAPES_DEPTH_RANGE,
         depth_stats={"mean": MINISCAPES_DEPTH_MEAN, "std": MINISCAPES_DEPTH_STD,
-                     "log_mean": log_mean, "log_std": log_std})
+                     "log_mean": log_mean, "log_std": log_std}, tasks=_folder_tasks(root))
+
+
+def _folder_tasks(root: Path) -> Tuple[str, ...]:
+    """``("semseg", "depth")``, plus each optional target whose folder the ``train`` split has."""
+    return ("semseg", "depth") + tuple(sub for sub in OPTIONAL_SUBFOLDERS if (root / "train" / sub).is_dir())
 
 
 @functools.lru_cache(maxsize=8)
@@ -374,7 +395,8 @@ def _list_folder(folder: Path, sub: str, root_resolved: Path):
 
 
 def _list_split(root: Path, split: str):
-    """``(files, wrong_ext)``: ``files = {subfolder: {index: [paths]}}`` of a split (usually
+    """``(files, wrong_ext)``: ``files = {subfolder: {index: [paths]}}`` of a split (the
+    :data:`SUBFOLDERS`, then each of :data:`OPTIONAL_SUBFOLDERS` the split has; usually
     one path per index; several are an ambiguity that :func:`_complete_indices` reports) and
     ``wrong_ext = {subfolder: {index: [names]}}`` of numbered files with an extension the
     folder does not accept (``depth/5.jpg``), for messages. Runs the structural checks that
@@ -391,7 +413,8 @@ def _list_split(root: Path, split: str):
         raise FileNotFoundError(f"split folder not found: {base} (found: {', '.join(have) or 'none'})")
     files: Dict[str, Dict[int, List[Path]]] = {}
     wrong: Dict[str, Dict[int, List[str]]] = {}
-    for sub in SUBFOLDERS:
+    optional = tuple(sub for sub in OPTIONAL_SUBFOLDERS if (base / sub).is_dir())
+    for sub in SUBFOLDERS + optional:
         folder = base / sub
         if not folder.is_dir():
             raise FileNotFoundError(f"missing folder {folder} (every split needs "
@@ -414,12 +437,13 @@ def _complete_indices(files, wrong, base: Path, on_bad_sample: str) -> Tuple[Lis
     (naming the files); under ``"skip"`` those indices are left out of the dataset (so
     ``len()`` counts complete samples only) with one :class:`BadSampleWarning` listing them.
     """
+    subs = tuple(files)
     every = set()
-    for sub in SUBFOLDERS:
+    for sub in subs:
         every |= set(files[sub])
     problems: Dict[int, Tuple[Path, str]] = {}
     for i in sorted(every):
-        for sub in SUBFOLDERS:
+        for sub in subs:
             paths = files[sub].get(i, [])
             if len(paths) > 1:
                 problems[i] = (paths[0], f"two files for index {i} in {base / sub}: "
@@ -431,13 +455,13 @@ def _complete_indices(files, wrong, base: Path, on_bad_sample: str) -> Tuple[Lis
                 if i in wrong[sub]:
                     hint = (f" (found {', '.join(wrong[sub][i])}, but {sub} files must be "
                             f"{'/'.join(e[1:] for e in _EXTENSIONS[sub])})")
-                have = [s for s in SUBFOLDERS if files[s].get(i)]
+                have = [s for s in subs if files[s].get(i)]
                 problems[i] = (base / sub / shown, f"missing file of sample {i}: {sub}/{shown} "
                                                    f"not found but {', '.join(have)} exist{hint}")
                 break
     indices = sorted(every - set(problems))
     if problems:
-        counts = {sub: len(files[sub]) for sub in SUBFOLDERS}
+        counts = {sub: len(files[sub]) for sub in subs}
         first = sorted(problems)
         detail = "; ".join(f"{problems[i][0]}: {problems[i][1]}" for i in first[:5])
         more = f"; and {len(first) - 5} more" if len(first) > 5 else ""
@@ -564,6 +588,35 @@ def _read_depth(path: Path, synthetic: Optional[Tuple[float, int]], index: Optio
     return depth
 
 
+def decode_normals(v: np.ndarray) -> np.ndarray:
+    """8-bit RGB normals ``(H, W, 3)`` -> float32 unit vectors: ``n = v / 127.5 - 1`` per channel,
+    renormalised to length 1; a (0, 0, 0) pixel (invalid) -> the zero vector."""
+    n = np.asarray(v).astype(np.float64) / 127.5 - 1.0
+    length = np.sqrt((n * n).sum(-1, keepdims=True))
+    invalid = ~np.asarray(v).any(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        n = np.where(invalid[..., None], 0.0, n / length)
+    return n.astype(np.float32)
+
+
+def _read_normals(path: Path, index: Optional[int]) -> np.ndarray:
+    """Decoded normals ``(H, W, 3)`` (see :func:`decode_normals`). A pixel other than (0, 0, 0) whose
+    decoded vector is shorter than :data:`NORMALS_MIN_LENGTH` (e.g. (128, 128, 128)) is an error:
+    such a file does not hold the ``v = (n + 1) * 127.5`` encoding of unit vectors."""
+    def to_array(img):
+        if img.mode != "RGB":
+            raise BadSampleError(f"normals: expected an 8-bit RGB PNG, got mode {img.mode}", path, index)
+        return np.array(img)
+    raw = _decode(path, "normals", index, to_array)
+    n = raw.astype(np.float64) / 127.5 - 1.0
+    short = raw.any(-1) & (np.sqrt((n * n).sum(-1)) < NORMALS_MIN_LENGTH)
+    if short.any():
+        raise BadSampleError(
+            f"normals: {int(short.sum())} pixel(s) decode to vectors shorter than {NORMALS_MIN_LENGTH} "
+            f"(v / 127.5 - 1 must be about unit length; (0, 0, 0) marks invalid pixels)", path, index)
+    return decode_normals(raw)
+
+
 # --------------------------------------------------------------------------------------
 # dataset
 # --------------------------------------------------------------------------------------
@@ -620,8 +673,9 @@ class SegDepthFolder(Dataset):
         files, wrong = _list_split(self.root, split)
         self.indices, self.incomplete = _complete_indices(files, wrong, self.root / split,
                                                           on_bad_sample)
+        self.subfolders: Tuple[str, ...] = tuple(files)
         self._files: Dict[str, Dict[int, Path]] = {
-            sub: {i: files[sub][i][0] for i in self.indices} for sub in SUBFOLDERS}
+            sub: {i: files[sub][i][0] for i in self.indices} for sub in self.subfolders}
         self._warned: set = set()
 
     def __len__(self) -> int:
@@ -632,10 +686,16 @@ class SegDepthFolder(Dataset):
         """:func:`dataset_info` of the root (with this dataset's ``on_bad_sample``)."""
         return dataset_info(self.root, self.kind, self.on_bad_sample)
 
+    @property
+    def targets(self) -> Tuple[str, ...]:
+        """The task targets this split gives: ``("semseg", "depth")`` plus ``"normals"`` when it has
+        a ``normals/`` folder."""
+        return tuple(sub for sub in self.subfolders if sub != "rgb")
+
     def paths(self, j: int) -> Dict[str, Path]:
-        """``{"rgb": path, "semseg": path, "depth": path}`` of sample ``j``."""
+        """``{"rgb": path, "semseg": path, "depth": path}`` (and ``"normals"``) of sample ``j``."""
         i = self.indices[j]
-        return {sub: self._files[sub][i] for sub in SUBFOLDERS}
+        return {sub: self._files[sub][i] for sub in self.subfolders}
 
     def load(self, j: int) -> dict:
         """Sample ``j`` decoded and checked, before any transform; raises
@@ -645,18 +705,24 @@ class SegDepthFolder(Dataset):
         rgb = _read_rgb(paths["rgb"], i)
         semseg = _read_labels(paths["semseg"], i, self.num_classes, self.ignore_index)
         depth = _read_depth(paths["depth"], self._depth_encoding, i)
-        for sub, arr in (("semseg", semseg), ("depth", depth)):
-            if arr.shape != rgb.shape[:2]:
+        arrays = {"semseg": semseg, "depth": depth}
+        if "normals" in paths:
+            arrays["normals"] = _read_normals(paths["normals"], i)
+        for sub, arr in arrays.items():
+            if arr.shape[:2] != rgb.shape[:2]:
                 raise BadSampleError(
-                    f"{sub}: size (H, W) = {arr.shape} differs from rgb {paths['rgb'].name} "
-                    f"{rgb.shape[:2]} (rgb, semseg and depth of a sample must match)",
+                    f"{sub}: size (H, W) = {arr.shape[:2]} differs from rgb {paths['rgb'].name} "
+                    f"{rgb.shape[:2]} (rgb, {', '.join(arrays)} of a sample must match)",
                     paths[sub], i)
-        return {
+        sample = {
             "rgb": torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))),
             "semseg": torch.from_numpy(semseg),
             "depth": torch.from_numpy(depth[None]),
-            "index": i,
         }
+        if "normals" in arrays:
+            sample["normals"] = torch.from_numpy(np.ascontiguousarray(arrays["normals"].transpose(2, 0, 1)))
+        sample["index"] = i
+        return sample
 
     def __getitem__(self, j: int) -> Optional[dict]:
         if self.on_bad_sample == "error":

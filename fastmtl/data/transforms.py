@@ -1,8 +1,11 @@
 """Sample transforms (run in loader workers) and depth normalisation (run on the batch).
 
 A sample is the dict produced by :class:`fastmtl.data.folder.SegDepthFolder`:
-``rgb`` uint8 ``(3, H, W)``, ``semseg`` int64 ``(H, W)`` (255 = ignore), ``depth`` float32
-``(1, H, W)`` metres (NaN = invalid), plus pass-through keys such as ``index``. The train
+``rgb`` uint8 ``(3, H, W)`` and task targets under the task names (``semseg`` int64 ``(H, W)``,
+255 = ignore; ``depth`` float32 ``(1, H, W)`` metres, NaN = invalid; ``normals`` float32
+``(3, H, W)`` unit vectors, zero = invalid), plus pass-through keys such as ``index``. Targets are
+transformed by their task's rules (:class:`fastmtl.tasks.Task`: ``resize_target``, ``pad_target``,
+``flip_target``). The train
 transform applies, in this fixed order: random scale, random crop (with padding), random
 horizontal flip, colour jitter, then ImageNet normalisation, which turns ``rgb`` into float32
 ``(3, h, w)``. Random draws come from the ``generator`` argument (a ``torch.Generator``) or,
@@ -17,7 +20,6 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .classes import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,46 +30,57 @@ def _uniform(low: float, high: float, generator: Optional[torch.Generator]) -> f
     return low + (high - low) * float(torch.rand((), generator=generator))
 
 
+def _targets(sample: dict):
+    """``(key, Task class)`` of the sample's task targets (keys that name a registered task)."""
+    from fastmtl import tasks  # lazy: the task modules import fastmtl.data
+
+    return [(key, tasks.get(key)) for key in sample if tasks.is_task(key)]
+
+
+def _size(sample: dict) -> Tuple[int, int]:
+    h, w = sample["rgb"].shape[-2:]
+    return int(h), int(w)
+
+
 def random_scale(sample: dict, scale: Tuple[float, float],
                  generator: Optional[torch.Generator] = None) -> dict:
-    """Resize by a factor drawn uniformly from ``scale``: bilinear for rgb (uint8 stays uint8),
-    nearest for semseg and depth (so labels and NaNs are never blended)."""
+    """Resize by a factor drawn uniformly from ``scale``: bilinear for rgb (uint8 stays uint8), each
+    target by its task's rule (nearest for semseg, depth and normals, so labels and invalid values are
+    never blended; values unchanged)."""
     s = _uniform(scale[0], scale[1], generator)
-    h, w = sample["semseg"].shape
+    h, w = _size(sample)
     size = (max(1, round(h * s)), max(1, round(w * s)))
     if size == (h, w):
         return sample
     out = dict(sample)
     rgb = F.interpolate(sample["rgb"][None].float(), size=size, mode="bilinear", align_corners=False)[0]
     out["rgb"] = rgb.round().clamp(0, 255).to(torch.uint8) if sample["rgb"].dtype == torch.uint8 else rgb
-    out["semseg"] = F.interpolate(sample["semseg"][None, None].float(), size=size,
-                                  mode="nearest-exact")[0, 0].long()
-    out["depth"] = F.interpolate(sample["depth"][None], size=size, mode="nearest-exact")[0]
+    for key, task in _targets(sample):
+        out[key] = task.resize_target(sample[key], size)
     return out
 
 
 def pad_to(sample: dict, size: Tuple[int, int]) -> dict:
-    """Pad bottom/right to at least ``size = (h, w)``: rgb with 0, semseg with 255, depth
-    with NaN."""
-    h, w = sample["semseg"].shape
+    """Pad bottom/right to at least ``size = (h, w)``: rgb with 0, each target with its task's
+    ``pad_value`` (semseg 255, depth NaN, normals the zero vector)."""
+    h, w = _size(sample)
     ph, pw = max(0, size[0] - h), max(0, size[1] - w)
     if ph == 0 and pw == 0:
         return sample
     out = dict(sample)
     pad = (0, pw, 0, ph)
     out["rgb"] = F.pad(sample["rgb"], pad, value=0)
-    out["semseg"] = F.pad(sample["semseg"], pad, value=IGNORE_INDEX)
-    out["depth"] = F.pad(sample["depth"], pad, value=math.nan)
+    for key, task in _targets(sample):
+        out[key] = task.pad_target(sample[key], pad)
     return out
 
 
 def crop(sample: dict, top: int, left: int, size: Tuple[int, int]) -> dict:
-    """The window ``[top:top+h, left:left+w]`` of rgb, semseg and depth."""
+    """The window ``[top:top+h, left:left+w]`` of rgb and every target."""
     h, w = size
     out = dict(sample)
-    out["rgb"] = sample["rgb"][:, top:top + h, left:left + w]
-    out["semseg"] = sample["semseg"][top:top + h, left:left + w]
-    out["depth"] = sample["depth"][:, top:top + h, left:left + w]
+    for key in ["rgb"] + [key for key, _ in _targets(sample)]:
+        out[key] = sample[key][..., top:top + h, left:left + w]
     return out
 
 
@@ -76,19 +89,21 @@ def random_crop(sample: dict, size: Tuple[int, int],
     """Crop a uniformly placed ``size = (h, w)`` window, padding first (see :func:`pad_to`)
     where the image is smaller."""
     sample = pad_to(sample, size)
-    h, w = sample["semseg"].shape
+    h, w = _size(sample)
     top = int(torch.randint(h - size[0] + 1, (), generator=generator))
     left = int(torch.randint(w - size[1] + 1, (), generator=generator))
     return crop(sample, top, left, size)
 
 
 def random_hflip(sample: dict, p: float = 0.5, generator: Optional[torch.Generator] = None) -> dict:
-    """Mirror rgb, semseg and depth left-right together with probability ``p``."""
+    """Mirror rgb and every target left-right together with probability ``p`` (each target by its
+    task's rule: normals also negate x)."""
     if float(torch.rand((), generator=generator)) >= p:
         return sample
     out = dict(sample)
-    for key in ("rgb", "semseg", "depth"):
-        out[key] = sample[key].flip(-1)
+    out["rgb"] = sample["rgb"].flip(-1)
+    for key, task in _targets(sample):
+        out[key] = task.flip_target(sample[key])
     return out
 
 
@@ -126,7 +141,7 @@ def normalize_rgb(sample: dict) -> dict:
 
 def crop_to_multiple(sample: dict, multiple: int) -> dict:
     """Crop the top-left ``(H - H % m, W - W % m)`` window (the template's validation crop)."""
-    h, w = sample["semseg"].shape
+    h, w = _size(sample)
     size = (h - h % multiple, w - w % multiple)
     if size[0] == 0 or size[1] == 0:
         raise ValueError(f"image {h}x{w} is smaller than the crop multiple {multiple}")
@@ -136,8 +151,8 @@ def crop_to_multiple(sample: dict, multiple: int) -> dict:
 class TrainTransform:
     """Scale jitter -> random crop (pad) -> horizontal flip -> colour jitter -> normalise.
 
-    ``__call__(sample, generator=None)`` returns rgb float32 ``(3, h, w)``, semseg int64
-    ``(h, w)``, depth float32 ``(1, h, w)`` with ``(h, w) = crop_size``.
+    ``__call__(sample, generator=None)`` returns rgb float32 ``(3, h, w)`` and the targets at
+    ``(h, w) = crop_size`` (semseg int64 ``(h, w)``, depth float32 ``(1, h, w)``, ...).
     """
 
     def __init__(self, crop_size: Sequence[int], scale: Tuple[float, float] = (0.75, 1.25),

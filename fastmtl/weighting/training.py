@@ -61,7 +61,8 @@ class WeightedTrainStep:
         model: the bare :class:`~fastmtl.models.MultiTaskModel`.
         forward: what the trainer runs the model through (its DDP wrapper for loss methods,
             the model or its ``torch.compile`` for gradient methods).
-        loss_fn: ``(outputs, semseg, depth) -> (total, {task: loss})`` (the trainer's, maybe compiled).
+        loss_fn: ``(outputs, *targets) -> (total, {task: loss})`` (the trainer's
+            :class:`~fastmtl.losses.MultiTaskLoss`, maybe compiled, takes one ``{task: target}`` dict).
         tasks: task names in the order of the method's weights.
         grad_mode: ``params`` or ``rep`` (gradient methods).
         world_size: DDP processes.
@@ -90,10 +91,12 @@ class WeightedTrainStep:
         """The last step's task weights by task name."""
         return {t: float(w) for t, w in zip(self.tasks, self.method.last_weights.tolist())}
 
-    def __call__(self, rgb: torch.Tensor, semseg: torch.Tensor, depth: torch.Tensor, autocast, optimizer, scaler,
-                 scheduler) -> Tuple[float, Dict[str, float]]:
-        """Forward, weighted backward, optimizer/scaler/scheduler step. Returns ``(loss, parts)``
-        like the trainer's step (``nan, {}`` when the step was skipped as non-finite)."""
+    def __call__(self, rgb: torch.Tensor, *args) -> Tuple[float, Dict[str, float]]:
+        """``step(rgb, *targets, autocast, optimizer, scaler, scheduler)``: forward, weighted backward,
+        optimizer/scaler/scheduler step. ``targets`` are what ``loss_fn`` takes after the outputs (the
+        trainer passes one ``{task: target}`` dict). Returns ``(loss, parts)`` like the trainer's step
+        (``nan, {}`` when the step was skipped as non-finite)."""
+        *targets, autocast, optimizer, scaler, scheduler = args
         optimizer.zero_grad(set_to_none=True)
         self.sync.broadcast_(list(self.model.buffers()))
         if self.grad_mode == "rep":
@@ -106,7 +109,7 @@ class WeightedTrainStep:
         else:
             with autocast():
                 out = self.forward(rgb)
-        _, parts = self.loss_fn(out, semseg, depth)
+        _, parts = self.loss_fn(out, *targets)
         losses = torch.stack([parts[t].float() for t in self.tasks])
         if self.grad_mode == "loss":
             result = self.engine.losses_backward(losses, scaler)
