@@ -169,6 +169,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, format_table
+
+    report = compare(args.runs, args.baseline, args.at)
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict
 
@@ -357,14 +365,22 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=commands["eval"])
 
-    p = sub.add_parser("predict", help="segmentation, depth and a panel PNG per image")
+    p = sub.add_parser("predict", help="per image: each task's raw result and picture, and a panel PNG")
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file or a run directory (best.pt)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=commands["predict"])
 
-    p = sub.add_parser("export", help="a checkpoint as an ONNX or TorchScript file (outputs: semseg logits, depth in m)")
+    p = sub.add_parser("compare", help="every metric of every task of several runs, and Δm against a baseline run")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (their summary.json)")
+    p.add_argument("--baseline", required=True, metavar="RUN_DIR", help="the run Δm is measured against")
+    p.add_argument("--at", choices=("final", "best"), default="final",
+                   help="the final evaluation (default) or each run's best step (metrics.jsonl)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=commands["compare"])
+
+    p = sub.add_parser("export", help="a checkpoint as an ONNX or TorchScript file (one output per task: semseg logits, depth in m, unit normals)")
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file or a run directory (best.pt)")
     p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
     p.add_argument("--out", default=None, metavar="FILE", help="default: model.onnx or model.pt")
@@ -443,6 +459,7 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
 
 
 COMMANDS: Dict[str, Callable] = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
+                                  "compare": cmd_compare,
                                   "profile": cmd_profile,
                                   "data_synthetic": cmd_data_synthetic, "bench": cmd_bench}
 COMMANDS["doctor"] = cmd_doctor

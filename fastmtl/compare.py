@@ -1,0 +1,175 @@
+"""``fastmtl compare RUN... --baseline RUN``: every metric of every task of several runs, and Δm.
+
+A run is a run directory of ``fastmtl train`` (``config.json``, ``summary.json``; ``metrics.jsonl``
+for ``--at best``). Its metrics are ``summary.json``'s ``final_all`` (``--at final``, the default)
+or the ``metrics.jsonl`` record of its best step (``--at best``).
+
+Δm (Maninis et al. 2019; the form of MTAN / CAGrad / Nash-MTL tables) over the ``K`` metrics of
+the tasks' :attr:`~fastmtl.tasks.Task.delta_m_metrics` (LibMTL's NYUv2 set: semseg mIoU, pixel
+accuracy; depth abs err, rel err; normals mean, median, % < 11.25, 22.5, 30)::
+
+    Δm = 100 / K * sum_k (-1)^l_k * (M_k - B_k) / B_k,   l_k = 1 when lower is better
+
+with ``B`` the baseline run's metrics, so a better run has Δm > 0. ``delta_m_per_task`` is
+LibMTL's ``count_improvement`` (``LibMTL/utils.py``): the same terms averaged per task first, then
+over tasks (x 100); the two agree when every task has the same number of metrics.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+AT = ("final", "best")
+
+
+class CompareError(ValueError):
+    """A run that cannot be compared; the message names the run and what is wrong."""
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise CompareError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except ValueError as e:
+        raise CompareError(f"{path}: not valid JSON ({e}); is {what} complete?") from None
+
+
+def load_run(run_dir: str, at: str = "final") -> Dict:
+    """``{"dir", "tasks", "dataset", "metrics"}`` of one run directory (scalar metrics only)."""
+    if at not in AT:
+        raise CompareError(f"--at: unknown value {at!r}; valid choices: {', '.join(AT)}")
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise CompareError(f"{path}: no such run directory")
+    if not (path / "config.json").is_file():
+        raise CompareError(f"{path}: no config.json (not a fastmtl run directory)")
+    if not (path / "summary.json").is_file():
+        raise CompareError(f"{path}: no summary.json (the run has not finished; train it to the end or "
+                           f"--resume it)")
+    config = _read_json(path / "config.json", "the run's config")
+    summary = _read_json(path / "summary.json", "the run's summary")
+    if at == "final":
+        record = summary.get("final_all")
+    else:
+        step = (summary.get("best") or {}).get("step")
+        records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()] \
+            if (path / "metrics.jsonl").is_file() else []
+        record = next((r for r in records if r.get("step") == step), None)
+    if not isinstance(record, dict):
+        raise CompareError(f"{path}: no {at} metrics in {'summary.json' if at == 'final' else 'metrics.jsonl'}")
+    root = config.get("data_root")
+    return {
+        "dir": str(path),
+        "tasks": tuple(config.get("tasks", ("semseg", "depth"))),
+        "dataset": (config.get("dataset", "synthetic"), str(Path(root).resolve()) if root else "built-in"),
+        "metrics": {k: float(v) for k, v in record.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch", "lr")},
+    }
+
+
+def delta_m(metrics: Dict[str, float], baseline: Dict[str, float],
+            directions: Dict[str, Dict[str, int]]) -> Tuple[Optional[float], Optional[float], str]:
+    """``(Δm over metrics, Δm per task (LibMTL), why None)`` in percent.
+
+    ``directions``: ``{task: {metric: +1 higher better / -1 lower better}}`` of the metrics that count.
+    Δm is None (with the reason) when a metric is missing or the baseline's is 0.
+    """
+    per_task: List[List[float]] = []
+    for task, metric_dirs in directions.items():
+        terms = []
+        for m, sign in metric_dirs.items():
+            if m not in metrics or m not in baseline:
+                return None, None, f"{m} ({task}) missing"
+            b = baseline[m]
+            if b == 0 or not math.isfinite(b) or not math.isfinite(metrics[m]):
+                return None, None, f"{m} ({task}) is {metrics[m]} with baseline {b}"
+            terms.append(sign * (metrics[m] - b) / b)
+        per_task.append(terms)
+    flat = [t for terms in per_task for t in terms]
+    if not flat:
+        return None, None, "no metric counts"
+    over_metrics = 100.0 * sum(flat) / len(flat)
+    over_tasks = 100.0 * sum(sum(t) / len(t) for t in per_task) / len(per_task)
+    return over_metrics, over_tasks, ""
+
+
+def _labels(dirs: Sequence[str]) -> List[str]:
+    names = [Path(d).name or d for d in dirs]
+    return [d if names.count(n) > 1 else n for n, d in zip(names, dirs)]
+
+
+def compare(run_dirs: Sequence[str], baseline_dir: str, at: str = "final") -> Dict:
+    """The comparison report (what ``--json`` prints): tasks, dataset, the metrics that count in Δm
+    with their directions, and per run its metrics, ``delta_m``, ``delta_m_per_task``."""
+    from .tasks import get
+
+    dirs = [baseline_dir] + [d for d in run_dirs if Path(d).resolve() != Path(baseline_dir).resolve()]
+    runs = [load_run(d, at) for d in dirs]
+    base = runs[0]
+    for run in runs[1:]:
+        if run["tasks"] != base["tasks"]:
+            raise CompareError(f"runs have different tasks: {base['dir']} has {','.join(base['tasks'])}, "
+                               f"{run['dir']} has {','.join(run['tasks'])}")
+        if run["dataset"] != base["dataset"]:
+            raise CompareError(f"runs are on different datasets: {base['dir']} on {base['dataset'][0]} "
+                               f"({base['dataset'][1]}), {run['dir']} on {run['dataset'][0]} ({run['dataset'][1]})")
+    tasks = [get(t) for t in base["tasks"]]
+    counted = {t.name: {m: t.metric_directions[m] for m in t.delta_m_metrics} for t in tasks}
+    report_runs = []
+    for label, run in zip(_labels(dirs), runs):
+        dm, dm_tasks, why = delta_m(run["metrics"], base["metrics"], counted)
+        entry = {"label": label, "dir": run["dir"], "baseline": run is base, "metrics": run["metrics"],
+                 "delta_m": dm, "delta_m_per_task": dm_tasks}
+        if why:
+            entry["delta_m_missing"] = why
+        report_runs.append(entry)
+    return {"at": at, "tasks": list(base["tasks"]), "dataset": list(base["dataset"]),
+            "baseline": report_runs[0]["label"], "delta_m_metrics": counted, "runs": report_runs}
+
+
+def metric_rows(report: Dict) -> List[Tuple[str, str, str, int]]:
+    """``(task, metric, direction arrow, counts in Δm)`` of every metric of the report, task by task."""
+    from .tasks import get
+
+    seen = set()
+    rows = []
+    present = set().union(*(r["metrics"] for r in report["runs"]))
+    for name in report["tasks"]:
+        task = get(name)
+        for m, sign in task.metric_directions.items():
+            if m in present:
+                rows.append((name, m, "↑" if sign > 0 else "↓", int(m in report["delta_m_metrics"][name])))
+                seen.add(m)
+    if "multitask" in present:
+        rows.append(("", "multitask", "↑", 0))
+        seen.add("multitask")
+    rows += [("", m, "", 0) for m in sorted(present - seen)]
+    return rows
+
+
+def format_table(report: Dict) -> str:
+    """The report as a plain-text table: one row per metric (``*`` = counts in Δm), one column per run."""
+    labels = [r["label"] + (" (baseline)" if r["baseline"] else "") for r in report["runs"]]
+    rows = metric_rows(report)
+    names = [f"{task + ' ' if task else ''}{m}{' *' if counts else ''}" for task, m, _, counts in rows]
+    first = max([len(n) for n in names] + [len("Δm % (per task)")]) + 2
+    widths = [max(len(lb), 9) + 2 for lb in labels]
+
+    def line(name, arrow, cells):
+        return f"{name:<{first}}{arrow:<3}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths))
+
+    out = [line("metric", "", labels)]
+    for name, (task, m, arrow, _) in zip(names, rows):
+        out.append(line(name, arrow, [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "-" for r in report["runs"]]))
+    for key, title in (("delta_m", "Δm % (metrics)"), ("delta_m_per_task", "Δm % (per task)")):
+        out.append(line(title, "↑", [f"{r[key]:+.2f}" if r[key] is not None else "n/a" for r in report["runs"]]))
+    notes = [f"{r['label']}: no Δm, {r['delta_m_missing']}" for r in report["runs"] if "delta_m_missing" in r]
+    dataset = report["dataset"]
+    out.append("")
+    out.append(f"{report['at']} metrics; tasks {','.join(report['tasks'])}; dataset {dataset[0]} ({dataset[1]}); "
+               f"* = counts in Δm (LibMTL's metrics), baseline {report['baseline']}")
+    out += notes
+    return "\n".join(out)

@@ -1,0 +1,88 @@
+"""``fastmtl compare``: Δm against hand examples, the table and JSON, one-line errors (run folders are
+written by the test: no training here; tests/test_tasks_train.py compares real runs)."""
+import json
+
+import pytest
+
+from fastmtl.cli import main
+from fastmtl.compare import CompareError, compare, delta_m
+
+
+def test_delta_m_of_libmtls_docstring_example():
+    # LibMTL count_improvement's example: base {'A': [96, 98], 'B': [0.2]}, new {'A': [93, 99], 'B': [0.5]},
+    # weight {'A': [1, 0], 'B': [1]} (1 = higher is better)
+    directions = {"A": {"a1": +1, "a2": -1}, "B": {"b": +1}}
+    base, new = {"a1": 96, "a2": 98, "b": 0.2}, {"a1": 93, "a2": 99, "b": 0.5}
+    terms_a = [(93 - 96) / 96, -(99 - 98) / 98]
+    term_b = (0.5 - 0.2) / 0.2
+    over_metrics, over_tasks, why = delta_m(new, base, directions)
+    assert why == ""
+    assert over_metrics == pytest.approx(100 * (sum(terms_a) + term_b) / 3)  # 48.62
+    assert over_tasks == pytest.approx(100 * (sum(terms_a) / 2 + term_b) / 2)  # 73.96, LibMTL's value x 100
+    assert delta_m(base, base, directions)[:2] == (0.0, 0.0)
+    assert delta_m({"a1": 1, "a2": 1}, base, directions) == (None, None, "b (B) missing")
+    assert delta_m(new, {**base, "b": 0.0}, directions)[2].startswith("b (B) is 0.5 with baseline 0.0")
+
+
+def write_run(folder, metrics, tasks=("semseg", "depth"), dataset="synthetic", data_root=None, best_step=None):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"tasks": list(tasks), "dataset": dataset, "data_root": data_root}))
+    summary = {"final_all": {**metrics, "iou_per_class": {"road": 1.0}}, "best": {"step": best_step or 4}}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "metrics.jsonl").write_text(json.dumps({"step": best_step or 4, "epoch": 0, "lr": 1e-4, **metrics}) + "\n")
+    return folder
+
+
+BASE = {"miou": 50.0, "pixel_acc": 80.0, "si_log_rmse": 20.0, "abs_rel": 0.2, "abs_err": 0.5, "rel_err": 0.25,
+        "multitask": 30.0}
+BETTER = {**BASE, "miou": 55.0, "pixel_acc": 84.0, "abs_err": 0.4, "rel_err": 0.25, "multitask": 35.0}
+
+
+def test_table_and_json_hold_every_metric_and_delta_m(tmp_path, capsys):
+    base, run = write_run(tmp_path / "base", BASE), write_run(tmp_path / "run", BETTER)
+    assert main(["compare", str(run), "--baseline", str(base)]) == 0
+    table = capsys.readouterr().out
+    for row in ("semseg miou *", "semseg pixel_acc *", "depth si_log_rmse", "depth abs_err *", "depth rel_err *",
+                "multitask", "Δm % (metrics)", "base (baseline)"):
+        assert row in table, row
+    expected = 100 * (5 / 50 + 4 / 80 + 0.1 / 0.5 + 0) / 4
+    assert f"{expected:+.2f}" in table
+    assert main(["compare", str(base), str(run), "--baseline", str(base), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["label"] for r in report["runs"]] == ["base", "run"]  # the baseline once, first
+    assert report["delta_m_metrics"] == {"semseg": {"miou": 1, "pixel_acc": 1}, "depth": {"abs_err": -1, "rel_err": -1}}
+    assert report["runs"][0]["delta_m"] == 0.0
+    assert report["runs"][1]["delta_m"] == pytest.approx(expected)
+    assert report["runs"][1]["delta_m_per_task"] == pytest.approx(100 * ((5 / 50 + 4 / 80) / 2 + (0.1 / 0.5) / 2) / 2)
+    assert "iou_per_class" not in report["runs"][1]["metrics"]
+
+
+def test_best_step_metrics_come_from_metrics_jsonl(tmp_path):
+    base = write_run(tmp_path / "base", BASE)
+    run = write_run(tmp_path / "run", BETTER, best_step=2)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 4, **BASE}) + "\n")
+    assert compare([str(run)], str(base), "best")["runs"][1]["metrics"]["miou"] == 55.0
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing_dir", "no such run directory"),
+    ("no_summary", "no summary.json (the run has not finished"),
+    ("tasks", "runs have different tasks: .*base has semseg,depth, .*other has semseg,depth,normals"),
+    ("dataset", r"runs are on different datasets: .*base on synthetic \(built-in\), .*other on miniscapes"),
+])
+def test_errors_are_one_line_and_say_what_differs(tmp_path, capsys, case, message):
+    base = write_run(tmp_path / "base", BASE)
+    other = tmp_path / "other"
+    if case == "no_summary":
+        write_run(other, BASE)
+        (other / "summary.json").unlink()
+    elif case == "tasks":
+        write_run(other, BASE, tasks=("semseg", "depth", "normals"))
+    elif case == "dataset":
+        write_run(other, BASE, dataset="miniscapes", data_root=str(tmp_path))
+    with pytest.raises(CompareError, match=message):
+        compare([str(other)], str(base))
+    assert main(["compare", str(other), "--baseline", str(base)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastmtl compare: error:") and "\n" not in err
