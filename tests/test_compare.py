@@ -67,7 +67,7 @@ def test_best_step_metrics_come_from_metrics_jsonl(tmp_path):
 
 @pytest.mark.parametrize("case,message", [
     ("missing_dir", "no such run directory"),
-    ("no_summary", "no summary.json (the run has not finished"),
+    ("no_summary", r"no summary.json \(the run has not finished"),
     ("tasks", "runs have different tasks: .*base has semseg,depth, .*other has semseg,depth,normals"),
     ("dataset", r"runs are on different datasets: .*base on synthetic \(built-in\), .*other on miniscapes"),
 ])

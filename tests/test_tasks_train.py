@@ -50,7 +50,7 @@ def test_three_tasks_train_eval_predict_compare(normals_data, tmp_path, capsys):
     assert load_checkpoint(a / "best.pt")["outputs_desc"]["normals"] == 3
     events = EventAccumulator(str(a)).Reload()
     assert {"val/normals_pred", "val/normals_gt", "val/semseg_pred", "val/depth_gt"} <= set(events.Tags()["images"])
-    assert {"val/angle_mean", "train/loss_normals"} <= set(events.Tags()["scalars"])
+    assert {"val/angle_mean", "val/angle_within_30"} <= set(events.Tags()["scalars"])
 
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(a / "best.pt"), "--json", "--device", "cpu", "--workers", "0"]) == 0
