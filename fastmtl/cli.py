@@ -160,12 +160,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics))
         return 0
-    per_class = metrics.pop("iou_per_class")
+    per_class = metrics.pop("iou_per_class", None)  # runs with semseg
     for k, v in metrics.items():
-        print(f"{k:14s} {v:8.3f}")
-    print(f"\n{'class':14s} {'IoU %':>8s}")
-    for name, iou in per_class.items():
-        print(f"{name:14s} {iou:8.2f}")
+        print(f"{k:20s} {v:8.3f}")
+    if per_class is not None:
+        print(f"\n{'class':14s} {'IoU %':>8s}")
+        for name, iou in per_class.items():
+            print(f"{name:14s} {iou:8.2f}")
     return 0
 
 

@@ -55,10 +55,11 @@ def _model_size(run_dir: Path, num_classes: int) -> Dict[str, Any]:
     from .config import Config
     from .models import build_model
     from .profile import count_macs, count_params
+    from .tasks import get as get_task
 
     cfg = Config.from_json((run_dir / "config.json").read_text())
     cfg.pretrained = None  # same architecture; no file needed to count
-    model = build_model(cfg, {"semseg": num_classes, "depth": 1}, fused=False)
+    model = build_model(cfg, {t: get_task(t).output_channels(num_classes) for t in cfg.tasks}, fused=False)
     macs, _ = count_macs(model, tuple(cfg.size))
     return {"params": count_params(model), "gmacs": macs / 1e9, "gmacs_size": list(cfg.size)}
 

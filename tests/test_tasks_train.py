@@ -91,6 +91,17 @@ def test_three_tasks_train_eval_predict_compare(normals_data, tmp_path, capsys):
     assert "normals angle_within_11.25 *" in table and "Δm % (per task)" in table
 
 
+def test_a_normals_only_run_trains_and_evaluates(normals_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    summary = train(tiny_config(normals_data, out, tasks=("normals",), model="branched", max_steps=1, eval_every=1))
+    assert set(summary["best"]) == {"angle_mean", "multitask", "step"}
+    assert summary["final_all"]["multitask"] == -summary["final_all"]["angle_mean"]
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--device", "cpu", "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "angle_within_22.5" in printed and "IoU" not in printed
+
+
 def test_two_task_run_equals_an_independent_computation(tiny_data, tmp_path):
     """The trainer's loss and metrics through the task objects equal the semseg + depth formulas
     written out here (main's code path: CE + per-image L1 of normalised log-depth; MultiTaskMeter)."""
