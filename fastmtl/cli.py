@@ -201,7 +201,7 @@ def _bench_models(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import open_sweep, run_sweep, user_command
     from .sweep_builtin import builtin_sweep
-    from .sweep_report import collect, markdown_table, write_report
+    from .sweep_report import collect, write_report
 
     overrides: Dict = {}
     for flag, key in (("steps", "max_steps"), ("size", "size"), ("encoder", "encoder"), ("batch_size", "batch_size"),
@@ -233,7 +233,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     results = collect(sweep)
     paths = write_report(results, sweep.folder)
     print()
-    print(markdown_table(results))
+    print(paths["md"].read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     if failed:
         print(f"fastmtl sweep: error: {len(failed)} runs failed: "

@@ -66,6 +66,7 @@ def test_sweep_end_to_end_then_resume_after_interruption(tiny_data, tmp_path):
     assert "| variant | seeds | mIoU | SI-logRMSE | multitask |" in table and "abs-rel" in table
     assert "| no skip | 2/2 |" in table and "| + skip | 2/2 |" in table
     assert table in r.stdout
+    assert "IoU per class (%):" in table and "| variant | road | sidewalk |" in table
     results = json.loads((full / "results.json").read_text())
     rows = {v["variant"]: v for v in results["variants"]}
     for name in ("no skip", "+ skip"):
@@ -74,6 +75,9 @@ def test_sweep_end_to_end_then_resume_after_interruption(tiny_data, tmp_path):
         mious = [s["final"]["miou"] for s in runs]
         assert rows[name]["metrics"]["miou"]["mean"] == pytest.approx(sum(mious) / 2)
         assert rows[name]["metrics"]["miou"]["std"] == pytest.approx(abs(mious[0] - mious[1]) / 2 ** 0.5)
+        roads = [s["final_all"]["iou_per_class"]["road"] for s in runs]
+        assert rows[name]["iou_per_class"]["road"]["mean"] == pytest.approx(sum(roads) / 2)
+        assert len(rows[name]["iou_per_class"]) == 19
         assert rows[name]["params"] > 1e6 and rows[name]["gmacs"] > 0 and rows[name]["gmacs_size"] == [32, 64]
     assert rows["+ skip"]["params"] > rows["no skip"]["params"]  # the skip's projection + 3x3 conv
     csv_lines = (full / "results.csv").read_text().splitlines()
