@@ -50,9 +50,9 @@ WARMUP_STEPS = 3  # first steps of every (resumed) segment, timed apart: compila
 
 
 def make_loaders(cfg: Config, root: Path, rt: Runtime):
-    train_set = fdata.SegDepthFolder(root, "train", kind=cfg.dataset, on_bad_sample=cfg.on_bad_sample)
-    val_set = fdata.SegDepthFolder(root, "val", kind=cfg.dataset, transform=fdata.eval_transform(multiple=32),
-                                   on_bad_sample=cfg.on_bad_sample)
+    train_set = fdata.open_dataset(root, "train", cfg.dataset, on_bad_sample=cfg.on_bad_sample)
+    val_set = fdata.open_dataset(root, "val", cfg.dataset, transform=fdata.eval_transform(multiple=32),
+                                 on_bad_sample=cfg.on_bad_sample)
     if len(train_set) < cfg.batch_size * rt.world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size}: the train split of {root} has only {len(train_set)} samples")
     sampler = ResumableBatchSampler(len(train_set), cfg.batch_size, cfg.seed, rt.rank, rt.world_size)

@@ -3,6 +3,7 @@ depth statistics of a dataset's training maps."""
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Dict, Iterable, Tuple
 
@@ -47,3 +48,27 @@ def depth_stats_of(maps: Iterable[np.ndarray], where: str) -> Dict[str, float]:
     return {"mean": float(mean), "std": float(math.sqrt(max(total_sq / count - mean * mean, 0.0))),
             "log_mean": float(log_mean),
             "log_std": float(math.sqrt(max(log_sq / count - log_mean * log_mean, 0.0)))}
+
+
+def split_depth_stats(dataset, max_maps: int, where: str) -> Dict[str, float]:
+    """:func:`depth_stats_of` over the first (lowest-index) ``max_maps`` good depth maps of a
+    reader with ``load_depth(j)`` (metres ``(H, W)``, NaN invalid). Bad maps raise under
+    ``on_bad_sample="error"`` and are passed over with a warning under ``"skip"``."""
+    from .bad_samples import BadSampleError, BadSampleWarning
+
+    def maps():
+        used = 0
+        for j in range(len(dataset)):
+            if used >= max_maps:
+                return
+            try:
+                depth = dataset.load_depth(j)
+            except BadSampleError as err:
+                if dataset.on_bad_sample == "error":
+                    raise
+                warnings.warn(f"depth statistics skip sample {err.index}: {err}", BadSampleWarning,
+                              stacklevel=4)
+                continue
+            used += 1
+            yield depth
+    return depth_stats_of(maps(), where)

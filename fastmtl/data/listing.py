@@ -13,7 +13,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from .bad_samples import BadSampleError, BadSampleWarning
 
@@ -104,10 +104,14 @@ def list_split(root: Path, split: str, layout: Layout):
     return files, wrong
 
 
-def complete_indices(files, wrong, base: Path, layout: Layout,
-                     on_bad_sample: str) -> Tuple[List[int], Dict[int, str]]:
+def complete_indices(files, wrong, base: Path, layout: Layout, on_bad_sample: str,
+                     missing: Optional[Callable[[str, int], Tuple[Path, str]]] = None
+                     ) -> Tuple[List[int], Dict[int, str]]:
     """Sorted indices with exactly one file in each subfolder, and ``{index: reason}`` of the
     others (a file missing from a sample, or two files for one index).
+
+    ``missing(sub, i)`` gives ``(path, shown name)`` of the file that sample ``i`` lacks in
+    ``sub`` (default ``base/sub/{i}.{ext}``, shown as ``sub/{i}.{ext}``).
 
     Listing-time policy: under ``"error"`` any such index raises :class:`BadSampleError`
     (naming the files); under ``"skip"`` those indices are left out of the dataset (so
@@ -127,14 +131,18 @@ def complete_indices(files, wrong, base: Path, layout: Layout,
                 break
             if not paths:
                 exts = layout.extensions[sub]
-                shown = f"{i}{exts[0]}" if len(exts) == 1 else f"{i}.{'|'.join(e[1:] for e in exts)}"
+                if missing is None:
+                    name = f"{i}{exts[0]}" if len(exts) == 1 else f"{i}.{'|'.join(e[1:] for e in exts)}"
+                    path, shown = base / sub / name, f"{sub}/{name}"
+                else:
+                    path, shown = missing(sub, i)
                 hint = ""
                 if i in wrong[sub]:
                     hint = (f" (found {', '.join(wrong[sub][i])}, but {sub} files must be "
                             f"{'/'.join(e[1:] for e in exts)})")
                 have = [s for s in subfolders if files[s].get(i)]
-                problems[i] = (base / sub / shown, f"missing file of sample {i}: {sub}/{shown} "
-                                                   f"not found but {', '.join(have)} exist{hint}")
+                problems[i] = (path, f"missing file of sample {i}: {shown} not found but "
+                                     f"{', '.join(have)} exist{hint}")
                 break
     indices = sorted(every - set(problems))
     if problems:
