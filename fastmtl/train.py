@@ -227,9 +227,10 @@ class Run:
         labels = seg.argmax(1).cpu().numpy()
         rgb = batch["rgb"][:4] * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         writer.add_images("val/rgb", rgb.clamp(0, 1), self.step)
-        writer.add_images("val/semseg_pred", np.stack([colorize(l) for l in labels]), self.step, dataformats="NHWC")
-        writer.add_images("val/semseg_gt", np.stack([colorize(l) for l in batch["semseg"][:4].numpy()]), self.step,
+        writer.add_images("val/semseg_pred", np.stack([colorize(l, self.info.colors) for l in labels]), self.step,
                           dataformats="NHWC")
+        writer.add_images("val/semseg_gt", np.stack([colorize(l, self.info.colors) for l in batch["semseg"][:4].numpy()]),
+                          self.step, dataformats="NHWC")
         depth_m = self.normalizer.denormalize(depth.float()).cpu()
         lo, hi = self.info.depth_range
         def near_is_bright(d):  # log scale over the dataset's depth range; invalid depth is black

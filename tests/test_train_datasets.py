@@ -4,8 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from fastmtl.cli import main
+from fastmtl.data import NYUV2_CLASS_COLORS
 from fastmtl.train import train
 
 from dataset_fixtures import write_cityscapes_official, write_nyuv2  # tests/ helper
@@ -36,6 +38,10 @@ def test_nyuv2_train_eval_predict(tmp_path, capsys):
                  "--device", "cpu"]) == 0
     depth = np.load(pred / "1_depth.npy")
     assert depth.shape == (64, 96) and np.isfinite(depth).all() and (depth > 0).all()
+    with Image.open(pred / "1_trainid.png") as ids, Image.open(pred / "1_semseg.png") as seg:
+        ids, seg = np.array(ids), np.array(seg)
+    assert ids.shape == (64, 96) and ids.max() < 13
+    assert np.array_equal(seg, np.array(NYUV2_CLASS_COLORS, np.uint8)[ids])  # the dataset's colours
 
 
 def test_cityscapes_official_train_eval(tmp_path, capsys):

@@ -42,8 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .bad_samples import (  # noqa: F401 - re-exported: the names' home before the split
-    ON_BAD_SAMPLE,
+from .bad_samples import (  # noqa: F401 - nonempty_batches re-exported (fastmtl.evaluate imports it here)
     BadSampleDataset,
     BadSampleError,
     BadSampleWarning,
