@@ -4,7 +4,7 @@ Layout ``{root}/{train,val}/{image,label,depth,normal}/{i}.npy`` (LibMTL
 ``examples/nyu/create_dataset.py``, MTAN ``im2im_pred/create_dataset.py``):
 
 * ``image`` float ``(H, W, 3)`` RGB in [0, 1];
-* ``label`` ``(H, W)`` (stored as float) class ids 0..12 of the 13-class set, -1 = void;
+* ``label`` ``(H, W)`` (float or integer dtype) class ids 0..12 of the 13-class set, -1 = void;
 * ``depth`` float ``(H, W, 1)`` metres, 0 = invalid;
 * ``normal`` float ``(H, W, 3)`` unit surface normals, all-zero = invalid.
 
