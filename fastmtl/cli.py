@@ -253,7 +253,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def add_train_args(p: argparse.ArgumentParser) -> None:
     d = Config()
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=_SUPPRESS, help="synthetic | miniscapes (default synthetic)")
+    g.add_argument("--dataset", default=_SUPPRESS, help="synthetic | auto | miniscapes | nyuv2 | cityscapes | cityscapes7 | "
+                   "cityscapes19: the reader of --data-root (README: Datasets; default synthetic)")
     g.add_argument("--data-root", default=_SUPPRESS, metavar="DIR",
                    help="dataset folder (default: the built-in synthetic set, generated once into the user cache)")
     g.add_argument("--size", type=_size, default=_SUPPRESS, metavar="HxW", help="training crop (default: 128x256 on GPU, 64x128 on the CPU budget)")

@@ -18,7 +18,7 @@ DILATION_STYLES = ("template", "torchvision")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEPTH_NORMS = ("linear", "log")
 DEPTH_LOSSES = ("l1", "l2", "silog")
-DATASETS = ("synthetic", "miniscapes")
+DATASETS = ("synthetic", "auto", "miniscapes", "nyuv2", "cityscapes", "cityscapes7", "cityscapes19")  # fastmtl.data.KINDS
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 ON_BAD_SAMPLE = ("error", "skip")
 

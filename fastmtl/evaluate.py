@@ -79,8 +79,8 @@ def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split:
         model = model.to(memory_format=torch.channels_last)
     root = data_root or cfg.data_root
     root = Path(root) if root else fdata.default_data_root()
-    dataset = fdata.SegDepthFolder(root, split, kind=cfg.dataset, transform=fdata.eval_transform(multiple=32),
-                                   on_bad_sample=on_bad_sample)
+    dataset = fdata.open_dataset(root, split, cfg.dataset, transform=fdata.eval_transform(multiple=32),
+                                 on_bad_sample=on_bad_sample)
     loader = fdata.build_loader(dataset, batch_size or cfg.batch_size, shuffle=False, workers=workers, seed=cfg.seed)
     info = ckpt["dataset"]
     return evaluate(model, loader, fdata.DepthNormalizer.from_dict(ckpt["normalizer"]), info["num_classes"],

@@ -1,6 +1,8 @@
-"""``fastmtl predict``: per image, the raw results (trainId PNG, depth in metres as .npy) and
+"""``fastmtl predict``: per image, the raw results (class-id PNG, depth in metres as .npy) and
 pictures (colourised segmentation, depth colour map, side-by-side panel), all at the input's size.
 
+Inputs are image files or ``.npy`` files holding a float ``(H, W, 3)`` RGB image in [0, 1]
+(the ``image/`` folders of the NYUv2 and Cityscapes ``.npy`` copies; read as in training).
 An input whose size is not a multiple of the model's is padded (edge pixels repeated) to the next
 multiple and the outputs are cropped back, so nothing of the image is lost.
 """
@@ -19,7 +21,7 @@ from .data.classes import colorize
 from .data.transforms import normalize_rgb
 from .losses import last_prediction
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".npy")
 
 
 def collect_images(inputs: Sequence[str]) -> List[Path]:
@@ -51,7 +53,11 @@ def depth_colormap(depth_m: np.ndarray, depth_range: Sequence[float]) -> np.ndar
 
 
 def load_image(path: Path) -> np.ndarray:
-    """RGB uint8 ``(H, W, 3)``."""
+    """RGB uint8 ``(H, W, 3)`` of an image file or an ``.npy`` float image (see the module)."""
+    if path.suffix.lower() == ".npy":
+        from .data.npy import load_npy, rgb_from_image
+
+        return rgb_from_image(load_npy(path, "image", None), path, None).transpose(1, 2, 0)
     try:
         with Image.open(path) as im:
             return np.array(im.convert("RGB"))
@@ -77,7 +83,8 @@ def predict_image(model: torch.nn.Module, rgb: np.ndarray, normalizer, device="c
 
 @torch.no_grad()
 def predict(checkpoint: str, inputs: Iterable[str], out_dir: str, device: str = "cpu") -> List[Path]:
-    """Write per image to ``out_dir``: ``{name}_trainid.png`` (8-bit, Cityscapes trainIds),
+    """Write per image to ``out_dir``: ``{name}_trainid.png`` (8-bit class ids of the
+    checkpoint's dataset: Cityscapes trainIds, NYUv2's 13 classes...),
     ``{name}_depth.npy`` (float32 ``(H, W)`` metres), ``{name}_semseg.png`` (colours),
     ``{name}_depth.png`` (colour map) and ``{name}_panel.png`` (input | segmentation | depth)."""
     from .data import DepthNormalizer
@@ -93,7 +100,7 @@ def predict(checkpoint: str, inputs: Iterable[str], out_dir: str, device: str = 
     for path in collect_images(list(inputs)):
         rgb = load_image(path)
         labels, depth_m = predict_image(model, rgb, normalizer, device)
-        seg_img, depth_img = colorize(labels), depth_colormap(depth_m, depth_range)
+        seg_img, depth_img = colorize(labels, ckpt["dataset"]["colors"]), depth_colormap(depth_m, depth_range)
         panel = np.concatenate([rgb, seg_img, depth_img], axis=1)
         for suffix, img in (("trainid", labels), ("semseg", seg_img), ("depth", depth_img), ("panel", panel)):
             target = out / f"{path.stem}_{suffix}.png"

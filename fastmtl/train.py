@@ -50,9 +50,9 @@ WARMUP_STEPS = 3  # first steps of every (resumed) segment, timed apart: compila
 
 
 def make_loaders(cfg: Config, root: Path, rt: Runtime):
-    train_set = fdata.SegDepthFolder(root, "train", kind=cfg.dataset, on_bad_sample=cfg.on_bad_sample)
-    val_set = fdata.SegDepthFolder(root, "val", kind=cfg.dataset, transform=fdata.eval_transform(multiple=32),
-                                   on_bad_sample=cfg.on_bad_sample)
+    train_set = fdata.open_dataset(root, "train", cfg.dataset, on_bad_sample=cfg.on_bad_sample)
+    val_set = fdata.open_dataset(root, "val", cfg.dataset, transform=fdata.eval_transform(multiple=32),
+                                 on_bad_sample=cfg.on_bad_sample)
     if len(train_set) < cfg.batch_size * rt.world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size}: the train split of {root} has only {len(train_set)} samples")
     sampler = ResumableBatchSampler(len(train_set), cfg.batch_size, cfg.seed, rt.rank, rt.world_size)
@@ -227,9 +227,10 @@ class Run:
         labels = seg.argmax(1).cpu().numpy()
         rgb = batch["rgb"][:4] * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         writer.add_images("val/rgb", rgb.clamp(0, 1), self.step)
-        writer.add_images("val/semseg_pred", np.stack([colorize(l) for l in labels]), self.step, dataformats="NHWC")
-        writer.add_images("val/semseg_gt", np.stack([colorize(l) for l in batch["semseg"][:4].numpy()]), self.step,
+        writer.add_images("val/semseg_pred", np.stack([colorize(l, self.info.colors) for l in labels]), self.step,
                           dataformats="NHWC")
+        writer.add_images("val/semseg_gt", np.stack([colorize(l, self.info.colors) for l in batch["semseg"][:4].numpy()]),
+                          self.step, dataformats="NHWC")
         depth_m = self.normalizer.denormalize(depth.float()).cpu()
         lo, hi = self.info.depth_range
         def near_is_bright(d):  # log scale over the dataset's depth range; invalid depth is black

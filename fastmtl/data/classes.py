@@ -5,7 +5,7 @@ pixels that are not scored.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -27,13 +27,15 @@ CLASS_COLORS: Tuple[Tuple[int, int, int], ...] = (
 NUM_CLASSES = len(CLASS_NAMES)
 
 
-def colorize(labels: np.ndarray) -> np.ndarray:
-    """Cityscapes colours of a ``(H, W)`` integer label map as ``(H, W, 3)`` uint8.
+def colorize(labels: np.ndarray, colors: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
+    """Colours of a ``(H, W)`` integer label map as ``(H, W, 3)`` uint8: ``colors[i]`` for
+    class ``i`` (default: the Cityscapes colours above).
 
-    Ids outside 0..18 (the ignore value 255 included) are drawn black.
+    Ids outside ``0..len(colors)-1`` (the ignore value 255 included) are drawn black.
     """
+    palette = CLASS_COLORS if colors is None else colors
     labels = np.asarray(labels)
-    lut = np.zeros((NUM_CLASSES + 1, 3), dtype=np.uint8)
-    lut[:NUM_CLASSES] = CLASS_COLORS
-    known = (labels >= 0) & (labels < NUM_CLASSES)
-    return lut[np.where(known, labels, NUM_CLASSES)]
+    lut = np.zeros((len(palette) + 1, 3), dtype=np.uint8)
+    lut[:len(palette)] = palette
+    known = (labels >= 0) & (labels < len(palette))
+    return lut[np.where(known, labels, len(palette))]

@@ -4,8 +4,8 @@ Layout: ``{root}/{split}/{rgb,semseg,depth}/{i}.{jpg|png}`` with integer ``i``; 
 indices are the integers found by listing the folders (only names matching
 ``^[0-9]+\.(png|jpg|jpeg)$`` are considered; rgb may be JPG or PNG, semseg and depth must be
 PNG). File names therefore never come from anywhere but a directory listing, and
-:func:`_list_split` refuses any dataset folder or file (symlink) that resolves outside the
-data root.
+:func:`fastmtl.data.listing.list_split` refuses any dataset folder or file (symlink) that
+resolves outside the data root.
 
 Both kinds give the same sample dict (before transforms):
 
@@ -33,86 +33,38 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import random
-import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.data import default_collate
 
+from .bad_samples import (  # noqa: F401 - nonempty_batches re-exported (fastmtl.evaluate imports it here)
+    BadSampleDataset,
+    BadSampleError,
+    BadSampleWarning,
+    check_policy,
+    collate_skip_bad,
+    nonempty_batches,
+)
 from .classes import CLASS_COLORS, CLASS_NAMES, IGNORE_INDEX
+from .images import decode_image, read_labels, read_rgb
+from .info import DatasetInfo
+from .listing import Layout, complete_indices, inside, list_split
 
 KINDS = ("auto", "synthetic", "miniscapes")
-ON_BAD_SAMPLE = ("error", "skip")
 SUBFOLDERS = ("rgb", "semseg", "depth")
+LAYOUT = Layout({"rgb": (".jpg", ".jpeg", ".png"), "semseg": (".png",), "depth": (".png",)})
 SYNTHETIC_FORMAT = "fastmtl-synthetic"
 MINISCAPES_DEPTH_RANGE = (4.0, 300.0)
 MINISCAPES_DEPTH_MEAN = 27.0727
 MINISCAPES_DEPTH_STD = 29.1264
 MINISCAPES_LOG_STATS_MAPS = 100
-
-# ASCII digits only (``\d`` would accept other scripts' digits), fullmatch (``$`` would accept
-# a trailing newline), at most 18 digits (int() of a huge digit string raises).
-_FILE_NAME = re.compile(r"([0-9]{1,18})\.(png|jpg|jpeg)", re.IGNORECASE | re.ASCII)
-_EXTENSIONS = {"rgb": (".jpg", ".jpeg", ".png"), "semseg": (".png",), "depth": (".png",)}
-_FORMATS = {"rgb": ("JPEG", "PNG"), "semseg": ("PNG",), "depth": ("PNG",)}
-_RGB_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "L", "LA", "1", "P", "PA", "CMYK", "YCbCr")
-_LABEL_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I")
 _MINISCAPES_DEPTH_MODES = ("L",)
 _SYNTHETIC_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk type and its CRC
-
-
-class BadSampleError(ValueError):
-    """A sample that cannot be used as it is on disk: unreadable, truncated or not an image,
-    sizes that differ, labels out of range, invalid decoded depth, or a missing/ambiguous file.
-
-    ``str(err)`` is ``"{path}: {reason}"``; the parts are kept as ``path`` (a ``Path`` or
-    None), ``reason`` and ``index`` (the sample's file index, or None).
-    """
-
-    def __init__(self, reason: str, path=None, index: Optional[int] = None) -> None:
-        self.reason = str(reason)
-        self.path = Path(path) if path is not None else None
-        self.index = index
-        super().__init__(f"{self.path}: {self.reason}" if self.path is not None else self.reason)
-
-    def __reduce__(self):  # keep path/reason/index through pickling (DataLoader workers)
-        return (type(self), (self.reason, self.path, self.index))
-
-
-class BadSampleWarning(UserWarning):
-    """Warned (once per file and dataset object) when ``on_bad_sample="skip"`` drops a sample."""
-
-
-def collate_skip_bad(batch: list) -> dict:
-    """``collate_fn`` for ``on_bad_sample="skip"``: default-collates the samples that are not
-    None and adds ``"skipped"``, the number of None entries (dropped bad samples).
-
-    A batch of only None gives ``{"skipped": n}`` alone, so check ``"rgb" in batch`` before
-    using it. The batch may thus be smaller than the loader's ``batch_size``.
-    """
-    good = [s for s in batch if s is not None]
-    skipped = len(batch) - len(good)
-    if not good:
-        return {"skipped": skipped}
-    out = default_collate(good)
-    if not isinstance(out, dict):
-        raise TypeError(f"collate_skip_bad needs dict samples, got {type(good[0]).__name__}")
-    out["skipped"] = skipped
-    return out
-
-
-def nonempty_batches(loader):
-    """The batches of ``loader`` that hold at least one sample (see :func:`collate_skip_bad`)."""
-    return (batch for batch in loader if "rgb" in batch)
 
 
 def _decode_miniscapes_formula(v: np.ndarray) -> np.ndarray:
@@ -144,10 +96,6 @@ def decode_scaled_depth(v: np.ndarray, scale: float, invalid: int = 0) -> np.nda
 # --------------------------------------------------------------------------------------
 # meta.json
 # --------------------------------------------------------------------------------------
-def _inside(path: Path, root_resolved: Path) -> bool:
-    return path.resolve() == root_resolved or path.resolve().is_relative_to(root_resolved)
-
-
 def _reject_constant(name: str):
     raise ValueError(f"non-standard JSON constant {name}")
 
@@ -168,7 +116,7 @@ def read_meta(root) -> Optional[dict]:
     path = root / "meta.json"
     if not path.is_file():
         return None
-    if not _inside(path, root.resolve()):
+    if not inside(path, root.resolve()):
         raise ValueError(f"{path} resolves outside the dataset root {root} (symlink); refused")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant,
@@ -262,29 +210,6 @@ def resolve_kind(root, kind: str = "auto") -> str:
     return kind
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model, loss and metric need to know about a dataset.
-
-    ``depth_stats`` holds ``mean``, ``std`` (metres) and ``log_mean``, ``log_std`` (of
-    natural-log depth) over valid training pixels.
-    """
-
-    num_classes: int
-    class_names: Tuple[str, ...]
-    colors: Tuple[Tuple[int, int, int], ...]
-    ignore_index: int
-    depth_range: Tuple[float, float]
-    depth_stats: Dict[str, float]
-
-
-def _check_policy(on_bad_sample: str) -> str:
-    if on_bad_sample not in ON_BAD_SAMPLE:
-        raise ValueError(f"unknown on_bad_sample {on_bad_sample!r}; choose one of "
-                         f"{', '.join(ON_BAD_SAMPLE)}")
-    return on_bad_sample
-
-
 def dataset_info(root, kind: str = "auto", on_bad_sample: str = "error") -> DatasetInfo:
     """Classes, colours, ignore value, depth range and depth statistics of a dataset.
 
@@ -298,7 +223,7 @@ def dataset_info(root, kind: str = "auto", on_bad_sample: str = "error") -> Data
     ``"error"`` they raise :class:`BadSampleError`.
     """
     root = Path(root)
-    _check_policy(on_bad_sample)
+    check_policy(on_bad_sample)
     if resolve_kind(root, kind) == "synthetic":
         meta = _synthetic_meta(root)
         return DatasetInfo(
@@ -316,8 +241,8 @@ def dataset_info(root, kind: str = "auto", on_bad_sample: str = "error") -> Data
 @functools.lru_cache(maxsize=8)
 def _miniscapes_log_stats(root: str, on_bad_sample: str = "error") -> Tuple[float, float]:
     base = Path(root) / "train"
-    files, wrong = _list_split(Path(root), "train")
-    indices, _ = _complete_indices(files, wrong, base, on_bad_sample)
+    files, wrong = list_split(Path(root), "train", LAYOUT)
+    indices, _ = complete_indices(files, wrong, base, LAYOUT, on_bad_sample)
     total = total_sq = count = 0.0
     used = 0
     for i in indices:
@@ -339,199 +264,6 @@ def _miniscapes_log_stats(root: str, on_bad_sample: str = "error") -> Tuple[floa
     return float(mean), float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
 
 
-# --------------------------------------------------------------------------------------
-# listing
-# --------------------------------------------------------------------------------------
-def _check_split_name(split) -> None:
-    if (not isinstance(split, str) or split in ("", ".", "..")
-            or any(c in split for c in ("/", "\\", "\0", os.sep)) or Path(split).name != split):
-        raise ValueError(f"split must be a plain folder name such as 'train' (no '/', '\\' or "
-                         f"'..'), got {split!r}")
-
-
-def _list_folder(folder: Path, sub: str, root_resolved: Path):
-    """``({index: [paths]}, {index: [wrong-extension names]})`` of one subfolder.
-
-    Only names matching :data:`_FILE_NAME` with an extension allowed for ``sub`` count; a
-    matching entry that is a symlink resolving outside the root is an error (any policy)."""
-    found: Dict[int, List[Path]] = {}
-    wrong_ext: Dict[int, List[str]] = {}
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            m = _FILE_NAME.fullmatch(entry.name)
-            if not m:
-                continue
-            i = int(m.group(1))
-            if "." + m.group(2).lower() not in _EXTENSIONS[sub]:
-                wrong_ext.setdefault(i, []).append(entry.name)
-                continue
-            path = folder / entry.name
-            if entry.is_symlink() and not _inside(path, root_resolved):
-                raise BadSampleError(f"symlink resolves outside the dataset root "
-                                     f"{root_resolved} (to {path.resolve()}); refused", path, i)
-            found.setdefault(i, []).append(path)
-    return found, wrong_ext
-
-
-def _list_split(root: Path, split: str):
-    """``(files, wrong_ext)``: ``files = {subfolder: {index: [paths]}}`` of a split (usually
-    one path per index; several are an ambiguity that :func:`_complete_indices` reports) and
-    ``wrong_ext = {subfolder: {index: [names]}}`` of numbered files with an extension the
-    folder does not accept (``depth/5.jpg``), for messages. Runs the structural checks that
-    are errors under any policy first: root, split and subfolders exist, nothing resolves
-    outside the root, the split is not empty."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found (or not a folder): {root}")
-    _check_split_name(split)
-    root_resolved = root.resolve()
-    base = root / split
-    if not base.is_dir():
-        have = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise FileNotFoundError(f"split folder not found: {base} (found: {', '.join(have) or 'none'})")
-    files: Dict[str, Dict[int, List[Path]]] = {}
-    wrong: Dict[str, Dict[int, List[str]]] = {}
-    for sub in SUBFOLDERS:
-        folder = base / sub
-        if not folder.is_dir():
-            raise FileNotFoundError(f"missing folder {folder} (every split needs "
-                                    f"{', '.join(SUBFOLDERS)})")
-        if not _inside(folder, root_resolved):
-            raise ValueError(f"{folder} resolves outside the dataset root {root} "
-                             f"(to {folder.resolve()}); refused")
-        files[sub], wrong[sub] = _list_folder(folder, sub, root_resolved)
-    if not any(files[sub] for sub in SUBFOLDERS):
-        raise ValueError(f"no samples in {base} (expected {{i}}.jpg/png files in rgb/, semseg/, "
-                         f"depth/; names must match <digits>.png|jpg|jpeg)")
-    return files, wrong
-
-
-def _complete_indices(files, wrong, base: Path, on_bad_sample: str) -> Tuple[List[int], Dict[int, str]]:
-    """Sorted indices with exactly one file in each subfolder, and ``{index: reason}`` of the
-    others (a file missing from a triple, or two files for one index).
-
-    Listing-time policy: under ``"error"`` any such index raises :class:`BadSampleError`
-    (naming the files); under ``"skip"`` those indices are left out of the dataset (so
-    ``len()`` counts complete samples only) with one :class:`BadSampleWarning` listing them.
-    """
-    every = set()
-    for sub in SUBFOLDERS:
-        every |= set(files[sub])
-    problems: Dict[int, Tuple[Path, str]] = {}
-    for i in sorted(every):
-        for sub in SUBFOLDERS:
-            paths = files[sub].get(i, [])
-            if len(paths) > 1:
-                problems[i] = (paths[0], f"two files for index {i} in {base / sub}: "
-                                         f"{', '.join(sorted(p.name for p in paths))}")
-                break
-            if not paths:
-                shown = f"{i}.png" if sub != "rgb" else f"{i}.jpg|jpeg|png"
-                hint = ""
-                if i in wrong[sub]:
-                    hint = (f" (found {', '.join(wrong[sub][i])}, but {sub} files must be "
-                            f"{'/'.join(e[1:] for e in _EXTENSIONS[sub])})")
-                have = [s for s in SUBFOLDERS if files[s].get(i)]
-                problems[i] = (base / sub / shown, f"missing file of sample {i}: {sub}/{shown} "
-                                                   f"not found but {', '.join(have)} exist{hint}")
-                break
-    indices = sorted(every - set(problems))
-    if problems:
-        counts = {sub: len(files[sub]) for sub in SUBFOLDERS}
-        first = sorted(problems)
-        detail = "; ".join(f"{problems[i][0]}: {problems[i][1]}" for i in first[:5])
-        more = f"; and {len(first) - 5} more" if len(first) > 5 else ""
-        msg = (f"mismatched samples in {base}: counts {counts}; indices not in every folder "
-               f"exactly once: {first[:10]}{' ...' if len(first) > 10 else ''} ({detail}{more})")
-        if on_bad_sample == "error":
-            raise BadSampleError(msg, None, first[0])
-        warnings.warn(f"skipping {len(first)} incomplete sample(s): {msg}", BadSampleWarning,
-                      stacklevel=3)
-        if not indices:
-            raise ValueError(f"no complete samples in {base} (every index is incomplete or "
-                             f"ambiguous; see the warning above)")
-    return indices, {i: f"{p}: {r}" for i, (p, r) in problems.items()}
-
-
-# --------------------------------------------------------------------------------------
-# decoding
-# --------------------------------------------------------------------------------------
-_warned_truncated_flag = False
-
-
-def _decode(path: Path, sub: str, index: Optional[int], to_array: Callable[[Image.Image], np.ndarray]):
-    """Open ``path``, fully decode it (truncation is an error) and convert it with
-    ``to_array`` while it is open. Anything unreadable -> :class:`BadSampleError`."""
-    global _warned_truncated_flag
-    if ImageFile.LOAD_TRUNCATED_IMAGES and not _warned_truncated_flag:
-        _warned_truncated_flag = True
-        warnings.warn("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was set True by other code: truncated "
-                      "JPG files can no longer be detected (fastmtl leaves it False)", RuntimeWarning,
-                      stacklevel=3)
-    formats = _FORMATS[sub]
-    try:
-        f = open(path, "rb")
-    except OSError as err:
-        reason = "file not found" if isinstance(err, FileNotFoundError) else f"cannot read: {err}"
-        raise BadSampleError(f"{sub}: {reason}", path, index) from None
-    with f:
-        try:
-            img = Image.open(f, formats=formats)
-        except Image.UnidentifiedImageError:
-            raise BadSampleError(f"{sub}: not a {' or '.join(formats)} image (unrecognised file "
-                                 f"contents)", path, index) from None
-        except MemoryError:
-            raise
-        except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file
-            raise BadSampleError(f"{sub}: corrupt or truncated image (cannot open it: "
-                                 f"{type(err).__name__}: {err})", path, index) from None
-        with img:
-            try:
-                img.load()
-            except MemoryError:
-                raise
-            except Exception as err:  # noqa: BLE001 - OSError "truncated", SyntaxError, zlib...
-                raise BadSampleError(f"{sub}: corrupt or truncated {img.format} "
-                                     f"({type(err).__name__}: {err})", path, index) from None
-            if img.format == "PNG":
-                size = f.seek(0, os.SEEK_END)
-                f.seek(max(0, size - 4096))
-                if _PNG_END not in f.read():
-                    raise BadSampleError(f"{sub}: truncated PNG (no IEND chunk at the end of "
-                                         f"the file)", path, index)
-            return to_array(img)
-
-
-def _read_rgb(path: Path, index: Optional[int]) -> np.ndarray:
-    def to_array(img):
-        if img.mode not in _RGB_MODES:
-            raise BadSampleError(f"rgb: unsupported image mode {img.mode} (expected 8-bit RGB, "
-                                 f"RGBA, CMYK, grey or palette)", path, index)
-        if img.mode in ("P", "PA"):  # via RGBA: PIL warns on P -> RGB with transparency
-            img = img.convert("RGBA")
-        return np.array(img.convert("RGB"))
-    return _decode(path, "rgb", index, to_array)
-
-
-def _read_labels(path: Path, index: Optional[int], num_classes: int, ignore: int) -> np.ndarray:
-    def to_array(img):
-        if img.mode not in _LABEL_MODES:
-            raise BadSampleError(f"semseg: expected a single-channel PNG of class ids (mode "
-                                 f"{', '.join(_LABEL_MODES)}), got {img.mode}", path, index)
-        return np.array(img)
-    labels = _decode(path, "semseg", index, to_array)
-    bad = labels >= num_classes
-    if labels.dtype.kind == "i":
-        bad |= labels < 0
-    bad &= labels != ignore
-    if bad.any():
-        values = np.unique(labels[bad])
-        shown = ", ".join(str(v) for v in values[:8]) + (", ..." if values.size > 8 else "")
-        raise BadSampleError(f"semseg: {int(bad.sum())} pixel(s) with labels out of range "
-                             f"({shown}); expected 0..{num_classes - 1} or {ignore} (ignore)",
-                             path, index)
-    return labels.astype(np.int64)
-
 
 def _read_depth(path: Path, synthetic: Optional[Tuple[float, int]], index: Optional[int]) -> np.ndarray:
     """Decoded depth (metres, NaN invalid). ``synthetic`` is ``(scale, invalid)`` for the
@@ -545,7 +277,7 @@ def _read_depth(path: Path, synthetic: Optional[Tuple[float, int]], index: Optio
             want = "16-bit grey PNG (mode I;16)" if synthetic else "8-bit grey PNG (mode L)"
             raise BadSampleError(f"depth: expected a {want}, got mode {img.mode}", path, index)
         return np.array(img)
-    raw = _decode(path, "depth", index, to_array)
+    raw = decode_image(path, "depth", index, to_array)
     if synthetic:
         scale, invalid_value = synthetic
         depth = decode_scaled_depth(raw, scale, invalid_value)
@@ -567,7 +299,7 @@ def _read_depth(path: Path, synthetic: Optional[Tuple[float, int]], index: Optio
 # --------------------------------------------------------------------------------------
 # dataset
 # --------------------------------------------------------------------------------------
-class SegDepthFolder(Dataset):
+class SegDepthFolder(BadSampleDataset):
     """A split of a MiniScapes-layout folder as a torch ``Dataset`` of sample dicts.
 
     Args:
@@ -607,7 +339,7 @@ class SegDepthFolder(Dataset):
         self.root = Path(root)
         self.split = split
         self.transform = transform
-        self.on_bad_sample = _check_policy(on_bad_sample)
+        self.on_bad_sample = check_policy(on_bad_sample)
         self.kind = resolve_kind(self.root, kind)
         if self.kind == "synthetic":
             meta = _synthetic_meta(self.root)
@@ -617,9 +349,9 @@ class SegDepthFolder(Dataset):
         else:
             self.num_classes, self.ignore_index = len(CLASS_NAMES), IGNORE_INDEX
             self._depth_encoding = None
-        files, wrong = _list_split(self.root, split)
-        self.indices, self.incomplete = _complete_indices(files, wrong, self.root / split,
-                                                          on_bad_sample)
+        files, wrong = list_split(self.root, split, LAYOUT)
+        self.indices, self.incomplete = complete_indices(files, wrong, self.root / split, LAYOUT,
+                                                         on_bad_sample)
         self._files: Dict[str, Dict[int, Path]] = {
             sub: {i: files[sub][i][0] for i in self.indices} for sub in SUBFOLDERS}
         self._warned: set = set()
@@ -642,8 +374,8 @@ class SegDepthFolder(Dataset):
         :class:`BadSampleError` for a bad sample whatever ``on_bad_sample`` is."""
         i = self.indices[j]
         paths = self.paths(j)
-        rgb = _read_rgb(paths["rgb"], i)
-        semseg = _read_labels(paths["semseg"], i, self.num_classes, self.ignore_index)
+        rgb = read_rgb(paths["rgb"], i)
+        semseg = read_labels(paths["semseg"], i, self.num_classes, self.ignore_index)
         depth = _read_depth(paths["depth"], self._depth_encoding, i)
         for sub, arr in (("semseg", semseg), ("depth", depth)):
             if arr.shape != rgb.shape[:2]:
@@ -657,21 +389,6 @@ class SegDepthFolder(Dataset):
             "depth": torch.from_numpy(depth[None]),
             "index": i,
         }
-
-    def __getitem__(self, j: int) -> Optional[dict]:
-        if self.on_bad_sample == "error":
-            sample = self.load(j)
-        else:
-            try:
-                sample = self.load(j)
-            except BadSampleError as err:
-                key = str(err.path)
-                if key not in self._warned:
-                    self._warned.add(key)
-                    warnings.warn(f"skipping bad sample {err.index} of {self.root / self.split}: "
-                                  f"{err}", BadSampleWarning, stacklevel=2)
-                return None
-        return self.transform(sample) if self.transform is not None else sample
 
 
 def seed_worker(worker_id: int) -> None:

@@ -2,7 +2,8 @@
 
 A sample is the dict produced by :class:`fastmtl.data.folder.SegDepthFolder`:
 ``rgb`` uint8 ``(3, H, W)``, ``semseg`` int64 ``(H, W)`` (255 = ignore), ``depth`` float32
-``(1, H, W)`` metres (NaN = invalid), plus pass-through keys such as ``index``. The train
+``(1, H, W)`` metres (NaN = invalid), optionally ``normals`` float32 ``(3, H, W)`` (unit
+vectors, zero = invalid; NYUv2), plus pass-through keys such as ``index``. The train
 transform applies, in this fixed order: random scale, random crop (with padding), random
 horizontal flip, colour jitter, then ImageNet normalisation, which turns ``rgb`` into float32
 ``(3, h, w)``. Random draws come from the ``generator`` argument (a ``torch.Generator``) or,
@@ -31,7 +32,8 @@ def _uniform(low: float, high: float, generator: Optional[torch.Generator]) -> f
 def random_scale(sample: dict, scale: Tuple[float, float],
                  generator: Optional[torch.Generator] = None) -> dict:
     """Resize by a factor drawn uniformly from ``scale``: bilinear for rgb (uint8 stays uint8),
-    nearest for semseg and depth (so labels and NaNs are never blended)."""
+    nearest for semseg, depth and normals (so labels, NaNs and invalid normals are never
+    blended)."""
     s = _uniform(scale[0], scale[1], generator)
     h, w = sample["semseg"].shape
     size = (max(1, round(h * s)), max(1, round(w * s)))
@@ -42,13 +44,15 @@ def random_scale(sample: dict, scale: Tuple[float, float],
     out["rgb"] = rgb.round().clamp(0, 255).to(torch.uint8) if sample["rgb"].dtype == torch.uint8 else rgb
     out["semseg"] = F.interpolate(sample["semseg"][None, None].float(), size=size,
                                   mode="nearest-exact")[0, 0].long()
-    out["depth"] = F.interpolate(sample["depth"][None], size=size, mode="nearest-exact")[0]
+    for key in ("depth", "normals"):
+        if key in sample:
+            out[key] = F.interpolate(sample[key][None], size=size, mode="nearest-exact")[0]
     return out
 
 
 def pad_to(sample: dict, size: Tuple[int, int]) -> dict:
     """Pad bottom/right to at least ``size = (h, w)``: rgb with 0, semseg with 255, depth
-    with NaN."""
+    with NaN, normals with 0 (invalid)."""
     h, w = sample["semseg"].shape
     ph, pw = max(0, size[0] - h), max(0, size[1] - w)
     if ph == 0 and pw == 0:
@@ -58,16 +62,20 @@ def pad_to(sample: dict, size: Tuple[int, int]) -> dict:
     out["rgb"] = F.pad(sample["rgb"], pad, value=0)
     out["semseg"] = F.pad(sample["semseg"], pad, value=IGNORE_INDEX)
     out["depth"] = F.pad(sample["depth"], pad, value=math.nan)
+    if "normals" in sample:
+        out["normals"] = F.pad(sample["normals"], pad, value=0.0)
     return out
 
 
 def crop(sample: dict, top: int, left: int, size: Tuple[int, int]) -> dict:
-    """The window ``[top:top+h, left:left+w]`` of rgb, semseg and depth."""
+    """The window ``[top:top+h, left:left+w]`` of rgb, semseg, depth (and normals)."""
     h, w = size
     out = dict(sample)
     out["rgb"] = sample["rgb"][:, top:top + h, left:left + w]
     out["semseg"] = sample["semseg"][top:top + h, left:left + w]
-    out["depth"] = sample["depth"][:, top:top + h, left:left + w]
+    for key in ("depth", "normals"):
+        if key in sample:
+            out[key] = sample[key][:, top:top + h, left:left + w]
     return out
 
 
@@ -83,12 +91,16 @@ def random_crop(sample: dict, size: Tuple[int, int],
 
 
 def random_hflip(sample: dict, p: float = 0.5, generator: Optional[torch.Generator] = None) -> dict:
-    """Mirror rgb, semseg and depth left-right together with probability ``p``."""
+    """Mirror rgb, semseg, depth and normals left-right together with probability ``p``; a
+    mirrored normal's x component changes sign."""
     if float(torch.rand((), generator=generator)) >= p:
         return sample
     out = dict(sample)
-    for key in ("rgb", "semseg", "depth"):
-        out[key] = sample[key].flip(-1)
+    for key in ("rgb", "semseg", "depth", "normals"):
+        if key in sample:
+            out[key] = sample[key].flip(-1)
+    if "normals" in sample:
+        out["normals"] = out["normals"] * torch.tensor([-1.0, 1.0, 1.0]).view(3, 1, 1)
     return out
 
 
