@@ -4,7 +4,7 @@ The top-level ``kernels/`` folder is installed as ``fastmtl.kernels``.
 """
 import re
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 VERSION = re.search(r'__version__ = "([^"]+)"', open("fastmtl/__init__.py", encoding="utf-8").read()).group(1)
 
@@ -15,8 +15,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["fastmtl", "fastmtl.aot", "fastmtl.models", "fastmtl.nn", "fastmtl.data", "fastmtl.tasks", "fastmtl.weighting",
-              "fastmtl.weighting.methods", "fastmtl.kernels"],
+    # every fastmtl.* package (find_packages), plus the kernels, which live in kernels/ at the top
+    packages=find_packages(include=["fastmtl", "fastmtl.*"]) + ["fastmtl.kernels"],
     package_dir={"fastmtl.kernels": "kernels"},
     install_requires=[
         "torch>=2.6",

@@ -238,7 +238,7 @@ def _bench_models(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import open_sweep, run_sweep, user_command
     from .sweep_builtin import builtin_sweep
-    from .sweep_report import collect, markdown_table, write_report
+    from .sweep_report import collect, write_report
 
     overrides: Dict = {}
     for flag, key in (("steps", "max_steps"), ("size", "size"), ("encoder", "encoder"), ("batch_size", "batch_size"),
@@ -270,7 +270,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     results = collect(sweep)
     paths = write_report(results, sweep.folder)
     print()
-    print(markdown_table(results))
+    print(paths["md"].read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     if failed:
         print(f"fastmtl sweep: error: {len(failed)} runs failed: "
@@ -290,7 +290,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def add_train_args(p: argparse.ArgumentParser) -> None:
     d = Config()
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=_SUPPRESS, help="synthetic | miniscapes (default synthetic)")
+    g.add_argument("--dataset", default=_SUPPRESS, help="synthetic | auto | miniscapes | nyuv2 | cityscapes | cityscapes7 | "
+                   "cityscapes19: the reader of --data-root (README: Datasets; default synthetic)")
     g.add_argument("--data-root", default=_SUPPRESS, metavar="DIR",
                    help="dataset folder (default: the built-in synthetic set, generated once into the user cache)")
     g.add_argument("--size", type=_size, default=_SUPPRESS, metavar="HxW", help="training crop (default: 128x256 on GPU, 64x128 on the CPU budget)")

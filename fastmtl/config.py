@@ -20,7 +20,7 @@ DEPTH_NORMS = ("linear", "log")
 DEPTH_LOSSES = ("l1", "l2", "silog")
 NORMALS_LOSSES = ("cosine", "l1")
 DEFAULT_TASK_WEIGHT = 0.5  # a task other than semseg / depth without --task-weight
-DATASETS = ("synthetic", "miniscapes")
+DATASETS = ("synthetic", "auto", "miniscapes", "nyuv2", "cityscapes", "cityscapes7", "cityscapes19")  # fastmtl.data.KINDS
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 ON_BAD_SAMPLE = ("error", "skip")
 

@@ -96,8 +96,10 @@ def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split:
         model = model.to(memory_format=torch.channels_last)
     root = data_root or cfg.data_root
     root = Path(root) if root else fdata.default_data_root()
-    dataset = fdata.SegDepthFolder(root, split, kind=cfg.dataset, transform=fdata.eval_transform(multiple=32),
-                                   on_bad_sample=on_bad_sample)
-    check_available([t.name for t in tasks], dataset.targets, f"{root} (split {split})")
+    dataset = fdata.open_dataset(root, split, cfg.dataset, transform=fdata.eval_transform(multiple=32),
+                                 on_bad_sample=on_bad_sample)
+    # readers that know their split's targets say so (a folder's normals/); else the training dataset's
+    available = getattr(dataset, "targets", ckpt["dataset"].get("tasks", ("semseg", "depth")))
+    check_available([t.name for t in tasks], available, f"{root} (split {split})")
     loader = fdata.build_loader(dataset, batch_size or cfg.batch_size, shuffle=False, workers=workers, seed=cfg.seed)
     return evaluate_tasks(model, loader, tasks, dev, amp_dtype_for(cfg.amp, dev), cfg.channels_last, progress=progress)

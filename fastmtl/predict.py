@@ -1,7 +1,9 @@
-"""``fastmtl predict``: per image and task, the raw result (semseg: trainId PNG; depth: metres as
-.npy; normals: unit vectors as .npy) and a picture (colourised segmentation, depth colour map,
-normals as RGB), plus a side-by-side panel, all at the input's size.
+"""``fastmtl predict``: per image and task, the raw result (semseg: class-id PNG; depth: metres as
+.npy; normals: unit vectors as .npy) and a picture (colourised segmentation in the dataset's
+colours, depth colour map, normals as RGB), plus a side-by-side panel, all at the input's size.
 
+Inputs are image files or ``.npy`` files holding a float ``(H, W, 3)`` RGB image in [0, 1]
+(the ``image/`` folders of the NYUv2 and Cityscapes ``.npy`` copies; read as in training).
 An input whose size is not a multiple of the model's is padded (edge pixels repeated) to the next
 multiple and the outputs are cropped back, so nothing of the image is lost.
 """
@@ -19,7 +21,7 @@ from .checkpoint import checkpoint_tasks, load_checkpoint, model_from_checkpoint
 from .data.transforms import normalize_rgb
 from .losses import last_prediction
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".npy")
 
 
 def collect_images(inputs: Sequence[str]) -> List[Path]:
@@ -39,7 +41,11 @@ def collect_images(inputs: Sequence[str]) -> List[Path]:
 
 
 def load_image(path: Path) -> np.ndarray:
-    """RGB uint8 ``(H, W, 3)``."""
+    """RGB uint8 ``(H, W, 3)`` of an image file or an ``.npy`` float image (see the module)."""
+    if path.suffix.lower() == ".npy":
+        from .data.npy import load_npy, rgb_from_image
+
+        return rgb_from_image(load_npy(path, "image", None), path, None).transpose(1, 2, 0)
     try:
         with Image.open(path) as im:
             return np.array(im.convert("RGB"))
@@ -75,7 +81,8 @@ def predict_image(model: torch.nn.Module, rgb: np.ndarray, normalizer, device="c
 @torch.no_grad()
 def predict(checkpoint: str, inputs: Iterable[str], out_dir: str, device: str = "cpu") -> List[Path]:
     """Write per image to ``out_dir``, for each task of the run: its raw result and picture
-    (semseg: ``{name}_trainid.png`` 8-bit class ids, ``{name}_semseg.png`` colours; depth:
+    (semseg: ``{name}_trainid.png`` 8-bit class ids of the checkpoint's dataset (Cityscapes trainIds,
+    NYUv2's 13 classes...), ``{name}_semseg.png`` the dataset's colours; depth:
     ``{name}_depth.npy`` float32 ``(H, W)`` metres, ``{name}_depth.png`` colour map; normals:
     ``{name}_normals.npy`` float32 ``(H, W, 3)`` unit vectors, ``{name}_normals.png`` in the
     dataset encoding ``(n + 1) * 127.5``), and ``{name}_panel.png`` (input | each task's picture)."""

@@ -2,8 +2,9 @@
 CSV, JSON and a PNG plot of the ladder (drawn with Pillow).
 
 Metrics are each finished run's ``summary.json`` ``final_all`` (every task metric of the final
-evaluation; ``iou_per_class`` left out) and ``images_per_second`` (steady-state training
-throughput); std is the sample standard deviation (0 for one seed). Params and GMACs are
+evaluation) and ``images_per_second`` (steady-state training throughput); the per-class IoU
+(``iou_per_class``) is aggregated the same way into a second table (thin classes, boundaries:
+where most ablations act). std is the sample standard deviation (0 for one seed). Params and GMACs are
 :mod:`fastmtl.profile`'s counts for the variant's model at its training crop size.
 """
 from __future__ import annotations
@@ -34,13 +35,17 @@ def collect(sweep: Sweep) -> Dict[str, Any]:
             s = json.loads((p.run_dir / "summary.json").read_text())
             metrics = {k: v for k, v in s["final_all"].items() if isinstance(v, (int, float))}
             metrics["images_per_second"] = s["images_per_second"]
+            per_class = s["final_all"].get("iou_per_class", {})
             done.append({"variant": name, "seed": p.seed, "run_dir": str(p.run_dir), "metrics": metrics,
-                         "num_classes": len(s["final_all"].get("iou_per_class", {})) or 19})
+                         "iou_per_class": per_class, "num_classes": len(per_class) or 19})
         points += done
         row: Dict[str, Any] = {"variant": name, "seeds": [d["seed"] for d in done], "of_seeds": len(runs)}
         if done:
             keys = list(done[0]["metrics"])
             row["metrics"] = {k: _mean_std([d["metrics"][k] for d in done]) for k in keys}
+            classes = list(done[0]["iou_per_class"])
+            if classes:
+                row["iou_per_class"] = {c: _mean_std([d["iou_per_class"][c] for d in done]) for c in classes}
             row.update(_model_size(runs[0].run_dir, done[0]["num_classes"]))
         variants.append(row)
     return {"sweep": sweep.name, "folder": str(sweep.folder), "points": points, "variants": variants}
@@ -90,6 +95,23 @@ def markdown_table(results: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def class_table(results: Dict[str, Any]) -> str:
+    """Markdown table of the per-class IoU (mean ± std over seeds) per variant; '' if none."""
+    classes: List[str] = []
+    for v in results["variants"]:
+        for c in v.get("iou_per_class", {}):
+            if c not in classes:
+                classes.append(c)
+    if not classes:
+        return ""
+    lines = ["| variant | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 1)]
+    for v in results["variants"]:
+        m = v.get("iou_per_class", {})
+        cells = [f"{m[c]['mean']:.1f} ± {m[c]['std']:.1f}" if c in m else "—" for c in classes]
+        lines.append("| " + " | ".join([v["variant"]] + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_csv(results: Dict[str, Any], path: Path) -> None:
     cols = metric_columns(results)
     with open(path, "w", newline="") as f:
@@ -110,7 +132,8 @@ def write_report(results: Dict[str, Any], folder: Path) -> Dict[str, Path]:
              "png": folder / "ladder.png"}
     paths["json"].write_text(json.dumps(results, indent=2) + "\n")
     write_csv(results, paths["csv"])
-    paths["md"].write_text(markdown_table(results))
+    classes = class_table(results)
+    paths["md"].write_text(markdown_table(results) + ("\nIoU per class (%):\n\n" + classes if classes else ""))
     plot_ladder(results, paths["png"])
     return paths
 

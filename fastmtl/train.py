@@ -54,18 +54,17 @@ def make_datasets(cfg: Config, root: Path):
     in both splits (a clear ``--tasks`` error otherwise)."""
     info = fdata.dataset_info(root, cfg.dataset)
     check_available(cfg.tasks, info.tasks, str(root))
-    train_set = fdata.SegDepthFolder(root, "train", kind=cfg.dataset, on_bad_sample=cfg.on_bad_sample)
-    val_set = fdata.SegDepthFolder(root, "val", kind=cfg.dataset, transform=fdata.eval_transform(multiple=32),
-                                   on_bad_sample=cfg.on_bad_sample)
-    for name, split in (("train", train_set), ("val", val_set)):
+    train_set = fdata.open_dataset(root, "train", cfg.dataset, on_bad_sample=cfg.on_bad_sample)
+    val_set = fdata.open_dataset(root, "val", cfg.dataset, transform=fdata.eval_transform(multiple=32),
+                                 on_bad_sample=cfg.on_bad_sample)
+    for name, split in (("train", train_set), ("val", val_set)):  # readers that know a split's targets
         check_available(cfg.tasks, getattr(split, "targets", info.tasks), f"{root} (split {name})")
     return info, train_set, val_set
 
 
-def make_loaders(cfg: Config, train_set, val_set, rt: Runtime):
+def make_loaders(cfg: Config, root: Path, train_set, val_set, rt: Runtime):
     if len(train_set) < cfg.batch_size * rt.world_size:
-        raise ConfigError(f"--batch-size {cfg.batch_size}: the train split of {train_set.root} has only "
-                          f"{len(train_set)} samples")
+        raise ConfigError(f"--batch-size {cfg.batch_size}: the train split of {root} has only {len(train_set)} samples")
     sampler = ResumableBatchSampler(len(train_set), cfg.batch_size, cfg.seed, rt.rank, rt.world_size)
     pin = rt.device.type == "cuda"
     # own generators: creating a loader iterator must not consume the global RNG (exact resume)
@@ -117,7 +116,7 @@ class Run:
             raise ConfigError(f"--data-root {root}: no such directory")
         self.info, train_set, val_set = make_datasets(cfg, root)
         self.normalizer = fdata.DepthNormalizer.from_stats(cfg.depth_norm, self.info.depth_stats)
-        self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, train_set, val_set, self.rt)
+        self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, root, train_set, val_set, self.rt)
         self.tasks = build_tasks(cfg.tasks, cfg, self.info, self.normalizer)
         self.outputs_desc = outputs_desc(self.tasks)
 

@@ -53,7 +53,7 @@ def test_another_seed_gives_other_images(tiny, tmp_path):
 
 def test_layout_and_png_modes(tiny):
     for split, n in (("train", 4), ("val", 2)):
-        for sub, mode in (("rgb", "RGB"), ("semseg", "L"), ("depth", "I;16")):
+        for sub, mode in (("rgb", "RGB"), ("semseg", "L"), ("depth", "I;16"), ("normals", "RGB")):
             folder = tiny / split / sub
             assert sorted(p.name for p in folder.iterdir()) == sorted(f"{i}.png" for i in range(n))
             for i in range(n):
@@ -96,7 +96,7 @@ def test_depth_valid_exactly_where_not_sky(tiny):
 def test_scenes_contain_the_street_classes_and_thin_objects_at_many_distances():
     present, pole_depths, sign_depths = set(), [], []
     for i in range(4):
-        rgb, labels, depth = render_sample(0, "train", i, (128, 256))
+        rgb, labels, depth, _ = render_sample(0, "train", i, (128, 256))
         assert rgb.shape == (128, 256, 3) and rgb.dtype == np.uint8
         assert labels.dtype == np.uint8 and depth.dtype == np.float32
         present |= set(np.unique(labels).tolist())
@@ -117,7 +117,7 @@ def test_rendering_depends_only_on_seed_split_and_index():
 
 
 def test_interrupted_generation_leaves_nothing_behind(tmp_path, monkeypatch):
-    real, calls = synthetic._write_sample, []
+    real, calls = synthetic.writer._write_sample, []
 
     def flaky(job):
         calls.append(job)
@@ -125,7 +125,7 @@ def test_interrupted_generation_leaves_nothing_behind(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(job)
 
-    monkeypatch.setattr(synthetic, "_write_sample", flaky)
+    monkeypatch.setattr(synthetic.writer, "_write_sample", flaky)
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(tmp_path / "out", train=4, val=1, size=SIZE, workers=1, progress=False)
     assert len(calls) == 3
@@ -165,7 +165,7 @@ def test_ensure_default_dataset_generates_only_once(tmp_path, monkeypatch):
         (out / "meta.json").write_text("{}")
         return out
 
-    monkeypatch.setattr(synthetic, "generate_dataset", fake_generate)
+    monkeypatch.setattr(synthetic.writer, "generate_dataset", fake_generate)
     first = ensure_default_dataset(progress=False)
     second = ensure_default_dataset(progress=False)
     assert first == second == default_data_root()
@@ -191,3 +191,60 @@ def test_folder_reader_decodes_the_synthetic_set(tiny):
     assert info.num_classes == 19 and info.depth_range == DEPTH_RANGE
     assert info.depth_stats == meta["depth_stats"]
     assert all(math.isfinite(v) and v > 0 for v in info.depth_stats.values())
+
+
+def _camera_rays(seed, split, index, size):
+    """Camera-space ray directions (H, W, 3) with z = 1 (x right, y down), from the scene's focal."""
+    from fastmtl.data.synthetic.render import split_code
+    from fastmtl.data.synthetic.scene import build_scene
+    height, width = size
+    scene = build_scene(np.random.default_rng(np.random.SeedSequence([seed, split_code(split), index])), width)
+    u = (np.arange(width) + 0.5 - width / 2) / scene.focal
+    v = (np.arange(height) + 0.5 - height / 2) / scene.focal
+    return np.stack(np.broadcast_arrays(u[None, :], v[:, None], np.ones((1, 1))), -1)
+
+
+@pytest.mark.parametrize("index", [0, 3])
+def test_normals_are_unit_face_the_camera_and_match_the_depth_geometry(index):
+    """Independent check: normals from finite differences of the back-projected depth map."""
+    size = (96, 192)
+    rgb, labels, depth, normals = render_sample(0, "train", index, size)
+    assert normals.shape == size + (3,) and normals.dtype == np.float32
+    hit = labels != SKY
+    norm = np.linalg.norm(normals, axis=-1)
+    assert np.allclose(norm[hit], 1, atol=1e-5) and (norm[~hit] == 0).all()
+    rays = _camera_rays(0, "train", index, size)
+    assert ((normals * rays).sum(-1)[hit] < 0).all()  # every visible surface faces the camera
+    road = labels == 0
+    assert (normals[road][:, 1] < -0.9).all()  # the ground's normal points up (y down)
+    pts = rays * depth[..., None]
+    du, dv = pts[:-1, 1:] - pts[:-1, :-1], pts[1:, :-1] - pts[:-1, :-1]
+    fd = np.cross(dv, du)
+    fd /= np.linalg.norm(fd, axis=-1, keepdims=True) + 1e-12
+    d0 = depth[:-1, :-1]
+    same = ((labels[:-1, :-1] == labels[:-1, 1:]) & (labels[:-1, :-1] == labels[1:, :-1]) & hit[:-1, :-1]
+            & (np.abs(depth[:-1, 1:] - d0) < 0.01 * d0) & (np.abs(depth[1:, :-1] - d0) < 0.01 * d0)
+            & (d0 < 200))
+    assert same.sum() > 1000
+    cos = np.clip(np.abs((fd * normals[:-1, :-1]).sum(-1))[same], 0, 1)
+    angle = np.degrees(np.arccos(cos))
+    # exact inside faces; the tail is pixels straddling two faces/primitives of one class
+    assert np.median(angle) < 0.1 and (angle < 2.0).mean() > 0.8, np.percentile(angle, [50, 80, 90])
+
+
+def test_normals_on_disk_decode_to_the_rendered_normals(tiny):
+    meta = json.loads((tiny / "meta.json").read_text())
+    enc = meta["normals_encoding"]
+    assert enc["invalid"] == [0, 0, 0] and "y down" in enc["frame"]
+    size = tuple(meta["size"])
+    for i in range(2):
+        _, labels, _, normals = render_sample(meta["seed"], "val", i, size)
+        img = Image.open(tiny / f"val/normals/{i}.png")
+        assert img.mode == "RGB"
+        v = np.array(img)
+        invalid = (v == 0).all(-1)
+        assert np.array_equal(invalid, labels == SKY)
+        n = v.astype(np.float64) * enc["scale"] + enc["offset"]
+        n /= np.linalg.norm(n, axis=-1, keepdims=True) + 1e-12
+        cos = (n * normals).sum(-1)[~invalid]
+        assert np.degrees(np.arccos(np.clip(cos, -1, 1))).max() < 0.6

@@ -3,8 +3,10 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,7 @@ def test_sweep_end_to_end_then_resume_after_interruption(tiny_data, tmp_path):
     assert "| variant | seeds | mIoU | SI-logRMSE | multitask |" in table and "abs-rel" in table
     assert "| no skip | 2/2 |" in table and "| + skip | 2/2 |" in table
     assert table in r.stdout
+    assert "IoU per class (%):" in table and "| variant | road | sidewalk |" in table
     results = json.loads((full / "results.json").read_text())
     rows = {v["variant"]: v for v in results["variants"]}
     for name in ("no skip", "+ skip"):
@@ -72,6 +75,9 @@ def test_sweep_end_to_end_then_resume_after_interruption(tiny_data, tmp_path):
         mious = [s["final"]["miou"] for s in runs]
         assert rows[name]["metrics"]["miou"]["mean"] == pytest.approx(sum(mious) / 2)
         assert rows[name]["metrics"]["miou"]["std"] == pytest.approx(abs(mious[0] - mious[1]) / 2 ** 0.5)
+        roads = [s["final_all"]["iou_per_class"]["road"] for s in runs]
+        assert rows[name]["iou_per_class"]["road"]["mean"] == pytest.approx(sum(roads) / 2)
+        assert len(rows[name]["iou_per_class"]) == 19
         assert rows[name]["params"] > 1e6 and rows[name]["gmacs"] > 0 and rows[name]["gmacs_size"] == [32, 64]
     assert rows["+ skip"]["params"] > rows["no skip"]["params"]  # the skip's projection + 3x3 conv
     csv_lines = (full / "results.csv").read_text().splitlines()
@@ -110,6 +116,43 @@ def test_sweep_end_to_end_then_resume_after_interruption(tiny_data, tmp_path):
     # a finished sweep runs nothing again and prints no commands
     r = sweep_cli(part, "--print-commands")
     assert r.returncode == 0 and r.stdout == ""
+
+
+def test_sweep_killed_with_sigkill_mid_point_resumes_to_the_uninterrupted_result(tiny_data, tmp_path):
+    """A real kill: SIGKILL to the sweep and its running ``fastmtl train`` child (one process
+    group) just after the child's first checkpoint; the folder alone then finishes the sweep."""
+    spec = tiny_spec(tiny_data)
+    spec["base"].update(max_steps=4, eval_every=1)
+    spec["variants"], spec["seeds"] = spec["variants"][:1], [0]
+    spec_file = tmp_path / "kill.json"
+    spec_file.write_text(json.dumps(spec))
+    reference = tmp_path / "reference"
+    assert sweep_cli(spec_file, "--out", reference).returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "fastmtl", "sweep", str(spec_file), "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = killed / "runs" / "no_skip" / "seed0"
+    deadline = time.time() + 120
+    while not (first / "last.pt").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert (first / "last.pt").is_file() and not (first / "summary.json").is_file()  # killed mid-point
+    lines_before = (first / "metrics.jsonl").read_text().splitlines()
+    assert 1 <= len(lines_before) < 4
+
+    r = sweep_cli(killed)
+    assert r.returncode == 0, r.stderr
+    assert any("no skip seed 0 (resumed)" in line for line in r.stdout.splitlines())
+    assert metrics_by_point(killed) == metrics_by_point(reference)
+    untimed = [{k: v for k, v in json.loads(line).items() if "second" not in k}
+               for line in (first / "metrics.jsonl").read_text().splitlines()]
+    expected = [{k: v for k, v in json.loads(line).items() if "second" not in k}
+                for line in (reference / "runs/no_skip/seed0/metrics.jsonl").read_text().splitlines()]
+    assert untimed == expected  # one line per evaluation, as in an uninterrupted run
 
 
 def test_print_commands_are_the_points(tiny_data, tmp_path):

@@ -5,7 +5,7 @@ pixels that are not scored.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -27,14 +27,15 @@ CLASS_COLORS: Tuple[Tuple[int, int, int], ...] = (
 NUM_CLASSES = len(CLASS_NAMES)
 
 
-def colorize(labels: np.ndarray, colors: Sequence[Sequence[int]] = CLASS_COLORS) -> np.ndarray:
-    """The class colours (default: Cityscapes') of a ``(H, W)`` integer label map as ``(H, W, 3)`` uint8.
+def colorize(labels: np.ndarray, colors: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
+    """Colours of a ``(H, W)`` integer label map as ``(H, W, 3)`` uint8: ``colors[i]`` for
+    class ``i`` (default: the Cityscapes colours above).
 
     Ids outside ``0..len(colors)-1`` (the ignore value 255 included) are drawn black.
     """
+    palette = CLASS_COLORS if colors is None else colors
     labels = np.asarray(labels)
-    n = len(colors)
-    lut = np.zeros((n + 1, 3), dtype=np.uint8)
-    lut[:n] = np.asarray(colors, dtype=np.uint8).reshape(n, 3)
-    known = (labels >= 0) & (labels < n)
-    return lut[np.where(known, labels, n)]
+    lut = np.zeros((len(palette) + 1, 3), dtype=np.uint8)
+    lut[:len(palette)] = palette
+    known = (labels >= 0) & (labels < len(palette))
+    return lut[np.where(known, labels, len(palette))]

@@ -4,8 +4,8 @@ Layout: ``{root}/{split}/{rgb,semseg,depth}/{i}.{jpg|png}`` with integer ``i``; 
 indices are the integers found by listing the folders (only names matching
 ``^[0-9]+\.(png|jpg|jpeg)$`` are considered; rgb may be JPG or PNG, semseg and depth must be
 PNG). File names therefore never come from anywhere but a directory listing, and
-:func:`_list_split` refuses any dataset folder or file (symlink) that resolves outside the
-data root.
+:func:`fastmtl.data.listing.list_split` refuses any dataset folder or file (symlink) that
+resolves outside the data root.
 
 Both kinds give the same sample dict (before transforms):
 
@@ -16,9 +16,10 @@ Both kinds give the same sample dict (before transforms):
   vectors in camera coordinates (x right, y down, z forward), the zero vector where invalid;
 * ``"index"``: int, the file index ``i``.
 
-Surface normals (optional ``{root}/{split}/normals/{i}.png``): 8-bit RGB PNG,
-``n = v / 127.5 - 1`` per channel then renormalised to unit length; (0, 0, 0) = invalid. When
-the folder exists every sample of the split needs its normals file (as for the other folders).
+Surface normals (optional ``{root}/{split}/normals/{i}.png``, written by the synthetic
+generator): 8-bit RGB PNG, ``n = v / 127.5 - 1`` per channel then renormalised to unit length;
+(0, 0, 0) = invalid. When the folder exists every sample of the split needs its normals file (as
+for the other folders).
 
 Encodings: MiniScapes stores rgb as JPG, semseg as PNG mode ``P`` or ``L`` and depth as an
 8-bit PNG of quantised inverse depth (0 invalid,
@@ -39,88 +40,40 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import random
-import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.data import default_collate
 
+from .bad_samples import (  # noqa: F401 - nonempty_batches re-exported (fastmtl.evaluate imports it here)
+    BadSampleDataset,
+    BadSampleError,
+    BadSampleWarning,
+    check_policy,
+    collate_skip_bad,
+    nonempty_batches,
+)
 from .classes import CLASS_COLORS, CLASS_NAMES, IGNORE_INDEX
+from .images import decode_image, read_labels, read_rgb
+from .info import DatasetInfo
+from .listing import Layout, complete_indices, inside, list_split
 
 KINDS = ("auto", "synthetic", "miniscapes")
-ON_BAD_SAMPLE = ("error", "skip")
 SUBFOLDERS = ("rgb", "semseg", "depth")
-OPTIONAL_SUBFOLDERS = ("normals",)  # read when the split has the folder
+LAYOUT = Layout({"rgb": (".jpg", ".jpeg", ".png"), "semseg": (".png",), "depth": (".png",)})
+NORMALS_LAYOUT = Layout({**LAYOUT.extensions, "normals": (".png",)})  # a split with normals/
+NORMALS_MIN_LENGTH = 0.5  # a decoded non-(0,0,0) normals pixel shorter than this is not a normal
 SYNTHETIC_FORMAT = "fastmtl-synthetic"
 MINISCAPES_DEPTH_RANGE = (4.0, 300.0)
 MINISCAPES_DEPTH_MEAN = 27.0727
 MINISCAPES_DEPTH_STD = 29.1264
 MINISCAPES_LOG_STATS_MAPS = 100
-
-# ASCII digits only (``\d`` would accept other scripts' digits), fullmatch (``$`` would accept
-# a trailing newline), at most 18 digits (int() of a huge digit string raises).
-_FILE_NAME = re.compile(r"([0-9]{1,18})\.(png|jpg|jpeg)", re.IGNORECASE | re.ASCII)
-_EXTENSIONS = {"rgb": (".jpg", ".jpeg", ".png"), "semseg": (".png",), "depth": (".png",), "normals": (".png",)}
-_FORMATS = {"rgb": ("JPEG", "PNG"), "semseg": ("PNG",), "depth": ("PNG",), "normals": ("PNG",)}
-NORMALS_MIN_LENGTH = 0.5  # a decoded non-(0,0,0) normals pixel shorter than this is not a normal
-_RGB_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "L", "LA", "1", "P", "PA", "CMYK", "YCbCr")
-_LABEL_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I")
 _MINISCAPES_DEPTH_MODES = ("L",)
 _SYNTHETIC_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk type and its CRC
-
-
-class BadSampleError(ValueError):
-    """A sample that cannot be used as it is on disk: unreadable, truncated or not an image,
-    sizes that differ, labels out of range, invalid decoded depth, or a missing/ambiguous file.
-
-    ``str(err)`` is ``"{path}: {reason}"``; the parts are kept as ``path`` (a ``Path`` or
-    None), ``reason`` and ``index`` (the sample's file index, or None).
-    """
-
-    def __init__(self, reason: str, path=None, index: Optional[int] = None) -> None:
-        self.reason = str(reason)
-        self.path = Path(path) if path is not None else None
-        self.index = index
-        super().__init__(f"{self.path}: {self.reason}" if self.path is not None else self.reason)
-
-    def __reduce__(self):  # keep path/reason/index through pickling (DataLoader workers)
-        return (type(self), (self.reason, self.path, self.index))
-
-
-class BadSampleWarning(UserWarning):
-    """Warned (once per file and dataset object) when ``on_bad_sample="skip"`` drops a sample."""
-
-
-def collate_skip_bad(batch: list) -> dict:
-    """``collate_fn`` for ``on_bad_sample="skip"``: default-collates the samples that are not
-    None and adds ``"skipped"``, the number of None entries (dropped bad samples).
-
-    A batch of only None gives ``{"skipped": n}`` alone, so check ``"rgb" in batch`` before
-    using it. The batch may thus be smaller than the loader's ``batch_size``.
-    """
-    good = [s for s in batch if s is not None]
-    skipped = len(batch) - len(good)
-    if not good:
-        return {"skipped": skipped}
-    out = default_collate(good)
-    if not isinstance(out, dict):
-        raise TypeError(f"collate_skip_bad needs dict samples, got {type(good[0]).__name__}")
-    out["skipped"] = skipped
-    return out
-
-
-def nonempty_batches(loader):
-    """The batches of ``loader`` that hold at least one sample (see :func:`collate_skip_bad`)."""
-    return (batch for batch in loader if "rgb" in batch)
 
 
 def _decode_miniscapes_formula(v: np.ndarray) -> np.ndarray:
@@ -152,10 +105,6 @@ def decode_scaled_depth(v: np.ndarray, scale: float, invalid: int = 0) -> np.nda
 # --------------------------------------------------------------------------------------
 # meta.json
 # --------------------------------------------------------------------------------------
-def _inside(path: Path, root_resolved: Path) -> bool:
-    return path.resolve() == root_resolved or path.resolve().is_relative_to(root_resolved)
-
-
 def _reject_constant(name: str):
     raise ValueError(f"non-standard JSON constant {name}")
 
@@ -176,7 +125,7 @@ def read_meta(root) -> Optional[dict]:
     path = root / "meta.json"
     if not path.is_file():
         return None
-    if not _inside(path, root.resolve()):
+    if not inside(path, root.resolve()):
         raise ValueError(f"{path} resolves outside the dataset root {root} (symlink); refused")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant,
@@ -270,36 +219,6 @@ def resolve_kind(root, kind: str = "auto") -> str:
     return kind
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model, loss and metric need to know about a dataset.
-
-    ``depth_stats`` holds ``mean``, ``std`` (metres) and ``log_mean``, ``log_std`` (of
-    natural-log depth) over valid training pixels.
-    """
-
-    num_classes: int
-    class_names: Tuple[str, ...]
-    colors: Tuple[Tuple[int, int, int], ...]
-    ignore_index: int
-    depth_range: Tuple[float, float]
-    depth_stats: Dict[str, float]
-    tasks: Tuple[str, ...] = ("semseg", "depth")  # the task targets the dataset has
-
-    @classmethod
-    def from_dict(cls, data: Dict) -> "DatasetInfo":
-        """From ``dataclasses.asdict`` (a checkpoint's ``dataset``); fields it lacks keep their defaults."""
-        fields = set(cls.__dataclass_fields__)
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in fields})
-
-
-def _check_policy(on_bad_sample: str) -> str:
-    if on_bad_sample not in ON_BAD_SAMPLE:
-        raise ValueError(f"unknown on_bad_sample {on_bad_sample!r}; choose one of "
-                         f"{', '.join(ON_BAD_SAMPLE)}")
-    return on_bad_sample
-
-
 def dataset_info(root, kind: str = "auto", on_bad_sample: str = "error") -> DatasetInfo:
     """Classes, colours, ignore value, depth range and depth statistics of a dataset.
 
@@ -314,7 +233,7 @@ def dataset_info(root, kind: str = "auto", on_bad_sample: str = "error") -> Data
     when ``train/normals/`` exists.
     """
     root = Path(root)
-    _check_policy(on_bad_sample)
+    check_policy(on_bad_sample)
     if resolve_kind(root, kind) == "synthetic":
         meta = _synthetic_meta(root)
         return DatasetInfo(
@@ -329,16 +248,21 @@ def dataset_info(root, kind: str = "auto", on_bad_sample: str = "error") -> Data
                      "log_mean": log_mean, "log_std": log_std}, tasks=_folder_tasks(root))
 
 
+def split_layout(root: Path, split: str) -> Layout:
+    """:data:`NORMALS_LAYOUT` when ``{root}/{split}/normals/`` exists, else :data:`LAYOUT`."""
+    return NORMALS_LAYOUT if (Path(root) / split / "normals").is_dir() else LAYOUT
+
+
 def _folder_tasks(root: Path) -> Tuple[str, ...]:
-    """``("semseg", "depth")``, plus each optional target whose folder the ``train`` split has."""
-    return ("semseg", "depth") + tuple(sub for sub in OPTIONAL_SUBFOLDERS if (root / "train" / sub).is_dir())
+    """``("semseg", "depth")``, plus ``"normals"`` when the ``train`` split has a ``normals/`` folder."""
+    return tuple(sub for sub in split_layout(root, "train").subfolders if sub != "rgb")
 
 
 @functools.lru_cache(maxsize=8)
 def _miniscapes_log_stats(root: str, on_bad_sample: str = "error") -> Tuple[float, float]:
     base = Path(root) / "train"
-    files, wrong = _list_split(Path(root), "train")
-    indices, _ = _complete_indices(files, wrong, base, on_bad_sample)
+    files, wrong = list_split(Path(root), "train", LAYOUT)
+    indices, _ = complete_indices(files, wrong, base, LAYOUT, on_bad_sample)
     total = total_sq = count = 0.0
     used = 0
     for i in indices:
@@ -360,202 +284,6 @@ def _miniscapes_log_stats(root: str, on_bad_sample: str = "error") -> Tuple[floa
     return float(mean), float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
 
 
-# --------------------------------------------------------------------------------------
-# listing
-# --------------------------------------------------------------------------------------
-def _check_split_name(split) -> None:
-    if (not isinstance(split, str) or split in ("", ".", "..")
-            or any(c in split for c in ("/", "\\", "\0", os.sep)) or Path(split).name != split):
-        raise ValueError(f"split must be a plain folder name such as 'train' (no '/', '\\' or "
-                         f"'..'), got {split!r}")
-
-
-def _list_folder(folder: Path, sub: str, root_resolved: Path):
-    """``({index: [paths]}, {index: [wrong-extension names]})`` of one subfolder.
-
-    Only names matching :data:`_FILE_NAME` with an extension allowed for ``sub`` count; a
-    matching entry that is a symlink resolving outside the root is an error (any policy)."""
-    found: Dict[int, List[Path]] = {}
-    wrong_ext: Dict[int, List[str]] = {}
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            m = _FILE_NAME.fullmatch(entry.name)
-            if not m:
-                continue
-            i = int(m.group(1))
-            if "." + m.group(2).lower() not in _EXTENSIONS[sub]:
-                wrong_ext.setdefault(i, []).append(entry.name)
-                continue
-            path = folder / entry.name
-            if entry.is_symlink() and not _inside(path, root_resolved):
-                raise BadSampleError(f"symlink resolves outside the dataset root "
-                                     f"{root_resolved} (to {path.resolve()}); refused", path, i)
-            found.setdefault(i, []).append(path)
-    return found, wrong_ext
-
-
-def _list_split(root: Path, split: str):
-    """``(files, wrong_ext)``: ``files = {subfolder: {index: [paths]}}`` of a split (the
-    :data:`SUBFOLDERS`, then each of :data:`OPTIONAL_SUBFOLDERS` the split has; usually
-    one path per index; several are an ambiguity that :func:`_complete_indices` reports) and
-    ``wrong_ext = {subfolder: {index: [names]}}`` of numbered files with an extension the
-    folder does not accept (``depth/5.jpg``), for messages. Runs the structural checks that
-    are errors under any policy first: root, split and subfolders exist, nothing resolves
-    outside the root, the split is not empty."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found (or not a folder): {root}")
-    _check_split_name(split)
-    root_resolved = root.resolve()
-    base = root / split
-    if not base.is_dir():
-        have = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise FileNotFoundError(f"split folder not found: {base} (found: {', '.join(have) or 'none'})")
-    files: Dict[str, Dict[int, List[Path]]] = {}
-    wrong: Dict[str, Dict[int, List[str]]] = {}
-    optional = tuple(sub for sub in OPTIONAL_SUBFOLDERS if (base / sub).is_dir())
-    for sub in SUBFOLDERS + optional:
-        folder = base / sub
-        if not folder.is_dir():
-            raise FileNotFoundError(f"missing folder {folder} (every split needs "
-                                    f"{', '.join(SUBFOLDERS)})")
-        if not _inside(folder, root_resolved):
-            raise ValueError(f"{folder} resolves outside the dataset root {root} "
-                             f"(to {folder.resolve()}); refused")
-        files[sub], wrong[sub] = _list_folder(folder, sub, root_resolved)
-    if not any(files[sub] for sub in SUBFOLDERS):
-        raise ValueError(f"no samples in {base} (expected {{i}}.jpg/png files in rgb/, semseg/, "
-                         f"depth/; names must match <digits>.png|jpg|jpeg)")
-    return files, wrong
-
-
-def _complete_indices(files, wrong, base: Path, on_bad_sample: str) -> Tuple[List[int], Dict[int, str]]:
-    """Sorted indices with exactly one file in each subfolder, and ``{index: reason}`` of the
-    others (a file missing from a triple, or two files for one index).
-
-    Listing-time policy: under ``"error"`` any such index raises :class:`BadSampleError`
-    (naming the files); under ``"skip"`` those indices are left out of the dataset (so
-    ``len()`` counts complete samples only) with one :class:`BadSampleWarning` listing them.
-    """
-    subs = tuple(files)
-    every = set()
-    for sub in subs:
-        every |= set(files[sub])
-    problems: Dict[int, Tuple[Path, str]] = {}
-    for i in sorted(every):
-        for sub in subs:
-            paths = files[sub].get(i, [])
-            if len(paths) > 1:
-                problems[i] = (paths[0], f"two files for index {i} in {base / sub}: "
-                                         f"{', '.join(sorted(p.name for p in paths))}")
-                break
-            if not paths:
-                shown = f"{i}.png" if sub != "rgb" else f"{i}.jpg|jpeg|png"
-                hint = ""
-                if i in wrong[sub]:
-                    hint = (f" (found {', '.join(wrong[sub][i])}, but {sub} files must be "
-                            f"{'/'.join(e[1:] for e in _EXTENSIONS[sub])})")
-                have = [s for s in subs if files[s].get(i)]
-                problems[i] = (base / sub / shown, f"missing file of sample {i}: {sub}/{shown} "
-                                                   f"not found but {', '.join(have)} exist{hint}")
-                break
-    indices = sorted(every - set(problems))
-    if problems:
-        counts = {sub: len(files[sub]) for sub in subs}
-        first = sorted(problems)
-        detail = "; ".join(f"{problems[i][0]}: {problems[i][1]}" for i in first[:5])
-        more = f"; and {len(first) - 5} more" if len(first) > 5 else ""
-        msg = (f"mismatched samples in {base}: counts {counts}; indices not in every folder "
-               f"exactly once: {first[:10]}{' ...' if len(first) > 10 else ''} ({detail}{more})")
-        if on_bad_sample == "error":
-            raise BadSampleError(msg, None, first[0])
-        warnings.warn(f"skipping {len(first)} incomplete sample(s): {msg}", BadSampleWarning,
-                      stacklevel=3)
-        if not indices:
-            raise ValueError(f"no complete samples in {base} (every index is incomplete or "
-                             f"ambiguous; see the warning above)")
-    return indices, {i: f"{p}: {r}" for i, (p, r) in problems.items()}
-
-
-# --------------------------------------------------------------------------------------
-# decoding
-# --------------------------------------------------------------------------------------
-_warned_truncated_flag = False
-
-
-def _decode(path: Path, sub: str, index: Optional[int], to_array: Callable[[Image.Image], np.ndarray]):
-    """Open ``path``, fully decode it (truncation is an error) and convert it with
-    ``to_array`` while it is open. Anything unreadable -> :class:`BadSampleError`."""
-    global _warned_truncated_flag
-    if ImageFile.LOAD_TRUNCATED_IMAGES and not _warned_truncated_flag:
-        _warned_truncated_flag = True
-        warnings.warn("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was set True by other code: truncated "
-                      "JPG files can no longer be detected (fastmtl leaves it False)", RuntimeWarning,
-                      stacklevel=3)
-    formats = _FORMATS[sub]
-    try:
-        f = open(path, "rb")
-    except OSError as err:
-        reason = "file not found" if isinstance(err, FileNotFoundError) else f"cannot read: {err}"
-        raise BadSampleError(f"{sub}: {reason}", path, index) from None
-    with f:
-        try:
-            img = Image.open(f, formats=formats)
-        except Image.UnidentifiedImageError:
-            raise BadSampleError(f"{sub}: not a {' or '.join(formats)} image (unrecognised file "
-                                 f"contents)", path, index) from None
-        except MemoryError:
-            raise
-        except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file
-            raise BadSampleError(f"{sub}: corrupt or truncated image (cannot open it: "
-                                 f"{type(err).__name__}: {err})", path, index) from None
-        with img:
-            try:
-                img.load()
-            except MemoryError:
-                raise
-            except Exception as err:  # noqa: BLE001 - OSError "truncated", SyntaxError, zlib...
-                raise BadSampleError(f"{sub}: corrupt or truncated {img.format} "
-                                     f"({type(err).__name__}: {err})", path, index) from None
-            if img.format == "PNG":
-                size = f.seek(0, os.SEEK_END)
-                f.seek(max(0, size - 4096))
-                if _PNG_END not in f.read():
-                    raise BadSampleError(f"{sub}: truncated PNG (no IEND chunk at the end of "
-                                         f"the file)", path, index)
-            return to_array(img)
-
-
-def _read_rgb(path: Path, index: Optional[int]) -> np.ndarray:
-    def to_array(img):
-        if img.mode not in _RGB_MODES:
-            raise BadSampleError(f"rgb: unsupported image mode {img.mode} (expected 8-bit RGB, "
-                                 f"RGBA, CMYK, grey or palette)", path, index)
-        if img.mode in ("P", "PA"):  # via RGBA: PIL warns on P -> RGB with transparency
-            img = img.convert("RGBA")
-        return np.array(img.convert("RGB"))
-    return _decode(path, "rgb", index, to_array)
-
-
-def _read_labels(path: Path, index: Optional[int], num_classes: int, ignore: int) -> np.ndarray:
-    def to_array(img):
-        if img.mode not in _LABEL_MODES:
-            raise BadSampleError(f"semseg: expected a single-channel PNG of class ids (mode "
-                                 f"{', '.join(_LABEL_MODES)}), got {img.mode}", path, index)
-        return np.array(img)
-    labels = _decode(path, "semseg", index, to_array)
-    bad = labels >= num_classes
-    if labels.dtype.kind == "i":
-        bad |= labels < 0
-    bad &= labels != ignore
-    if bad.any():
-        values = np.unique(labels[bad])
-        shown = ", ".join(str(v) for v in values[:8]) + (", ..." if values.size > 8 else "")
-        raise BadSampleError(f"semseg: {int(bad.sum())} pixel(s) with labels out of range "
-                             f"({shown}); expected 0..{num_classes - 1} or {ignore} (ignore)",
-                             path, index)
-    return labels.astype(np.int64)
-
 
 def _read_depth(path: Path, synthetic: Optional[Tuple[float, int]], index: Optional[int]) -> np.ndarray:
     """Decoded depth (metres, NaN invalid). ``synthetic`` is ``(scale, invalid)`` for the
@@ -569,7 +297,7 @@ def _read_depth(path: Path, synthetic: Optional[Tuple[float, int]], index: Optio
             want = "16-bit grey PNG (mode I;16)" if synthetic else "8-bit grey PNG (mode L)"
             raise BadSampleError(f"depth: expected a {want}, got mode {img.mode}", path, index)
         return np.array(img)
-    raw = _decode(path, "depth", index, to_array)
+    raw = decode_image(path, "depth", index, to_array)
     if synthetic:
         scale, invalid_value = synthetic
         depth = decode_scaled_depth(raw, scale, invalid_value)
@@ -607,7 +335,7 @@ def _read_normals(path: Path, index: Optional[int]) -> np.ndarray:
         if img.mode != "RGB":
             raise BadSampleError(f"normals: expected an 8-bit RGB PNG, got mode {img.mode}", path, index)
         return np.array(img)
-    raw = _decode(path, "normals", index, to_array)
+    raw = decode_image(path, "normals", index, to_array)
     n = raw.astype(np.float64) / 127.5 - 1.0
     short = raw.any(-1) & (np.sqrt((n * n).sum(-1)) < NORMALS_MIN_LENGTH)
     if short.any():
@@ -620,7 +348,7 @@ def _read_normals(path: Path, index: Optional[int]) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # dataset
 # --------------------------------------------------------------------------------------
-class SegDepthFolder(Dataset):
+class SegDepthFolder(BadSampleDataset):
     """A split of a MiniScapes-layout folder as a torch ``Dataset`` of sample dicts.
 
     Args:
@@ -660,7 +388,7 @@ class SegDepthFolder(Dataset):
         self.root = Path(root)
         self.split = split
         self.transform = transform
-        self.on_bad_sample = _check_policy(on_bad_sample)
+        self.on_bad_sample = check_policy(on_bad_sample)
         self.kind = resolve_kind(self.root, kind)
         if self.kind == "synthetic":
             meta = _synthetic_meta(self.root)
@@ -670,10 +398,11 @@ class SegDepthFolder(Dataset):
         else:
             self.num_classes, self.ignore_index = len(CLASS_NAMES), IGNORE_INDEX
             self._depth_encoding = None
-        files, wrong = _list_split(self.root, split)
-        self.indices, self.incomplete = _complete_indices(files, wrong, self.root / split,
-                                                          on_bad_sample)
-        self.subfolders: Tuple[str, ...] = tuple(files)
+        layout = split_layout(self.root, split)
+        files, wrong = list_split(self.root, split, layout)
+        self.indices, self.incomplete = complete_indices(files, wrong, self.root / split, layout,
+                                                         on_bad_sample)
+        self.subfolders: Tuple[str, ...] = layout.subfolders
         self._files: Dict[str, Dict[int, Path]] = {
             sub: {i: files[sub][i][0] for i in self.indices} for sub in self.subfolders}
         self._warned: set = set()
@@ -702,8 +431,8 @@ class SegDepthFolder(Dataset):
         :class:`BadSampleError` for a bad sample whatever ``on_bad_sample`` is."""
         i = self.indices[j]
         paths = self.paths(j)
-        rgb = _read_rgb(paths["rgb"], i)
-        semseg = _read_labels(paths["semseg"], i, self.num_classes, self.ignore_index)
+        rgb = read_rgb(paths["rgb"], i)
+        semseg = read_labels(paths["semseg"], i, self.num_classes, self.ignore_index)
         depth = _read_depth(paths["depth"], self._depth_encoding, i)
         arrays = {"semseg": semseg, "depth": depth}
         if "normals" in paths:
@@ -723,21 +452,6 @@ class SegDepthFolder(Dataset):
             sample["normals"] = torch.from_numpy(np.ascontiguousarray(arrays["normals"].transpose(2, 0, 1)))
         sample["index"] = i
         return sample
-
-    def __getitem__(self, j: int) -> Optional[dict]:
-        if self.on_bad_sample == "error":
-            sample = self.load(j)
-        else:
-            try:
-                sample = self.load(j)
-            except BadSampleError as err:
-                key = str(err.path)
-                if key not in self._warned:
-                    self._warned.add(key)
-                    warnings.warn(f"skipping bad sample {err.index} of {self.root / self.split}: "
-                                  f"{err}", BadSampleWarning, stacklevel=2)
-                return None
-        return self.transform(sample) if self.transform is not None else sample
 
 
 def seed_worker(worker_id: int) -> None:
