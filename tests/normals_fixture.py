@@ -1,8 +1,5 @@
-"""Tiny MiniScapes-layout folders with surface normals for the task tests (tests/ is on sys.path)."""
-import shutil
-
+"""Surface-normal PNGs for the tests' own tiny MiniScapes-layout folders (tests/ is on sys.path)."""
 import numpy as np
-from PIL import Image
 
 
 def normals_png(h, w, seed, invalid_fraction=0.1):
@@ -16,21 +13,3 @@ def normals_png(h, w, seed, invalid_fraction=0.1):
     v = np.clip(np.rint((n + 1) * 127.5), 0, 255).astype(np.uint8)
     v[rng.random((h, w)) < invalid_fraction] = 0
     return v
-
-
-def add_normals(root, seed=0):
-    """Write ``{split}/normals/{i}.png`` for every rgb file of every split of ``root``."""
-    for split in sorted(p for p in root.iterdir() if p.is_dir()):
-        (split / "normals").mkdir(exist_ok=True)
-        for k, rgb in enumerate(sorted((split / "rgb").iterdir())):
-            with Image.open(rgb) as im:
-                w, h = im.size
-            Image.fromarray(normals_png(h, w, seed + 1000 * k + len(split.name))).save(
-                split / "normals" / f"{rgb.stem}.png")
-    return root
-
-
-def copy_with_normals(src, dst, seed=0):
-    """A copy of the dataset ``src`` at ``dst`` with normals added."""
-    shutil.copytree(src, dst)
-    return add_normals(dst, seed)

@@ -1,4 +1,5 @@
-"""Tasks end to end: a 3-task train -> eval -> predict -> compare on a tiny folder with normals; a
+"""Tasks end to end: a 3-task train -> eval -> predict -> compare on the tiny synthetic set (normals
+from the generator); a
 2-task run equals an independent computation of its loss and metrics; old checkpoints still load;
 the distillation model with T tasks."""
 import json
@@ -12,7 +13,6 @@ from fastmtl.checkpoint import load_checkpoint, model_from_checkpoint
 from fastmtl.cli import main
 from fastmtl.train import Run, train
 
-from normals_fixture import copy_with_normals
 from tiny_runs import tiny_config
 
 
@@ -26,8 +26,10 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def normals_data(tiny_data, tmp_path_factory):
-    return copy_with_normals(tiny_data, tmp_path_factory.mktemp("normals") / "data")
+def normals_data(tiny_data):
+    """The built-in synthetic format: its generator writes ``normals/`` (version 2)."""
+    assert (tiny_data / "train" / "normals").is_dir() and (tiny_data / "val" / "normals").is_dir()
+    return tiny_data
 
 
 THREE = ("semseg", "depth", "normals")
