@@ -376,7 +376,9 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="every metric of every task of several runs, and Δm against a baseline run")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (their summary.json)")
-    p.add_argument("--baseline", required=True, metavar="RUN_DIR", help="the run Δm is measured against")
+    p.add_argument("--baseline", required=True, action="append", metavar="RUN_DIR",
+                   help="the run Δm is measured against; repeat it for runs that together have each task once "
+                        "(e.g. single-task runs)")
     p.add_argument("--at", choices=("final", "best"), default="final",
                    help="the final evaluation (default) or each run's best step (metrics.jsonl)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -10,7 +10,9 @@ accuracy; depth abs err, rel err; normals mean, median, % < 11.25, 22.5, 30)::
 
     Δm = 100 / K * sum_k (-1)^l_k * (M_k - B_k) / B_k,   l_k = 1 when lower is better
 
-with ``B`` the baseline run's metrics, so a better run has Δm > 0. ``delta_m_per_task`` is
+with ``B`` the baseline's metrics, so a better run has Δm > 0. The baseline is one run with the
+same tasks, or several runs that together have each task once (single-task runs, the usual
+baseline of Maninis et al.), each giving its own tasks' metrics. ``delta_m_per_task`` is
 LibMTL's ``count_improvement`` (``LibMTL/utils.py``): the same terms averaged per task first, then
 over tasks (x 100); the two agree when every task has the same number of metrics.
 """
@@ -101,33 +103,63 @@ def _labels(dirs: Sequence[str]) -> List[str]:
     return [d if names.count(n) > 1 else n for n, d in zip(names, dirs)]
 
 
-def compare(run_dirs: Sequence[str], baseline_dir: str, at: str = "final") -> Dict:
-    """The comparison report (what ``--json`` prints): tasks, dataset, the metrics that count in Δm
-    with their directions, and per run its metrics, ``delta_m``, ``delta_m_per_task``."""
+def _same_dataset(a: Dict, b: Dict) -> None:
+    if a["dataset"] != b["dataset"]:
+        raise CompareError(f"runs are on different datasets: {a['dir']} on {a['dataset'][0]} ({a['dataset'][1]}), "
+                           f"{b['dir']} on {b['dataset'][0]} ({b['dataset'][1]})")
+
+
+def combined_baseline(bases: Sequence[Dict], label: str) -> Dict:
+    """One baseline from several runs that each cover some of the tasks (e.g. single-task runs):
+    every task must come from exactly one of them; each gives its own tasks' metrics."""
     from .tasks import get
 
-    dirs = [baseline_dir] + [d for d in run_dirs if Path(d).resolve() != Path(baseline_dir).resolve()]
-    runs = [load_run(d, at) for d in dirs]
-    base = runs[0]
+    owner: Dict[str, str] = {}
+    metrics: Dict[str, float] = {}
+    for base in bases:
+        _same_dataset(bases[0], base)
+        for t in base["tasks"]:
+            if t in owner:
+                raise CompareError(f"--baseline: task {t} is in two baselines, {owner[t]} and {base['dir']}")
+            owner[t] = base["dir"]
+            metrics.update({m: v for m, v in base["metrics"].items() if m in get(t).metric_directions})
+    return {"dir": label, "tasks": tuple(owner), "dataset": bases[0]["dataset"], "metrics": metrics}
+
+
+def compare(run_dirs: Sequence[str], baseline_dirs, at: str = "final") -> Dict:
+    """The comparison report (what ``--json`` prints): tasks, dataset, the metrics that count in Δm
+    with their directions, and per run its metrics, ``delta_m``, ``delta_m_per_task``.
+
+    ``baseline_dirs``: one run directory (with the runs' tasks), or several that together have
+    each of the runs' tasks once (e.g. one single-task run per task: the usual Δm baseline)."""
+    from .tasks import get
+
+    baseline_dirs = [baseline_dirs] if isinstance(baseline_dirs, (str, Path)) else list(baseline_dirs)
+    bases = [load_run(d, at) for d in baseline_dirs]
+    is_base = {Path(d).resolve() for d in baseline_dirs}
+    others = [d for d in run_dirs if Path(d).resolve() not in is_base]
+    labels = _labels(baseline_dirs + others)
+    base_label = " + ".join(labels[:len(bases)])
+    base = bases[0] if len(bases) == 1 else combined_baseline(bases, base_label)
+    runs = [base] + [load_run(d, at) for d in others]
     for run in runs[1:]:
-        if run["tasks"] != base["tasks"]:
+        if set(run["tasks"]) != set(base["tasks"]):
             raise CompareError(f"runs have different tasks: {base['dir']} has {','.join(base['tasks'])}, "
                                f"{run['dir']} has {','.join(run['tasks'])}")
-        if run["dataset"] != base["dataset"]:
-            raise CompareError(f"runs are on different datasets: {base['dir']} on {base['dataset'][0]} "
-                               f"({base['dataset'][1]}), {run['dir']} on {run['dataset'][0]} ({run['dataset'][1]})")
-    tasks = [get(t) for t in base["tasks"]]
+        _same_dataset(base, run)
+    tasks = [get(t) for t in (runs[1]["tasks"] if len(runs) > 1 else base["tasks"])]
     counted = {t.name: {m: t.metric_directions[m] for m in t.delta_m_metrics} for t in tasks}
     report_runs = []
-    for label, run in zip(_labels(dirs), runs):
+    for label, run in zip([base_label] + labels[len(bases):], runs):
         dm, dm_tasks, why = delta_m(run["metrics"], base["metrics"], counted)
         entry = {"label": label, "dir": run["dir"], "baseline": run is base, "metrics": run["metrics"],
                  "delta_m": dm, "delta_m_per_task": dm_tasks}
         if why:
             entry["delta_m_missing"] = why
         report_runs.append(entry)
-    return {"at": at, "tasks": list(base["tasks"]), "dataset": list(base["dataset"]),
-            "baseline": report_runs[0]["label"], "delta_m_metrics": counted, "runs": report_runs}
+    return {"at": at, "tasks": [t.name for t in tasks], "dataset": list(base["dataset"]),
+            "baseline": base_label, "baseline_dirs": [b["dir"] for b in bases], "delta_m_metrics": counted,
+            "runs": report_runs}
 
 
 def metric_rows(report: Dict) -> List[Tuple[str, str, str, int]]:

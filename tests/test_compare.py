@@ -86,3 +86,20 @@ def test_errors_are_one_line_and_say_what_differs(tmp_path, capsys, case, messag
     assert main(["compare", str(other), "--baseline", str(base)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fastmtl compare: error:") and "\n" not in err
+
+
+def test_single_task_runs_together_are_the_baseline(tmp_path, capsys):
+    seg = write_run(tmp_path / "seg", {"miou": 50.0, "pixel_acc": 80.0, "multitask": 50.0}, tasks=("semseg",))
+    dep = write_run(tmp_path / "dep", {"abs_err": 0.5, "rel_err": 0.25, "si_log_rmse": 20.0, "multitask": -20.0},
+                    tasks=("depth",))
+    run = write_run(tmp_path / "run", BETTER)
+    assert main(["compare", str(run), "--baseline", str(seg), "--baseline", str(dep), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["baseline"] == "seg + dep" and report["tasks"] == ["semseg", "depth"]
+    base, other = report["runs"]
+    assert base["metrics"] == {"miou": 50.0, "pixel_acc": 80.0, "abs_err": 0.5, "rel_err": 0.25, "si_log_rmse": 20.0}
+    assert other["delta_m"] == pytest.approx(100 * (5 / 50 + 4 / 80 + 0.1 / 0.5 + 0) / 4)
+    with pytest.raises(CompareError, match="task semseg is in two baselines"):
+        compare([str(run)], [str(seg), str(seg.parent / "seg")])
+    with pytest.raises(CompareError, match="runs have different tasks: .*seg has semseg, .*run has semseg,depth"):
+        compare([str(run)], [str(seg)])

@@ -60,7 +60,7 @@ from .bad_samples import (  # noqa: F401 - nonempty_batches re-exported (fastmtl
 from .classes import CLASS_COLORS, CLASS_NAMES, IGNORE_INDEX
 from .images import decode_image, read_labels, read_rgb
 from .info import DatasetInfo
-from .listing import Layout, complete_indices, inside, list_split
+from .listing import Layout, check_split_name, complete_indices, inside, list_split
 
 KINDS = ("auto", "synthetic", "miniscapes")
 SUBFOLDERS = ("rgb", "semseg", "depth")
@@ -250,6 +250,7 @@ def dataset_info(root, kind: str = "auto", on_bad_sample: str = "error") -> Data
 
 def split_layout(root: Path, split: str) -> Layout:
     """:data:`NORMALS_LAYOUT` when ``{root}/{split}/normals/`` exists, else :data:`LAYOUT`."""
+    check_split_name(split)
     return NORMALS_LAYOUT if (Path(root) / split / "normals").is_dir() else LAYOUT
 
 
