@@ -1,6 +1,5 @@
 """The task abstraction: registry, each task's loss / metrics / flip / resize / pad, LibMTL's metrics
 against hand-computed cases and independent float64 computations, flags."""
-import math
 
 import numpy as np
 import pytest
@@ -230,3 +229,25 @@ def test_normals_task_decodes_unit_vectors_and_counts_nan_as_180_degrees():
     target = unit_field(1, 1, 2)
     m.update(torch.full((1, 3, 1, 2), float("nan")), target)
     assert m.compute()["angle_mean"] == pytest.approx(180.0)
+
+
+def test_trivial_baselines_predict_the_majority_class_and_the_mean_normal():
+    from fastmtl.tasks.semseg import SemsegTask
+
+    g = torch.Generator().manual_seed(6)
+    batches = [{"semseg": torch.randint(0, 4, (2, 5, 6), generator=g), "normals": unit_field(2, 5, 6, g)}
+               for _ in range(3)]
+    batches[0]["semseg"][0, :3] = 255
+    batches[1]["semseg"][1] = 2  # class 2 is the majority
+    name, seg = SemsegTask(4).baseline(lambda: iter(batches))
+    meter = SemsegMeter(4)
+    for b in batches:
+        meter.update(torch.full_like(b["semseg"], 2), b["semseg"])
+    assert name == "majority_class" and seg == {"class": 2, **meter.compute()}
+    name, nrm = NormalsTask().baseline(lambda: iter(batches))
+    mean = F.normalize(torch.cat([b["normals"].permute(1, 0, 2, 3).reshape(3, -1) for b in batches], 1).sum(1), dim=0)
+    assert name == "mean_normal" and nrm["normal"] == pytest.approx(mean.tolist(), abs=1e-6)
+    meter = NormalsMeter()
+    for b in batches:
+        meter.update(mean.view(1, 3, 1, 1).expand_as(b["normals"]), b["normals"])
+    assert nrm["angle_mean"] == pytest.approx(meter.compute()["angle_mean"], rel=1e-6)

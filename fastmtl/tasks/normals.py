@@ -12,7 +12,6 @@ only the flip rule (x is channel 0) and the pictures depend on the convention.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Dict, List
 
@@ -176,9 +175,9 @@ class NormalsTask(Task):
         for batch in batches():
             t = batch["normals"].double()
             total += t.permute(1, 0, 2, 3)[:, valid_normals(batch["normals"])].sum(1)
-        mean = total / total.norm().clamp_min(1e-12)
-        if not math.isfinite(float(mean.sum())) or float(total.norm()) == 0:
+        if float(total.norm()) == 0:  # no valid normal in the split
             return None
+        mean = total / total.norm()
         meter = NormalsMeter()
         for batch in batches():
             t = batch["normals"]

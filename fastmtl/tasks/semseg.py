@@ -80,8 +80,7 @@ class SemsegTask(Task):
             counts += torch.bincount(t[t != self.ignore_index].flatten(), minlength=self.num_classes)
         majority = int(counts.argmax())
         meter = SemsegMeter(self.num_classes, self.ignore_index)
-        for batch in batches():
-            meter.update(torch.full_like(batch["semseg"], majority), batch["semseg"])
+        meter.confusion[:, majority] = counts  # what updates with ``majority`` everywhere would count
         return "majority_class", {"class": majority, **meter.compute()}
 
 
