@@ -13,16 +13,7 @@ from fastmtl.checkpoint import load_checkpoint, model_from_checkpoint
 from fastmtl.cli import main
 from fastmtl.train import Run, train
 
-from tiny_runs import tiny_config
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads are much slower under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tiny_runs import one_thread, tiny_config  # noqa: F401 - one_thread: autouse fixture
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,14 @@ from fastmtl.data.synthetic import generate_dataset
 from fastmtl.train import train
 from fastmtl.weighting import NAMES, METHODS
 
+from tiny_runs import one_thread  # noqa: F401 - autouse fixture
+
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("weighting") / "synthetic"
     generate_dataset(root, train=8, val=2, size=(32, 64), seed=3, workers=1, progress=False)
     return root
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on this shared 2-core machine two threads are ~20x slower under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cfg(data, out, **kw):

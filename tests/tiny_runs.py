@@ -1,5 +1,18 @@
 """A tiny training configuration shared by the trainer tests (tests/ is on sys.path)."""
+import pytest
+import torch
+
 from fastmtl.config import Config
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread (autouse in every test module that imports it): on a shared 2-core
+    machine two threads are much slower under load."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_config(data_root, out, **overrides) -> Config:

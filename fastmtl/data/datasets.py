@@ -13,7 +13,6 @@ Kinds: ``synthetic`` and ``miniscapes`` (:mod:`fastmtl.data.folder`), ``nyuv2``
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Optional
 
 from torch.utils.data import Dataset
@@ -29,9 +28,7 @@ def resolve_kind(root, kind: str = "auto") -> str:
     """The kind of reader for ``root`` (``auto`` detected as in the module docstring)."""
     if kind not in KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; choose one of {', '.join(KINDS)}")
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found (or not a folder): {root}")
+    root = folder.check_root(root)
     if kind in ("synthetic", "miniscapes"):
         return folder.resolve_kind(root, kind)
     if kind != "auto":

@@ -202,13 +202,19 @@ def _synthetic_meta(root: Path) -> dict:
     return parse_synthetic_meta(meta, path)
 
 
+def check_root(root) -> Path:
+    """``root`` as a Path; FileNotFoundError unless it is a folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root not found (or not a folder): {root}")
+    return root
+
+
 def resolve_kind(root, kind: str = "auto") -> str:
     """``"synthetic"`` or ``"miniscapes"``; ``"auto"`` is synthetic iff meta.json says so."""
     if kind not in KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; choose one of {', '.join(KINDS)}")
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found (or not a folder): {root}")
+    root = check_root(root)
     meta = read_meta(root)
     is_synthetic = meta is not None and meta.get("format") == SYNTHETIC_FORMAT
     if kind == "auto":
