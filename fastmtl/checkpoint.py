@@ -11,6 +11,7 @@ A checkpoint is a dict of tensors and plain Python data only::
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Union
@@ -31,15 +32,30 @@ def save_atomic(obj: Any, path: Union[str, Path]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a short write (full disk) as RuntimeError
+            raise OSError(f"could not write checkpoint {path}: {_first_line(e)} "
+                          f"({_free_space(path.parent)}; the previous {path.name}, if any, is intact)") from e
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free on its disk"
+    except OSError:
+        return "free space unknown"
 
 
 def load_error_reason(error: Exception) -> str:

@@ -79,17 +79,23 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny_data, tmp_path)
     assert tags_and_steps(run) == tags_and_steps(straight)
 
 
-def test_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")])
+def test_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch, error):
+    """A full disk (an OSError, or torch.save's RuntimeError on a short write): one OSError naming the
+    file and the free space, the previous checkpoint intact, no temp file."""
     path = tmp_path / "last.pt"
     save_atomic({"format": ckpt_mod.FORMAT, "step": 1}, path)
 
     def full_disk(obj, f):
         f.write(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise error
 
     monkeypatch.setattr(ckpt_mod.torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match=r"could not write checkpoint .*last\.pt: .*(No space left|unexpected pos)"
+                                      r".* MiB free on its disk") as raised:
         save_atomic({"format": ckpt_mod.FORMAT, "step": 2}, path)
+    assert "\n" not in str(raised.value)
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "no temp file left behind"

@@ -155,17 +155,25 @@ def test_torchrun_two_processes(tiny_data, tmp_path, name, grads):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "ddp"
+    logs = tmp_path / "logs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "--log-dir", str(logs), "--redirects", "3",
            "-m", "fastmtl", "train", "--model", "joint", "--encoder", "resnet18", "--dilation", "F,F,T",
            "--data-root", str(tiny_data), "--size", "32x64", "--batch-size", "2", "--workers", "0",
            "--max-steps", "2", "--eval-every", "2", "--quiet", "--out", str(out), "--device", "cpu",
            "--weighting", name, "--weighting-grads", grads]
     result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                             timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, _torchrun_failure(logs, result.stderr)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final"]["step"] == 2 and summary["weighting"]["method"] == name
     assert load_checkpoint(out / "last.pt")["weighting"]
+
+
+def _torchrun_failure(log_dir, stderr: str) -> str:
+    """Each rank's own stderr (torchrun --redirects writes one file per rank), then torchrun's tail."""
+    logs = [f"--- {p.relative_to(log_dir)} ---\n{p.read_text()[-2500:]}" for p in sorted(log_dir.rglob("stderr.log"))]
+    return "\n".join(logs) + "\n--- torchrun ---\n" + stderr[-1500:]
 
 
 def test_fused_kernels_take_repeated_per_task_backwards(tiny_data, tmp_path, triton_mode):
