@@ -97,7 +97,7 @@ def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split:
     root = data_root or cfg.data_root
     root = Path(root) if root else fdata.default_data_root()
     dataset = fdata.open_dataset(root, split, cfg.dataset, transform=fdata.eval_transform(multiple=32),
-                                 on_bad_sample=on_bad_sample)
+                                 on_bad_sample=on_bad_sample, tasks=[t.name for t in tasks])
     # readers that know their split's targets say so (a folder's normals/); else the training dataset's
     available = getattr(dataset, "targets", ckpt["dataset"].get("tasks", ("semseg", "depth")))
     check_available([t.name for t in tasks], available, f"{root} (split {split})")

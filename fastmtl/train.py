@@ -54,9 +54,9 @@ def make_datasets(cfg: Config, root: Path):
     in both splits (a clear ``--tasks`` error otherwise)."""
     info = fdata.dataset_info(root, cfg.dataset)
     check_available(cfg.tasks, info.tasks, str(root))
-    train_set = fdata.open_dataset(root, "train", cfg.dataset, on_bad_sample=cfg.on_bad_sample)
+    train_set = fdata.open_dataset(root, "train", cfg.dataset, on_bad_sample=cfg.on_bad_sample, tasks=cfg.tasks)
     val_set = fdata.open_dataset(root, "val", cfg.dataset, transform=fdata.eval_transform(multiple=32),
-                                 on_bad_sample=cfg.on_bad_sample)
+                                 on_bad_sample=cfg.on_bad_sample, tasks=cfg.tasks)
     for name, split in (("train", train_set), ("val", val_set)):  # readers that know a split's targets
         check_available(cfg.tasks, getattr(split, "targets", info.tasks), f"{root} (split {name})")
     return info, train_set, val_set

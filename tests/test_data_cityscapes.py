@@ -168,10 +168,25 @@ def test_mtan_class_count_detection(tmp_path):
     assert dataset_info(root, "cityscapes7").class_names == CATEGORY_NAMES
 
 
-def test_official_layout_has_19_classes_only(official):
-    root, _ = official
-    with pytest.raises(ValueError, match="official Cityscapes layout gives the 19 trainIds"):
-        open_dataset(root, "train", "cityscapes7")
+# labels.py categories of the 19 evaluated labelIds, by hand: flat, construction, object, nature, sky, human, vehicle
+HAND_CATEGORIES = {7: 0, 8: 0, 11: 1, 12: 1, 13: 1, 17: 2, 19: 2, 20: 2, 21: 3, 22: 3, 23: 4, 24: 5, 25: 5,
+                   26: 6, 27: 6, 28: 6, 31: 6, 32: 6, 33: 6}
+
+
+def test_official_layout_with_7_categories(official):
+    """--dataset cityscapes7 on the official layout: the categories of the 19 evaluated labels
+    (ignore-in-eval ids such as parking 9 or caravan 29 stay ignored, as in cityscapesScripts)."""
+    root, written = official
+    ds = open_dataset(root, "train", "cityscapes7")
+    assert ds.num_classes == 7
+    for j, (_, stem) in enumerate(ds.keys):
+        _, ids, _ = written[stem]
+        expect = np.vectorize(lambda i: HAND_CATEGORIES.get(int(i), 255))(ids)
+        assert np.array_equal(ds[j]["semseg"].numpy(), expect)
+    assert set(np.unique(written[STEM][1])) - set(HAND_CATEGORIES), "the fixture has ignored ids too"
+    info = dataset_info(root, "cityscapes7")
+    assert info.num_classes == 7 and info.class_names == CATEGORY_NAMES
+    assert open_dataset(root, "train", "cityscapes19").num_classes == 19
 
 
 def test_auto_detects_every_layout(tmp_path, official, tiny_data):

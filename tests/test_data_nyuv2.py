@@ -53,6 +53,16 @@ def test_samples_decode_exactly_with_void_invalid_depth_and_zero_normals(nyu):
         assert np.array_equal(zero, (arrays["normal"] == 0).all(-1)) and zero[1, :2].all()
 
 
+def test_without_the_normals_task_normal_files_are_not_read(nyu):
+    root, _ = nyu
+    for path in (root / "train" / "normal").iterdir():
+        path.write_bytes(b"not an npy file")
+    ds = open_dataset(root, "train", "nyuv2", tasks=("semseg", "depth"))
+    assert "normals" not in ds[0] and ds[0]["depth"].shape == (1, 8, 12)
+    with pytest.raises(BadSampleError, match="normal"):
+        open_dataset(root, "train", "nyuv2")[0]
+
+
 def test_non_unit_normals_are_rescaled_and_zero_stays_invalid(tmp_path):
     root = tmp_path / "nyuv2"
     write_nyuv2(root, train=1, val=1, size=(4, 4))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fastmtl.data import BadSampleError, SegDepthFolder, dataset_info
+from fastmtl.data import BadSampleError, SegDepthFolder, dataset_info, open_dataset
 from fastmtl.data.folder import decode_normals
 
 from normals_fixture import normals_png
@@ -48,6 +48,18 @@ def test_without_a_normals_folder_the_sample_has_none(tmp_path):
     ds = SegDepthFolder(root, "val")
     assert ds.targets == ("semseg", "depth") and "normals" not in ds[0]
     assert dataset_info(root).tasks == ("semseg", "depth")
+
+
+def test_a_run_without_normals_neither_lists_nor_reads_them(tmp_path):
+    """open_dataset(tasks=...) without normals: a broken or missing normals file is not looked at."""
+    root = write_folder(tmp_path / "d")
+    (root / "train" / "normals" / "1.png").write_bytes(b"not a png")
+    (root / "train" / "normals" / "2.png").unlink()
+    ds = open_dataset(root, "train", tasks=("semseg", "depth"))
+    assert ds.targets == ("semseg", "depth") and len(ds) == 3
+    assert all("normals" not in ds[j] for j in range(3))
+    with pytest.raises(BadSampleError, match="2.png"):  # with normals: the missing file is an error
+        open_dataset(root, "train", tasks=("semseg", "depth", "normals"))
 
 
 @pytest.mark.parametrize("damage,message", [

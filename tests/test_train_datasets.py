@@ -44,12 +44,13 @@ def test_nyuv2_train_eval_predict(tmp_path, capsys):
     assert np.array_equal(seg, np.array(NYUV2_CLASS_COLORS, np.uint8)[ids])  # the dataset's colours
 
 
-def test_cityscapes_official_train_eval(tmp_path, capsys):
+@pytest.mark.parametrize("dataset,first,classes", [("cityscapes", "road", 19), ("cityscapes7", "flat", 7)])
+def test_cityscapes_official_train_eval(tmp_path, capsys, dataset, first, classes):
     root = tmp_path / "cityscapes"
     write_cityscapes_official(root, "train", "aachen", n=4, size=(64, 128))
     write_cityscapes_official(root, "val", "lindau", n=2, size=(64, 128), seed=1)
-    _, evaluated = _train_then_eval(root, "cityscapes", tmp_path / "run", capsys)
-    assert len(evaluated["iou_per_class"]) == 19 and "road" in evaluated["iou_per_class"]
+    _, evaluated = _train_then_eval(root, dataset, tmp_path / "run", capsys)
+    assert len(evaluated["iou_per_class"]) == classes and first in evaluated["iou_per_class"]
 
 
 def test_a_bad_npy_file_stops_train_with_one_line(tmp_path, capsys):

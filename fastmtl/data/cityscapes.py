@@ -5,7 +5,9 @@ r"""Cityscapes, in the official layout or in the MTAN preprocessed ``.npy`` copy
 * ``leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png`` 8-bit RGB;
 * ``gtFine/{split}/{city}/{stem}_gtFine_labelIds.png`` labelIds 0..33, mapped to the 19
   trainIds of cityscapesScripts ``helpers/labels.py`` (:data:`LABEL_ID_TO_TRAIN_ID`;
-  ids with trainId 255 and the value 255 -> 255 = ignore);
+  ids with trainId 255 and the value 255 -> 255 = ignore), or with 7 classes to the
+  categories of those 19 (:data:`LABEL_ID_TO_CATEGORY`, as cityscapesScripts' category-level
+  evaluation groups them: ignore-in-eval ids such as parking or caravan stay 255);
 * ``disparity/{split}/{city}/{stem}_disparity.png`` 16-bit: ``d = (v - 1) / 256`` pixels for
   ``v > 0``, and ``camera/{split}/{city}/{stem}_camera.json`` with ``extrinsic.baseline``
   (m) and ``intrinsic.fx`` (px): ``depth = baseline * fx / d`` metres. ``v == 0`` (no
@@ -51,6 +53,13 @@ for _label_id, _train_id in _TRAIN_IDS.items():
 LABEL_ID_TO_TRAIN_ID.flags.writeable = False
 
 CATEGORY_NAMES = ("flat", "construction", "object", "nature", "sky", "human", "vehicle")
+# trainId -> category (labels.py categoryId - 1): road, sidewalk | building, wall, fence | pole,
+# traffic light, traffic sign | vegetation, terrain | sky | person, rider | car ... bicycle
+TRAIN_ID_TO_CATEGORY = (0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5, 5, 6, 6, 6, 6, 6, 6)
+LABEL_ID_TO_CATEGORY = np.full(256, IGNORE_INDEX, dtype=np.int64)
+for _label_id, _train_id in _TRAIN_IDS.items():
+    LABEL_ID_TO_CATEGORY[_label_id] = TRAIN_ID_TO_CATEGORY[_train_id]
+LABEL_ID_TO_CATEGORY.flags.writeable = False
 CATEGORY_COLORS = ((128, 64, 128), (70, 70, 70), (153, 153, 153), (107, 142, 35), (70, 130, 180),
                    (220, 20, 60), (0, 0, 142))
 MTAN_BASELINE_M, MTAN_FX_PX = 0.209313, 2262.52  # Cityscapes' typical camera (camera/*.json)
@@ -112,13 +121,10 @@ def mtan_label_folder(root, classes: Optional[int] = None) -> str:
 
 
 def _classes_of(root, classes: Optional[int]) -> Tuple[str, int]:
-    """``(layout, number of classes)``; the official layout gives the 19 trainIds only."""
+    """``(layout, number of classes)``; the official layout gives the 19 trainIds unless 7 are asked for."""
     layout = detect_layout(root)
     if layout == OFFICIAL:
-        if classes not in (None, 19):
-            raise ValueError(f"{root}: the official Cityscapes layout gives the 19 trainIds; "
-                             f"--dataset cityscapes{classes} is for the MTAN .npy copy")
-        return layout, 19
+        return layout, 19 if classes is None else classes
     return layout, int(mtan_label_folder(root, classes).split("_")[1])
 
 
@@ -175,8 +181,8 @@ def _list_official(root: Path, split: str):
 
 class CityscapesOfficial(BadSampleDataset):
     """A split of the official Cityscapes layout (see the module) as sample dicts:
-    ``rgb`` uint8 (3, H, W), ``semseg`` int64 trainIds (255 ignore), ``depth`` float32
-    (1, H, W) metres (NaN invalid), ``index``.
+    ``rgb`` uint8 (3, H, W), ``semseg`` int64 trainIds, or categories when ``classes=7``
+    (255 ignore), ``depth`` float32 (1, H, W) metres (NaN invalid), ``index``.
 
     Bad samples (:class:`BadSampleError`): unreadable/truncated PNGs, labelIds outside 0..33
     (other than 255), a disparity PNG that is not 16-bit grey, an unreadable camera json or one
@@ -186,8 +192,12 @@ class CityscapesOfficial(BadSampleDataset):
     """
 
     def __init__(self, root, split: str, transform: Optional[Callable[[dict], dict]] = None,
-                 on_bad_sample: str = "error") -> None:
+                 on_bad_sample: str = "error", classes: int = 19) -> None:
+        if classes not in (7, 19):
+            raise ValueError(f"Cityscapes has 19 classes or 7 categories, not {classes}")
         self.root, self.split, self.transform = Path(root), split, transform
+        self.num_classes = classes
+        self._label_map = LABEL_ID_TO_TRAIN_ID if classes == 19 else LABEL_ID_TO_CATEGORY
         self.on_bad_sample = check_policy(on_bad_sample)
         self.keys, files = _list_official(self.root, split)
         wrong = {sub: {} for sub in _SUFFIXES}
@@ -234,7 +244,7 @@ class CityscapesOfficial(BadSampleDataset):
                                      f"sample must match)", paths[sub], i)
         return {
             "rgb": torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))),
-            "semseg": torch.from_numpy(LABEL_ID_TO_TRAIN_ID[label_ids]),
+            "semseg": torch.from_numpy(self._label_map[label_ids]),
             "depth": torch.from_numpy(depth[None]),
             "index": i,
         }
@@ -246,10 +256,11 @@ class CityscapesOfficial(BadSampleDataset):
 def open_cityscapes(root, split: str, classes: Optional[int] = None,
                     transform: Optional[Callable[[dict], dict]] = None, on_bad_sample: str = "error"):
     """A split of a Cityscapes folder, layout auto-detected (see the module); ``classes``
-    (7 or 19, MTAN copy only; None: the label folder present) picks the label set."""
+    (7 or 19; None: 19 for the official layout, the label folder present in the MTAN copy) picks
+    the label set."""
     layout, num_classes = _classes_of(root, classes)
     if layout == OFFICIAL:
-        return CityscapesOfficial(root, split, transform, on_bad_sample)
+        return CityscapesOfficial(root, split, transform, on_bad_sample, num_classes)
     return NpySplit(root, split, f"label_{num_classes}", num_classes, mtan_disparity_to_depth, False,
                     transform, on_bad_sample)
 

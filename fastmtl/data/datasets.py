@@ -13,7 +13,7 @@ Kinds: ``synthetic`` and ``miniscapes`` (:mod:`fastmtl.data.folder`), ``nyuv2``
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from torch.utils.data import Dataset
 
@@ -47,17 +47,20 @@ def resolve_kind(root, kind: str = "auto") -> str:
 
 
 def open_dataset(root, split: str, kind: str = "auto", transform: Optional[Callable[[dict], dict]] = None,
-                 on_bad_sample: str = "error") -> Dataset:
+                 on_bad_sample: str = "error", tasks: Optional[Sequence[str]] = None) -> Dataset:
     """A split of ``root`` as a ``Dataset`` of sample dicts: ``rgb`` uint8 (3, H, W),
     ``semseg`` int64 (H, W) 255 ignore, ``depth`` float32 (1, H, W) metres NaN invalid,
-    ``normals`` float32 (3, H, W) (nyuv2 only; zero vector invalid), ``index`` int. Bad
-    samples follow ``on_bad_sample`` (:mod:`fastmtl.data.bad_samples`)."""
+    ``normals`` float32 (3, H, W) (nyuv2, and folders with ``normals/``; zero vector invalid),
+    ``index`` int. Bad samples follow ``on_bad_sample`` (:mod:`fastmtl.data.bad_samples`).
+    ``tasks``: the tasks a caller will use; without ``"normals"`` the normals files are neither
+    listed nor read (None: every target the data has)."""
     kind = resolve_kind(root, kind)
+    normals = tasks is None or "normals" in tasks
     if kind == "nyuv2":
-        return nyuv2.open_nyuv2(root, split, transform, on_bad_sample)
+        return nyuv2.open_nyuv2(root, split, transform, on_bad_sample, normals)
     if kind in _CITYSCAPES_CLASSES:
         return cityscapes.open_cityscapes(root, split, _CITYSCAPES_CLASSES[kind], transform, on_bad_sample)
-    return folder.SegDepthFolder(root, split, transform, kind, on_bad_sample)
+    return folder.SegDepthFolder(root, split, transform, kind, on_bad_sample, normals)
 
 
 def dataset_info(root, kind: str = "auto", on_bad_sample: str = "error") -> DatasetInfo:

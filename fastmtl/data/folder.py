@@ -367,6 +367,8 @@ class SegDepthFolder(BadSampleDataset):
             naming the file and the problem) for a bad sample; ``"skip"`` makes
             ``dataset[j]`` return None instead, with a :class:`BadSampleWarning` once per
             file; use :func:`collate_skip_bad` as the loader's ``collate_fn``.
+        normals: read a ``normals/`` folder when the split has one; False leaves it unlisted
+            and unread (a run without the normals task).
 
     Sample (before transforms): ``rgb`` uint8 ``(3, H, W)``, ``semseg`` int64 ``(H, W)``
     (255 = ignore), ``depth`` float32 ``(1, H, W)`` metres with NaN where invalid, ``index``
@@ -391,7 +393,7 @@ class SegDepthFolder(BadSampleDataset):
     """
 
     def __init__(self, root, split: str, transform: Optional[Callable[[dict], dict]] = None,
-                 kind: str = "auto", on_bad_sample: str = "error") -> None:
+                 kind: str = "auto", on_bad_sample: str = "error", normals: bool = True) -> None:
         self.root = Path(root)
         self.split = split
         self.transform = transform
@@ -405,7 +407,7 @@ class SegDepthFolder(BadSampleDataset):
         else:
             self.num_classes, self.ignore_index = len(CLASS_NAMES), IGNORE_INDEX
             self._depth_encoding = None
-        layout = split_layout(self.root, split)
+        layout = split_layout(self.root, split) if normals else LAYOUT
         files, wrong = list_split(self.root, split, layout)
         self.indices, self.incomplete = complete_indices(files, wrong, self.root / split, layout,
                                                          on_bad_sample)

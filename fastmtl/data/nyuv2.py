@@ -35,9 +35,9 @@ DEPTH_STATS_MAPS = 100
 
 
 def open_nyuv2(root, split: str, transform: Optional[Callable[[dict], dict]] = None,
-               on_bad_sample: str = "error") -> NpySplit:
-    """A split of the NYUv2 ``.npy`` copy (see the module)."""
-    return NpySplit(root, split, "label", len(NYUV2_CLASS_NAMES), metres_from_depth, True,
+               on_bad_sample: str = "error", normals: bool = True) -> NpySplit:
+    """A split of the NYUv2 ``.npy`` copy (see the module); ``normals=False`` leaves ``normal/`` unread."""
+    return NpySplit(root, split, "label", len(NYUV2_CLASS_NAMES), metres_from_depth, normals,
                     transform, on_bad_sample)
 
 
