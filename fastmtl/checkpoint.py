@@ -46,8 +46,13 @@ def save_atomic(obj: Any, path: Union[str, Path]) -> None:
         os.close(dir_fd)
 
 
+def _message_lines(error: Exception) -> list:
+    """The non-empty lines of an error's message, stripped (torch's errors span several)."""
+    return [line.strip() for line in str(error).splitlines() if line.strip()]
+
+
 def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    lines = _message_lines(error)
     return lines[0] if lines else type(error).__name__
 
 
@@ -60,7 +65,7 @@ def _free_space(folder: Path) -> str:
 
 def load_error_reason(error: Exception) -> str:
     """One line saying why ``torch.load(..., weights_only=True)`` failed."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    lines = _message_lines(error)
     unsafe = [line for line in lines if "Unsupported global" in line]
     if unsafe:
         return f"refused by weights_only=True, it would run code: {unsafe[0][:160]}"

@@ -6,7 +6,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from .data.folder import nonempty_batches
+from .data.bad_samples import nonempty_batches
 from .losses import last_prediction
 from .metrics import TasksMeter
 
@@ -90,6 +90,7 @@ def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split:
     ckpt = load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(ckpt)
     tasks = checkpoint_tasks(ckpt, cfg)
+    task_names = [t.name for t in tasks]
     dev = torch.device(device)
     model = model.to(dev)
     if cfg.channels_last:
@@ -97,9 +98,9 @@ def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split:
     root = data_root or cfg.data_root
     root = Path(root) if root else fdata.default_data_root()
     dataset = fdata.open_dataset(root, split, cfg.dataset, transform=fdata.eval_transform(multiple=32),
-                                 on_bad_sample=on_bad_sample, tasks=[t.name for t in tasks])
+                                 on_bad_sample=on_bad_sample, tasks=task_names)
     # readers that know their split's targets say so (a folder's normals/); else the training dataset's
     available = getattr(dataset, "targets", ckpt["dataset"].get("tasks", ("semseg", "depth")))
-    check_available([t.name for t in tasks], available, f"{root} (split {split})")
+    check_available(task_names, available, f"{root} (split {split})")
     loader = fdata.build_loader(dataset, batch_size or cfg.batch_size, shuffle=False, workers=workers, seed=cfg.seed)
     return evaluate_tasks(model, loader, tasks, dev, amp_dtype_for(cfg.amp, dev), cfg.channels_last, progress=progress)

@@ -53,15 +53,15 @@ for _label_id, _train_id in _TRAIN_IDS.items():
 LABEL_ID_TO_TRAIN_ID.flags.writeable = False
 
 CATEGORY_NAMES = ("flat", "construction", "object", "nature", "sky", "human", "vehicle")
+CATEGORY_COLORS = ((128, 64, 128), (70, 70, 70), (153, 153, 153), (107, 142, 35), (70, 130, 180),
+                   (220, 20, 60), (0, 0, 142))
 # trainId -> category (labels.py categoryId - 1): road, sidewalk | building, wall, fence | pole,
 # traffic light, traffic sign | vegetation, terrain | sky | person, rider | car ... bicycle
 TRAIN_ID_TO_CATEGORY = (0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5, 5, 6, 6, 6, 6, 6, 6)
-LABEL_ID_TO_CATEGORY = np.full(256, IGNORE_INDEX, dtype=np.int64)
-for _label_id, _train_id in _TRAIN_IDS.items():
-    LABEL_ID_TO_CATEGORY[_label_id] = TRAIN_ID_TO_CATEGORY[_train_id]
+_CATEGORY_OF_TRAIN_ID = np.full(256, IGNORE_INDEX, dtype=np.int64)
+_CATEGORY_OF_TRAIN_ID[:len(TRAIN_ID_TO_CATEGORY)] = TRAIN_ID_TO_CATEGORY
+LABEL_ID_TO_CATEGORY = _CATEGORY_OF_TRAIN_ID[LABEL_ID_TO_TRAIN_ID]  # ignored ids stay 255
 LABEL_ID_TO_CATEGORY.flags.writeable = False
-CATEGORY_COLORS = ((128, 64, 128), (70, 70, 70), (153, 153, 153), (107, 142, 35), (70, 130, 180),
-                   (220, 20, 60), (0, 0, 142))
 MTAN_BASELINE_M, MTAN_FX_PX = 0.209313, 2262.52  # Cityscapes' typical camera (camera/*.json)
 DEPTH_RANGE = (3.0, 300.0)  # metres; d = 126 px (the largest 16-bit value, 32257) is ~3.8 m
 TASKS = ("semseg", "depth")

@@ -49,13 +49,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .bad_samples import (  # noqa: F401 - nonempty_batches re-exported (fastmtl.evaluate imports it here)
+from .bad_samples import (
     BadSampleDataset,
     BadSampleError,
     BadSampleWarning,
     check_policy,
     collate_skip_bad,
-    nonempty_batches,
 )
 from .classes import CLASS_COLORS, CLASS_NAMES, IGNORE_INDEX
 from .images import decode_image, read_labels, read_rgb
