@@ -1,7 +1,4 @@
-"""fastmtl: multi-task dense prediction (semantics + depth) with Triton kernels.
-
-The top-level ``kernels/`` folder is installed as ``fastmtl.kernels``.
-"""
+"""Packaging of fastmtl: every ``fastmtl.*`` package, the ``fastmtl`` command and the optional extras."""
 import re
 
 from setuptools import find_packages, setup
@@ -11,13 +8,11 @@ VERSION = re.search(r'__version__ = "([^"]+)"', open("fastmtl/__init__.py", enco
 setup(
     name="fastmtl",
     version=VERSION,
-    description="Fast multi-task dense prediction (semantic segmentation + depth) with Triton kernels",
+    description="Fast multi-task dense prediction (semantic segmentation, depth, surface normals) in PyTorch, with Triton kernels",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    # every fastmtl.* package (find_packages), plus the kernels, which live in kernels/ at the top
-    packages=find_packages(include=["fastmtl", "fastmtl.*"]) + ["fastmtl.kernels"],
-    package_dir={"fastmtl.kernels": "kernels"},
+    packages=find_packages(include=["fastmtl", "fastmtl.*"]),
     install_requires=[
         "torch>=2.6",
         "numpy",

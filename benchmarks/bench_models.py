@@ -9,13 +9,13 @@ every model of the suite, with the config's defaults (ResNet-34 + SE, dilation F
 ``train`` is one Adam step on the default multi-task loss, ``inference`` one eval-mode batch
 under ``no_grad``; bf16 autocast on CUDA (batch 8 at 256x512 on ``full``), fp32 on CPU (batch 2
 at 64x128 on ``small``). ``extra_info["images_per_s"]`` is batch / median seconds. See
-:class:`fastmtl.bench.ModelRunner`. Parameters come from ``benchmarks/conftest.py``.
+:class:`fastmtl.perf.bench.ModelRunner`. Parameters come from ``benchmarks/conftest.py``.
 """
 from __future__ import annotations
 
 import pytest
 
-from fastmtl import bench as fb
+from fastmtl.perf import bench as fb
 
 ROUNDS = {"cuda": 10, "cpu": 3}
 

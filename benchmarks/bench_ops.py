@@ -1,8 +1,8 @@
 """Op benchmarks: every op x shape x pass (forward, backward, full) x implementation.
 
-Implementations (see :mod:`fastmtl.bench`): ``eager`` (plain-PyTorch reference), ``compile``
+Implementations (see :mod:`fastmtl.perf.bench`): ``eager`` (plain-PyTorch reference), ``compile``
 (``torch.compile`` of the reference), ``fused`` (``torch.ops.fastmtl.*``, Triton on CUDA) and
-``fused_compile``. The shapes are :func:`fastmtl.bench.cases` at ``--bench-size``: on ``full``,
+``fused_compile``. The shapes are :func:`fastmtl.perf.bench.cases` at ``--bench-size``: on ``full``,
 SE at every ResNet-34 stage for batch 8 at 256x512 (dilation F,T,T), the gate at 256 channels
 on 1/4 and 1/2 resolution, the ASPP projection 512->256 at output stride 8, SI-log at 8x256x512.
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastmtl import bench as fb
+from fastmtl.perf import bench as fb
 
 
 def run_op(benchmark, case, mode, impl, device, allow_cpu_compile):

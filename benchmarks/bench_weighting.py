@@ -1,16 +1,16 @@
 """Weighting benchmarks: one train step of the default model per method and gradient mode.
 
-``fastmtl.weighting.overhead.WeightingStepRunner`` (default model, Adam, random batch; sizes
+``fastmtl.perf.weighting_overhead.WeightingStepRunner`` (default model, Adam, random batch; sizes
 from ``--bench-size`` as for the model benchmarks: small = 2 at 64x128 (CPU default), full =
 8 at 256x512 (CUDA default, bf16)). The RESULTS.md table (time and peak memory
-relative to fixed weights, one process per row) comes from ``python -m fastmtl.weighting.overhead``.
+relative to fixed weights, one process per row) comes from ``python -m fastmtl.perf.weighting_overhead``.
 """
 from __future__ import annotations
 
 import pytest
 
-from fastmtl.bench import MODEL_SIZES
-from fastmtl.weighting.overhead import WeightingStepRunner, rows
+from fastmtl.perf.bench import MODEL_SIZES
+from fastmtl.perf.weighting_overhead import WeightingStepRunner, rows
 
 ROUNDS = {"cuda": 10, "cpu": 3}
 

@@ -54,7 +54,7 @@ def bench_size(config) -> str:
 def pytest_generate_tests(metafunc):
     """Parameters of the benchmarks: ``test_<op>(case, mode, impl)`` in bench_ops.py and
     ``test_model(model, phase, impl)`` in bench_models.py."""
-    from fastmtl import bench as fb
+    from fastmtl.perf import bench as fb
 
     names = metafunc.fixturenames
     if "case" in names:

@@ -99,7 +99,7 @@ step_install() {
   if [ "$DRY" = 1 ]; then
     "$PY" -m pip --version && "$PY" -m pip install --help >/dev/null || return
     "$PY" -c "import setuptools" 2>/dev/null || echo "no setuptools here: a real run would use the PYTHONPATH shim"
-    "$PY" -c "import fastmtl.kernels, fastmtl.doctor, fastmtl.model_bench; print('fastmtl from', fastmtl.__file__)"
+    "$PY" -c "import fastmtl.kernels, fastmtl.doctor, fastmtl.perf.model_bench; print('fastmtl from', fastmtl.__file__)"
     return
   fi
   if ! limited "$PY" -m pip install --no-deps --no-build-isolation --no-index --no-cache-dir -e "$REPO" ||

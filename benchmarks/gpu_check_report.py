@@ -82,9 +82,9 @@ def doctor_lines(doctor: Optional[Dict]) -> List[str]:
 def fastmtl_tables(results: Dict) -> List[str]:
     """The fastmtl text reports of the JSON outputs (needs fastmtl importable)."""
     try:
-        from fastmtl.bench import format_report
+        from fastmtl.perf.bench import format_report
         from fastmtl.doctor import format_report as format_doctor
-        from fastmtl.model_bench import format_model_report
+        from fastmtl.perf.model_bench import format_model_report
     except Exception as e:  # the install step failed: the JSON is still in results.json
         return [f"(no tables: fastmtl does not import: {type(e).__name__}: {e})"]
     formatters = {"doctor": format_doctor, "bench_ops": format_report, "bench_ops_compile": format_report,

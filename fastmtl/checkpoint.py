@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes (temp file + fsync + rename) and safe loads (``weights_only=True``).
+"""Checkpoint files: atomic writes (temp file + fsync + rename) and safe loads (``weights_only=True``);
+rebuilding a model or a run's tasks from one is :mod:`fastmtl.restore`.
 
 A checkpoint is a dict of tensors and plain Python data only::
 
@@ -88,38 +89,3 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"--checkpoint {path}: not a fastmtl checkpoint (no format field {FORMAT!r})")
     return ckpt
-
-
-def checkpoint_config(ckpt: Dict[str, Any]):
-    """The :class:`~fastmtl.config.Config` a checkpoint was trained with.
-
-    Checkpoints of version 1 predate ``dilation_style``: their encoder dilated the torchvision way.
-    """
-    from .config import Config
-
-    data = dict(ckpt["config"])
-    if ckpt.get("version", 1) < 2:
-        data.setdefault("dilation_style", "torchvision")
-    return Config.from_dict(data)
-
-
-def model_from_checkpoint(ckpt: Dict[str, Any], fused: bool = False):
-    """Rebuild the model of a checkpoint and load its weights. Returns ``(model, config)``."""
-    from .models import build_model
-
-    config = checkpoint_config(ckpt)
-    config.pretrained = None  # the weights come from the checkpoint
-    model = build_model(config, ckpt["outputs_desc"], fused=fused)
-    model.load_state_dict(ckpt["model"])
-    return model, config
-
-
-def checkpoint_tasks(ckpt: Dict[str, Any], config=None):
-    """The :class:`fastmtl.tasks.Task` objects of a checkpoint's run (``config.tasks``; checkpoints
-    from before tasks were configurable have semseg + depth, the config's default)."""
-    from .data import DatasetInfo, DepthNormalizer
-    from .tasks import build_tasks
-
-    config = config if config is not None else checkpoint_config(ckpt)
-    info = DatasetInfo.from_dict(ckpt["dataset"])
-    return build_tasks(config.tasks, config, info, DepthNormalizer.from_dict(ckpt["normalizer"]))

@@ -105,7 +105,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     import torch
 
     from .models import build_model
-    from .profile import format_profile, profile_model
+    from .perf.profile import format_profile, profile_model
 
     cfg = config_from_args(args)
     h, w = args.profile_size
@@ -209,7 +209,7 @@ def cmd_data_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import IMPLS, MODES, OPS, BenchOptions, format_report, parse_list, run_bench
+    from .perf.bench import IMPLS, MODES, OPS, BenchOptions, format_report, parse_list, run_bench
 
     if args.models:
         return _bench_models(args)
@@ -223,8 +223,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_models(args: argparse.Namespace) -> int:
-    from .bench import IMPLS, MODEL_PHASES, parse_list
-    from .model_bench import format_model_report, run_model_bench
+    from .perf.bench import IMPLS, MODEL_PHASES, parse_list
+    from .perf.model_bench import format_model_report, run_model_bench
     from .models import MODEL_NAMES
 
     report = run_model_bench(parse_list(args.models, ("default",) + tuple(MODEL_NAMES), "models"), parse_list(args.phases, MODEL_PHASES, "phases"),
@@ -236,9 +236,9 @@ def _bench_models(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import open_sweep, run_sweep, user_command
-    from .sweep_builtin import builtin_sweep
-    from .sweep_report import collect, write_report
+    from .sweep.runner import open_sweep, run_sweep, user_command
+    from .sweep.builtin import builtin_sweep
+    from .sweep.report import collect, write_report
 
     overrides: Dict = {}
     for flag, key in (("steps", "max_steps"), ("size", "size"), ("encoder", "encoder"), ("batch_size", "batch_size"),
@@ -457,7 +457,7 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="device, versions, kernel mode and the self-check of every fused op")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=commands["doctor"])
-    from .aot.cli import add_commands as add_aot_commands  # fastmtl gate, fastmtl traffic
+    from .perf.aot.cli import add_commands as add_aot_commands  # fastmtl gate, fastmtl traffic
     add_aot_commands(sub)
     return parser
 

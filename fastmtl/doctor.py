@@ -104,15 +104,15 @@ def ops_section() -> Dict:
 
 
 def gate_section() -> Dict:
-    """The compile gate (:mod:`fastmtl.aot.gate`) for this GPU's target (sm_90 without a GPU, or
+    """The compile gate (:mod:`fastmtl.perf.aot.gate`) for this GPU's target (sm_90 without a GPU, or
     for a GPU the gate has no target for): every specialisation the fused ops launch at the
     bench's ``full`` shapes compiles, without spills. Results are cached (``$FASTMTL_CACHE/aot``)."""
     from .kernels import dispatch
 
     if not dispatch.HAS_TRITON:
         return {"ok": None, "error": "triton is not importable"}
-    from .aot.archs import ARCHS
-    from .aot.gate import run_gate
+    from .perf.aot.archs import ARCHS
+    from .perf.aot.gate import run_gate
 
     cc = 90
     if torch.cuda.is_available():

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import torch
 
+from . import data as fdata
+from .checkpoint import load_checkpoint
 from .data.bad_samples import nonempty_batches
 from .losses import last_prediction
 from .metrics import TasksMeter
+from .restore import checkpoint_tasks, model_from_checkpoint
+from .tasks import check_available
 
 
 def amp_dtype_for(amp: str, device: torch.device) -> Optional[torch.dtype]:
@@ -81,12 +86,6 @@ def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split:
                         workers: int = 2, batch_size: Optional[int] = None, on_bad_sample: str = "error",
                         progress: Optional[bool] = None) -> Dict:
     """``fastmtl eval``: the metrics of a checkpoint, computed exactly as the training run does."""
-    from pathlib import Path
-
-    from . import data as fdata
-    from .checkpoint import checkpoint_tasks, load_checkpoint, model_from_checkpoint
-    from .tasks import check_available
-
     ckpt = load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(ckpt)
     tasks = checkpoint_tasks(ckpt, cfg)

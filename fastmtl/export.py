@@ -21,7 +21,8 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import nn
 
-from .checkpoint import checkpoint_tasks, load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint
+from .restore import checkpoint_tasks, model_from_checkpoint
 from .config import ConfigError
 from .losses import last_prediction
 

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoint import checkpoint_tasks, load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint
+from .restore import checkpoint_tasks, model_from_checkpoint
 from .data.transforms import normalize_rgb
 from .losses import last_prediction
 

@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
-from .checkpoint import checkpoint_config, load_checkpoint
+from .checkpoint import load_checkpoint
+from .restore import checkpoint_config
 from .config import Config, ConfigError, _flag
 
 LOCK_NAME = ".lock"

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from fastmtl import bench as fb
+from fastmtl.perf import bench as fb
 from fastmtl.cli import main
 from fastmtl.config import ConfigError
 

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from fastmtl.aot import archs, cases, compile as aot_compile, gate, harness
+from fastmtl.perf.aot import archs, cases, compile as aot_compile, gate, harness
 from fastmtl.kernels import aspp, se_scale, sigmoid_gate, silog
 
 

@@ -40,7 +40,7 @@ def test_json_report_runs_every_check_under_the_interpreter(triton_mode, capsys)
 
 
 def test_a_failing_compile_gate_exits_1(triton_mode, monkeypatch, capsys):
-    from fastmtl.aot import gate
+    from fastmtl.perf.aot import gate
 
     real = gate.run_gate
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fastmtl.models import Encoder
-from fastmtl.models.heads import SqueezeExcitation
+from fastmtl.layers import SqueezeExcitation
 
 
 def torchvision_resnet34_state_dict():

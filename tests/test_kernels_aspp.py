@@ -12,8 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from fastmtl.kernels import aspp as K
 from fastmtl.kernels._utils import cdiv
 from fastmtl.kernels.dispatch import interpreter_enabled
-from fastmtl.models import heads
-from fastmtl.nn.aspp import ASPP
+from fastmtl import layers
+from fastmtl.nn.aspp import FusedASPP
 
 needs_kernels = pytest.mark.skipif(not (interpreter_enabled() or torch.cuda.is_available()),
                                    reason="needs TRITON_INTERPRET=1 or CUDA")
@@ -41,10 +41,10 @@ def _close(actual, expected, atol, rtol, what=""):
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
 
 
-# ----------------------------------------------------------------------------- module vs heads.ASPP
+# ----------------------------------------------------------------------------- module vs layers.ASPP
 def _modules(in_ch=13, out_ch=11, rates=(1, 2, 3), dropout=0.0):
     """(reference, fused) with identical, non-trivial BatchNorm parameters and statistics."""
-    ref = heads.ASPP(in_ch, out_ch, rates, dropout)
+    ref = layers.ASPP(in_ch, out_ch, rates, dropout)
     with torch.no_grad():
         for m in ref.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -52,7 +52,7 @@ def _modules(in_ch=13, out_ch=11, rates=(1, 2, 3), dropout=0.0):
                 m.bias.uniform_(-0.5, 0.5)
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
-    fused = ASPP(in_ch, out_ch, rates, dropout)
+    fused = FusedASPP(in_ch, out_ch, rates, dropout)
     fused.load_state_dict(ref.state_dict())
     return ref, fused
 
@@ -83,7 +83,7 @@ def _compare_modules(ref, fused, x, atol, rtol):
 def test_state_dict_round_trip():
     ref, fused = _modules()
     assert list(ref.state_dict()) == list(fused.state_dict())
-    back = heads.ASPP(13, 11, (1, 2, 3))
+    back = layers.ASPP(13, 11, (1, 2, 3))
     back.load_state_dict(fused.state_dict())
     for (name, a), b in zip(back.state_dict().items(), ref.state_dict().values()):
         assert torch.equal(a, b), name
@@ -146,7 +146,7 @@ def test_module_dynamo_no_graph_breaks():
 def test_module_compile_matches_eager(train):
     torch._dynamo.reset()
     _, eager = _modules()
-    compiled = ASPP(13, 11, (1, 2, 3))
+    compiled = FusedASPP(13, 11, (1, 2, 3))
     compiled.load_state_dict(eager.state_dict())
     eager.train(train), compiled.train(train)
     x = torch.randn(2, 13, 5, 7)

@@ -21,8 +21,8 @@ class TinyDepthNet(nn.Module):
     def __init__(self, c=6):
         super().__init__()
         self.stem = nn.Conv2d(3, c, 3, padding=1)
-        self.se = fnn.SqueezeExcitation(c, reduction=2)
-        self.att = fnn.SelfAttention(c, c, attention_init="default")
+        self.se = fnn.FusedSqueezeExcitation(c, reduction=2)
+        self.att = fnn.FusedSelfAttention(c, c, attention_init="default")
         self.head = nn.Conv2d(c, 1, 1)
         self.loss = fnn.SILogLoss(log_input=True, min_depth=1.0, max_depth=100.0)
 

@@ -39,7 +39,8 @@ from fastmtl.kernels.dispatch import interpreter_enabled
 from fastmtl.kernels.se_scale import se_scale, se_scale_backward
 from fastmtl.kernels.sigmoid_gate import sigmoid_gate, sigmoid_gate_backward
 from fastmtl.kernels.silog import silog_stats, silog_stats_backward
-from fastmtl.models import build_model, heads
+from fastmtl import layers
+from fastmtl.models import build_model
 from test_kernels_aspp import _modules as aspp_module_pair  # tests/ is on sys.path (pytest's rootdir conftest)
 
 pytestmark = [
@@ -96,8 +97,8 @@ class _SETail(nn.Module):
 
 
 def _build_se(channels_last: bool, tail: bool):
-    ref = heads.SqueezeExcitation(96, reduction=16)
-    fused = fnn.SqueezeExcitation(96, reduction=16)
+    ref = layers.SqueezeExcitation(96, reduction=16)
+    fused = fnn.FusedSqueezeExcitation(96, reduction=16)
     fused.load_state_dict(ref.state_dict())
     x = torch.randn(4, 96, 33, 35).contiguous(memory_format=_fmt(channels_last)).requires_grad_()
     if not tail:
@@ -107,8 +108,8 @@ def _build_se(channels_last: bool, tail: bool):
 
 
 def _build_attention(channels_last: bool):
-    ref = heads.SelfAttention(16, 24, attention_init="default")
-    fused = fnn.SelfAttention(16, 24)
+    ref = layers.SelfAttention(16, 24, attention_init="default")
+    fused = fnn.FusedSelfAttention(16, 24)
     fused.load_state_dict(ref.state_dict())
     x = torch.randn(3, 16, 29, 31).contiguous(memory_format=_fmt(channels_last)).requires_grad_()
     residual = torch.randn(3, 24, 29, 31).contiguous(memory_format=_fmt(channels_last)).requires_grad_()
@@ -355,7 +356,7 @@ def test_compiled_fused_model_matches_the_unfused_model():
     fused = build_model(config, desc, fused=True)
     fused.load_state_dict(unfused.state_dict())
     kinds = {type(m) for m in fused.modules()}
-    assert {fnn.SqueezeExcitation, fnn.SelfAttention, fnn.ASPP} <= kinds, kinds
+    assert {fnn.FusedSqueezeExcitation, fnn.FusedSelfAttention, fnn.FusedASPP} <= kinds, kinds
     unfused, fused = (m.to(DEVICE, torch.float64).train() for m in (unfused, fused))
     x = _cuda(4, 3, 64, 96, dtype=torch.float64)  # 4 images: the pooling branch's BatchNorm is not degenerate
     want = _model_outputs_and_grads(unfused, x)

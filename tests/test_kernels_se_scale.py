@@ -1,4 +1,4 @@
-"""fastmtl::se_scale (Triton through the interpreter) against heads.SqueezeExcitation."""
+"""fastmtl::se_scale (Triton through the interpreter) against layers.SqueezeExcitation."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,8 +6,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fastmtl.kernels.se_scale as se_mod
 from fastmtl.kernels.se_scale import merge_hw, se_scale, se_scale_backward
-from fastmtl.models import heads
-from fastmtl.nn import SqueezeExcitation
+from fastmtl import layers
+from fastmtl.nn import FusedSqueezeExcitation
 
 C, CR, N, H, W = 37, 4, 2, 5, 7  # C, H*W not multiples of any block
 
@@ -16,8 +16,8 @@ pytestmark = pytest.mark.usefixtures("triton_mode")  # kernels through Triton (i
 
 
 def _reference(x, w1, b1, w2, b2, identity=None):
-    """heads.SqueezeExcitation with the given weights (+ the BasicBlock tail)."""
-    ref = heads.SqueezeExcitation(w1.shape[1], reduction=1)
+    """layers.SqueezeExcitation with the given weights (+ the BasicBlock tail)."""
+    ref = layers.SqueezeExcitation(w1.shape[1], reduction=1)
     params = {"fc1.weight": w1.reshape(*w1.shape[:2], 1, 1), "fc1.bias": b1, "fc2.weight": w2.reshape(*w2.shape[:2], 1, 1), "fc2.bias": b2}
     y = torch.func.functional_call(ref, params, (x,))
     return y if identity is None else F.relu(y + identity)
@@ -169,24 +169,24 @@ def test_opcheck_forward_and_backward_ops(channels_last, identity):
 
 
 @pytest.mark.parametrize("mode", ["triton", "reference"])
-def test_module_matches_heads_both_ways_and_fuses_the_tail(monkeypatch, mode):
+def test_module_matches_the_reference_both_ways_and_fuses_the_tail(monkeypatch, mode):
     monkeypatch.setenv("FASTMTL_KERNELS", mode)
-    ref, fused = heads.SqueezeExcitation(C, reduction=8), SqueezeExcitation(C, reduction=8)
+    ref, fused = layers.SqueezeExcitation(C, reduction=8), FusedSqueezeExcitation(C, reduction=8)
     assert list(fused.state_dict()) == list(ref.state_dict()) == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
     fused.load_state_dict(ref.state_dict())
     x, ident = torch.randn(N, C, H, W), torch.randn(N, C, H, W)
     torch.testing.assert_close(fused(x), ref(x))
     torch.testing.assert_close(fused(x, identity=ident), F.relu(ref(x) + ident))
     torch.testing.assert_close(fused.scale(x), ref.scale(x))
-    ref2 = heads.SqueezeExcitation(C, reduction=8)
+    ref2 = layers.SqueezeExcitation(C, reduction=8)
     ref2.load_state_dict(fused.state_dict())
     torch.testing.assert_close(ref2(x), fused(x))
     assert fused.fuses_residual
 
 
 def test_flop_counter_counts_the_fused_module_like_the_reference():
-    ref = heads.SqueezeExcitation(C, reduction=8)
-    fused = SqueezeExcitation(C, reduction=8)
+    ref = layers.SqueezeExcitation(C, reduction=8)
+    fused = FusedSqueezeExcitation(C, reduction=8)
     fused.load_state_dict(ref.state_dict())
     counts = []
     for module in (ref, fused):

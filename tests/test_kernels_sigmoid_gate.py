@@ -6,8 +6,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import fastmtl.kernels.sigmoid_gate as gate_mod
 from fastmtl.kernels.se_scale import merge_hw
 from fastmtl.kernels.sigmoid_gate import sigmoid_gate, sigmoid_gate_backward
-from fastmtl.models import heads
-from fastmtl.nn import SelfAttention
+from fastmtl import layers
+from fastmtl.nn import FusedSelfAttention
 
 C, N, H, W = 37, 2, 5, 7
 
@@ -145,9 +145,9 @@ def test_opcheck_forward_and_backward_ops(channels_last, residual):
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("mode", ["triton", "reference"])
-def test_self_attention_matches_heads_both_ways(monkeypatch, mode, channels_last):
+def test_self_attention_matches_the_reference_both_ways(monkeypatch, mode, channels_last):
     monkeypatch.setenv("FASTMTL_KERNELS", mode)
-    ref, fused = heads.SelfAttention(6, 5, "default"), SelfAttention(6, 5)
+    ref, fused = layers.SelfAttention(6, 5, "default"), FusedSelfAttention(6, 5)
     assert list(fused.state_dict()) == list(ref.state_dict()) == ["conv.weight", "attention.weight"]
     assert fused.attention.weight.abs().sum() == 0  # attention_init="zero" like the reference
     fused.load_state_dict(ref.state_dict())
@@ -164,13 +164,13 @@ def test_self_attention_matches_heads_both_ways(monkeypatch, mode, channels_last
         exp = torch.autograd.grad(want, [x, ref.conv.weight, ref.attention.weight], g)
         for p, q in zip(got, exp):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
-    ref2 = heads.SelfAttention(6, 5, "default")
+    ref2 = layers.SelfAttention(6, 5, "default")
     ref2.load_state_dict(fused.state_dict())
     torch.testing.assert_close(ref2(x), fused(x))
 
 
 def test_self_attention_promotes_a_wider_residual_like_the_reference():
-    ref, fused = heads.SelfAttention(4, 3, "default"), SelfAttention(4, 3)
+    ref, fused = layers.SelfAttention(4, 3, "default"), FusedSelfAttention(4, 3)
     fused.load_state_dict(ref.state_dict())
     x, residual = torch.randn(1, 4, 3, 3).bfloat16(), torch.randn(1, 3, 3, 3)
     ref, fused = ref.bfloat16(), fused.bfloat16()
@@ -180,7 +180,7 @@ def test_self_attention_promotes_a_wider_residual_like_the_reference():
 
 
 def test_flop_counter_counts_the_fused_attention_like_the_reference():
-    ref, fused = heads.SelfAttention(6, 5, "default"), SelfAttention(6, 5)
+    ref, fused = layers.SelfAttention(6, 5, "default"), FusedSelfAttention(6, 5)
     counts = []
     for module in (ref, fused):
         with FlopCounterMode(display=False) as counter:

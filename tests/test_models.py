@@ -6,7 +6,7 @@ import torch
 
 from fastmtl.config import Config, ConfigError
 from fastmtl.models import MODEL_NAMES, DistillModel, build_model
-from fastmtl.models.heads import SelfAttention, aspp_rates
+from fastmtl.layers import SelfAttention, aspp_rates
 
 DESC = {"semseg": 5, "depth": 1}
 SIZE = (64, 96)

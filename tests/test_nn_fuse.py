@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastmtl.nn as fnn
-from fastmtl.models import heads
+from fastmtl import layers
 from lookalikes import (
     GatedBySequential, MTLSABlock, MTLSEBlock, SmpSCSEModule, SmpSEModule, TemplateSelfAttention,
     TemplateSqueezeAndExcitation, TimmGELU, TimmHardSigmoid, TimmSEModule, TimmSwish, TimmSqueezeExcite, TorchvisionSE,
@@ -100,7 +100,7 @@ def test_se_blocks_of_public_libraries_are_fused(name):
 
     assert fnn.fuse(model) == 1
 
-    assert type(model.block) is fnn.FusedSqueezeExcitation
+    assert type(model.block) is fnn.FusedSEBlock
     assert (model.block.fused_act, model.block.fused_gate) == (act, gate)
     assert [type(c) for c in model.block.children()] == [type(c) for c in reference.block.children()]
     _assert_same_state(model, state)
@@ -148,7 +148,7 @@ class ForeignNet(nn.Module):
         self.stem = nn.Conv2d(3, c, 3, padding=1)
         shared = TorchvisionSE(c, 5)
         self.body = nn.Sequential(shared, MTLSEBlock(c, 4), TemplateSelfAttention(c, c), shared)  # `shared` twice
-        self.own = nn.ModuleDict({"se": heads.SqueezeExcitation(c, 4), "att": heads.SelfAttention(c, c, "default")})
+        self.own = nn.ModuleDict({"se": layers.SqueezeExcitation(c, 4), "att": layers.SelfAttention(c, c, "default")})
         self.decoys = nn.Sequential(MTLSABlock(c, c, bias=True), SmpSCSEModule(c))
 
     def forward(self, x):
@@ -156,8 +156,8 @@ class ForeignNet(nn.Module):
         return self.decoys(self.own["att"](self.own["se"](x)))
 
 
-EXPECTED = {"body.0": fnn.FusedSqueezeExcitation, "body.1": fnn.FusedSqueezeExcitation, "body.2": fnn.FusedGatedConv,
-            "body.3": fnn.FusedSqueezeExcitation, "own.se": fnn.SqueezeExcitation, "own.att": fnn.SelfAttention}
+EXPECTED = {"body.0": fnn.FusedSEBlock, "body.1": fnn.FusedSEBlock, "body.2": fnn.FusedGatedConv,
+            "body.3": fnn.FusedSEBlock, "own.se": fnn.FusedSqueezeExcitation, "own.att": fnn.FusedSelfAttention}
 
 
 def test_fuse_in_a_model_with_shared_and_mixed_mode_blocks():
@@ -192,27 +192,27 @@ def test_a_fused_model_loads_the_unfused_checkpoint_and_back():
 
 
 def test_the_root_module_is_never_swapped():
-    se = heads.SqueezeExcitation(8)
-    assert fnn.fuse(se) == 0 and type(se) is heads.SqueezeExcitation
+    se = layers.SqueezeExcitation(8)
+    assert fnn.fuse(se) == 0 and type(se) is layers.SqueezeExcitation
     se = TimmSEModule(8, 2)
     assert fnn.fuse(se) == 0 and type(se) is TimmSEModule
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_fuse_keeps_dtype_and_the_fused_modules_match_the_references(dtype):
-    model = nn.Sequential(heads.SqueezeExcitation(16, 4), heads.SelfAttention(16, 8, "default"), heads.ASPP(8, 6, rates=(1, 2, 3)),
+    model = nn.Sequential(layers.SqueezeExcitation(16, 4), layers.SelfAttention(16, 8, "default"), layers.ASPP(8, 6, rates=(1, 2, 3)),
                           TimmSEModule(6, 2))
     model = model.to(dtype).eval()
     reference = copy.deepcopy(model)
     assert fnn.fuse(model) == 4
-    assert [type(m) for m in model] == [fnn.SqueezeExcitation, fnn.SelfAttention, fnn.ASPP, fnn.FusedSqueezeExcitation]
+    assert [type(m) for m in model] == [fnn.FusedSqueezeExcitation, fnn.FusedSelfAttention, fnn.FusedASPP, fnn.FusedSEBlock]
     assert all(p.dtype == dtype for p in model.parameters())
     x = torch.randn(2, 16, 5, 6, dtype=dtype)
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=5e-2, atol=5e-2)
     torch.testing.assert_close(model(x), reference(x), **tol)
 
 
-@pytest.mark.parametrize("make", [lambda: heads.SqueezeExcitation(16, 4), lambda: TemplateSqueezeAndExcitation(16, 4)],
+@pytest.mark.parametrize("make", [lambda: layers.SqueezeExcitation(16, 4), lambda: TemplateSqueezeAndExcitation(16, 4)],
                          ids=["fastmtl", "template"])
 def test_fused_se_in_a_basic_block_tail_through_the_encoder_protocol(make):
     """The encoder calls ``se(out, identity=identity)`` when ``se.fuses_residual``."""

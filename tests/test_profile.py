@@ -7,7 +7,7 @@ import torch
 from fastmtl.cli import main
 from fastmtl.config import Config
 from fastmtl.models import build_model
-from fastmtl.profile import count_macs, count_params, profile_model
+from fastmtl.perf.profile import count_macs, count_params, profile_model
 
 DESC = {"semseg": 19, "depth": 1}
 

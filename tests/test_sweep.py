@@ -15,8 +15,8 @@ import torch
 from fastmtl.cli import COMMANDS, build_parser, config_from_args
 from fastmtl.config import Config
 from fastmtl.data.synthetic import generate_dataset
-from fastmtl.sweep import build_sweep, open_sweep
-from fastmtl.sweep_builtin import builtin_sweep
+from fastmtl.sweep.runner import build_sweep, open_sweep
+from fastmtl.sweep.builtin import builtin_sweep
 from fastmtl.train import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

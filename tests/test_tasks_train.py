@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastmtl.checkpoint import load_checkpoint, model_from_checkpoint
+from fastmtl.checkpoint import load_checkpoint
+from fastmtl.restore import model_from_checkpoint
 from fastmtl.cli import main
 from fastmtl.train import Run, train
 

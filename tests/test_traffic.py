@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from fastmtl import bench as fb
-from fastmtl.aot import cases, traffic
+from fastmtl.perf import bench as fb
+from fastmtl.perf.aot import cases, traffic
 
 
 def _tiny(op, dtype="fp32", variants=False):

@@ -80,7 +80,7 @@ def test_predict_writes_raw_results_and_pictures_at_the_input_size(tiny_data, tm
 def test_predict_image_of_a_multiple_size_equals_the_model(tiny_data, tmp_path):
     import numpy as np
 
-    from fastmtl.checkpoint import model_from_checkpoint
+    from fastmtl.restore import model_from_checkpoint
     from fastmtl.data import DepthNormalizer
     from fastmtl.data.transforms import normalize_rgb
     from fastmtl.predict import predict_image

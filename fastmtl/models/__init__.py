@@ -6,12 +6,12 @@ from typing import Dict, Optional
 from torch import nn
 
 from .encoder import ENCODERS, Encoder, load_pretrained
-from .heads import ASPP, DecoderAllScale, DecoderDeepLabV3p, DecoderDistill, SelfAttention, SqueezeExcitation
+from .heads import DecoderAllScale, DecoderDeepLabV3p, DecoderDistill
 from .zoo import MODEL_NAMES, MODELS, BranchedModel, DistillAllConnectModel, DistillModel, JointModel, MultiTaskModel
 
 __all__ = [
-    "ENCODERS", "MODEL_NAMES", "MODELS", "Encoder", "load_pretrained", "ASPP", "DecoderAllScale", "DecoderDeepLabV3p",
-    "DecoderDistill", "SelfAttention", "SqueezeExcitation", "MultiTaskModel", "JointModel", "BranchedModel",
+    "ENCODERS", "MODEL_NAMES", "MODELS", "Encoder", "load_pretrained", "DecoderAllScale", "DecoderDeepLabV3p",
+    "DecoderDistill", "MultiTaskModel", "JointModel", "BranchedModel",
     "DistillModel", "DistillAllConnectModel", "build_model",
 ]
 

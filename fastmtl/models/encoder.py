@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import load_error_reason
-from .heads import SqueezeExcitation
+from ..layers import SqueezeExcitation
 
 ENCODERS = {
     "resnet18": ("basic", (2, 2, 2, 2)),

@@ -13,8 +13,9 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..layers import ASPP, SelfAttention, aspp_rates, conv_bn_relu, upsample_to
 from .encoder import Encoder
-from .heads import ASPP, DecoderAllScale, DecoderDeepLabV3p, DecoderDistill, SelfAttention, aspp_rates, conv_bn_relu, upsample_to
+from .heads import DecoderAllScale, DecoderDeepLabV3p, DecoderDistill
 
 Prediction = Union[torch.Tensor, List[torch.Tensor]]
 

@@ -1,6 +1,6 @@
 """Fused ASPP: the projection reads the branch outputs in place (no five-branch concat).
 
-:class:`ASPP` is a drop-in for :class:`fastmtl.models.heads.ASPP` (a subclass: same
+:class:`FusedASPP` is a drop-in for :class:`fastmtl.layers.ASPP` (a subclass: same
 constructor, parameters, buffers and ``state_dict`` keys, same function). The branch
 conv-BN-ReLUs and the image-pooling branch run as before; the projection runs as
 ``fastmtl::aspp_project`` (see :mod:`fastmtl.kernels.aspp`):
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from fastmtl.kernels.aspp import aspp_project
 from fastmtl.kernels.dispatch import use_triton
-from fastmtl.models import heads
+from fastmtl import layers
 
 
 def _fold_batch_norm(bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
@@ -39,10 +39,10 @@ def _fold_batch_norm(bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
     return scale, shift
 
 
-class ASPP(heads.ASPP):
+class FusedASPP(layers.ASPP):
     """Atrous spatial pyramid pooling with a fused projection.
 
-    ``ASPP(in_ch, out_ch=256, rates=(6, 12, 18), dropout=0.0)``; see :class:`fastmtl.models.heads.ASPP`.
+    ``FusedASPP(in_ch, out_ch=256, rates=(6, 12, 18), dropout=0.0)``; see :class:`fastmtl.layers.ASPP`.
     """
 
     def forward(self, x: Tensor) -> Tensor:

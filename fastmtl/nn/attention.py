@@ -1,5 +1,5 @@
-"""Fused spatial attention ``conv(x) * sigmoid(attention(x))``: :class:`SelfAttention` (drop-in
-for :class:`fastmtl.models.heads.SelfAttention`) and :class:`FusedGatedConv` (any such block,
+"""Fused spatial attention ``conv(x) * sigmoid(attention(x))``: :class:`FusedSelfAttention` (drop-in
+for :class:`fastmtl.layers.SelfAttention`) and :class:`FusedGatedConv` (any such block,
 its children kept, that :func:`fastmtl.nn.fuse` recognised)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastmtl.kernels.sigmoid_gate import sigmoid_gate
-from fastmtl.models import heads
+from fastmtl import layers
 
 
 def gated_conv(x: Tensor, features: Tensor, attention: Tensor, stride=1, padding=1, dilation=1,
@@ -31,10 +31,10 @@ def gated_conv(x: Tensor, features: Tensor, attention: Tensor, stride=1, padding
     return sigmoid_gate(y[:, :c], y[:, c:], residual)
 
 
-class SelfAttention(heads.SelfAttention):
+class FusedSelfAttention(layers.SelfAttention):
     """``conv(x) * sigmoid(attention(x))`` (+ ``residual``) with one convolution and one gate op.
 
-    ``SelfAttention(in_ch, out_ch, attention_init="zero")``: same constructor, parameters
+    ``FusedSelfAttention(in_ch, out_ch, attention_init="zero")``: same constructor, parameters
     (``conv.weight``, ``attention.weight``, bias-free 3x3) and ``state_dict`` as the reference.
     ``forward(x (N, in_ch, H, W), residual=None (N, out_ch, H, W))`` -> ``(N, out_ch, H, W)``;
     see :func:`gated_conv`.

@@ -9,14 +9,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import fx, nn
 
-from fastmtl.models import heads
+from fastmtl import layers
 
-from .aspp import ASPP
-from .attention import FusedGatedConv, SelfAttention
+from .aspp import FusedASPP
+from .attention import FusedGatedConv, FusedSelfAttention
 from .patterns import GatedConvMatch, SEMatch, has_state, match_gated_conv, match_se, private_rng
-from .se import FusedSqueezeExcitation, SqueezeExcitation
+from .se import FusedSEBlock, FusedSqueezeExcitation
 
-_FUSED = (SqueezeExcitation, SelfAttention, ASPP, FusedSqueezeExcitation, FusedGatedConv)
+_FUSED = (FusedSqueezeExcitation, FusedSelfAttention, FusedASPP, FusedSEBlock, FusedGatedConv)
 _PROBE_TOL = {torch.float64: 1e-7, torch.float32: 5e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
 
@@ -25,10 +25,10 @@ def fuse(model: nn.Module, verify: bool = True) -> int:
 
     Recognised (the root module itself is never swapped):
 
-    1. :class:`fastmtl.models.heads.SqueezeExcitation`, ``SelfAttention`` and ``ASPP`` (exact
-       types) -> :class:`fastmtl.nn.SqueezeExcitation`, ``SelfAttention``, ``ASPP``.
+    1. :class:`fastmtl.layers.SqueezeExcitation`, ``SelfAttention`` and ``ASPP`` (exact
+       types) -> :class:`fastmtl.nn.FusedSqueezeExcitation`, ``FusedSelfAttention``, ``FusedASPP``.
     2. Any block whose ``forward(x)`` computes ``x * gate(fc2(act(fc1(mean_hw(x)))))``
-       -> :class:`fastmtl.nn.FusedSqueezeExcitation`, or ``conv(x) * sigmoid(conv'(x))``
+       -> :class:`fastmtl.nn.FusedSEBlock`, or ``conv(x) * sigmoid(conv'(x))``
        -> :class:`fastmtl.nn.FusedGatedConv`. The block is traced with ``torch.fx`` (modules
        without children stay whole) and its graph must be exactly that pattern, as
        :mod:`fastmtl.nn.patterns` defines it: ``fc1``/``fc2`` 1x1 ``Conv2d`` or ``Linear``
@@ -72,13 +72,13 @@ def fuse(model: nn.Module, verify: bool = True) -> int:
 def _fused_twin(m: nn.Module, verify: bool) -> Optional[nn.Module]:
     """The fused module that replaces ``m``, or None."""
     kind = type(m)
-    if kind is heads.SqueezeExcitation:
-        return _adopt(SqueezeExcitation, (m.fc1.in_channels,), m, ("fc1", "fc2"))
-    if kind is heads.SelfAttention:
-        return _adopt(SelfAttention, (m.conv.in_channels, m.conv.out_channels), m, ("conv", "attention"))
-    if kind is heads.ASPP:
+    if kind is layers.SqueezeExcitation:
+        return _adopt(FusedSqueezeExcitation, (m.fc1.in_channels,), m, ("fc1", "fc2"))
+    if kind is layers.SelfAttention:
+        return _adopt(FusedSelfAttention, (m.conv.in_channels, m.conv.out_channels), m, ("conv", "attention"))
+    if kind is layers.ASPP:
         first = m.convs[0][0]
-        return _adopt(ASPP, (first.in_channels, first.out_channels, m.rates, m.project[3].p), m, ("convs", "pool", "project"))
+        return _adopt(FusedASPP, (first.in_channels, first.out_channels, m.rates, m.project[3].p), m, ("convs", "pool", "project"))
     if isinstance(m, _FUSED) or not _traceable_leaves(m):
         return None
     traced = _trace(m)
@@ -206,7 +206,7 @@ def _twin_by_computation(m: nn.Module, gm: fx.GraphModule, x: torch.Tensor) -> O
         return None
     if isinstance(match, SEMatch):
         weights = [_path(r) for f in (match.fc1, match.fc2) for r in (f.weight, f.bias)]
-        new = FusedSqueezeExcitation(m, weights, match.act, match.gate)
+        new = FusedSEBlock(m, weights, match.act, match.gate)
     else:
         assert isinstance(match, GatedConvMatch)
         f = match.features

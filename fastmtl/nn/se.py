@@ -1,5 +1,5 @@
-"""Fused squeeze-and-excitation: :class:`SqueezeExcitation` (drop-in for
-:class:`fastmtl.models.heads.SqueezeExcitation`) and :class:`FusedSqueezeExcitation` (any SE
+"""Fused squeeze-and-excitation: :class:`FusedSqueezeExcitation` (drop-in for
+:class:`fastmtl.layers.SqueezeExcitation`) and :class:`FusedSEBlock` (any SE
 block, its children kept, that :func:`fastmtl.nn.fuse` recognised)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastmtl.kernels.se_scale import se_scale
-from fastmtl.models import heads
+from fastmtl import layers
 
 
 def se_tail(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
@@ -23,10 +23,10 @@ def se_tail(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optiona
     return se_scale(x, w1, b1, w2, b2, identity, act, gate)
 
 
-class SqueezeExcitation(heads.SqueezeExcitation):
+class FusedSqueezeExcitation(layers.SqueezeExcitation):
     """``x * sigmoid(fc2(relu(fc1(mean_hw(x)))))`` as one op, ``fastmtl::se_scale``.
 
-    ``SqueezeExcitation(channels, reduction=16)``: same constructor, parameters and
+    ``FusedSqueezeExcitation(channels, reduction=16)``: same constructor, parameters and
     ``state_dict`` keys (``fc1.weight``, ``fc1.bias``, ``fc2.weight``, ``fc2.bias``) as the
     reference; ``fc1``/``fc2`` are 1x1 ``Conv2d`` layers.
 
@@ -48,10 +48,10 @@ class SqueezeExcitation(heads.SqueezeExcitation):
         return se_tail(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, identity)
 
 
-class FusedSqueezeExcitation(nn.Module):
+class FusedSEBlock(nn.Module):
     """An SE block of any library run as ``fastmtl::se_scale``, with the block's own children.
 
-    ``FusedSqueezeExcitation(block, weights, act, gate)``: takes over ``block``'s child modules
+    ``FusedSEBlock(block, weights, act, gate)``: takes over ``block``'s child modules
     under their names (so the ``state_dict`` keys and tensors are the block's) and its
     train/eval flag. ``weights`` are the paths of ``(w1, b1, w2, b2)`` inside the block
     (``"fc1.weight"``, ``"fc.0.bias"``, ...; None for a missing bias), read at every call, so

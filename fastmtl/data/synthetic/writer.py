@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ...paths import cache_root
 from ..classes import CLASS_COLORS, CLASS_NAMES, IGNORE_INDEX
 from .constants import (DEFAULT_SEED, DEFAULT_SIZE, DEFAULT_TRAIN, DEFAULT_VAL, DEPTH_RANGE, DEPTH_SCALE,
                         FORMAT_NAME, GENERATOR_VERSION, NORMALS_ENCODING, SPLITS, SUBFOLDERS)
@@ -138,18 +139,11 @@ def generate_dataset(out_dir, train: int = DEFAULT_TRAIN, val: int = DEFAULT_VAL
 
 
 def default_data_root() -> Path:
-    """Cache folder of the default synthetic set.
-
-    ``$FASTMTL_CACHE``, else ``$XDG_CACHE_HOME/fastmtl``, else ``~/.cache/fastmtl``; then a
-    subfolder named by the generator version and the default arguments.
-    """
-    base = os.environ.get("FASTMTL_CACHE")
-    if not base:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = os.path.join(xdg, "fastmtl") if xdg else os.path.join(Path.home(), ".cache", "fastmtl")
+    """Cache folder of the default synthetic set: a folder of :func:`fastmtl.paths.cache_root`
+    named by the generator version and the default arguments."""
     h, w = DEFAULT_SIZE
     name = f"synthetic-v{GENERATOR_VERSION}-seed{DEFAULT_SEED}-{DEFAULT_TRAIN}x{DEFAULT_VAL}-{h}x{w}"
-    return Path(base) / name
+    return cache_root() / name
 
 
 def ensure_default_dataset(progress: bool = True) -> Path:

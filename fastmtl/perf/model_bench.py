@@ -1,8 +1,8 @@
 """``fastmtl bench --models``: images/s and peak memory of whole models, per implementation.
 
-Each row is one :class:`fastmtl.bench.ModelRunner` (model, phase ``train`` or ``inference``,
+Each row is one :class:`fastmtl.perf.bench.ModelRunner` (model, phase ``train`` or ``inference``,
 implementation ``eager`` / ``compile`` / ``fused`` / ``fused_compile``; bf16 autocast on CUDA,
-batch and input size from :data:`fastmtl.bench.MODEL_SIZES`). Building it runs two warm-up
+batch and input size from :data:`fastmtl.perf.bench.MODEL_SIZES`). Building it runs two warm-up
 calls (compiling the ``compile`` impls; the time is reported as ``warmup_s``), then ``steps``
 calls are timed one by one (synchronized, ``time.perf_counter``): ``median_ms`` per call and
 ``images_per_s = batch / median``. ``peak_memory_mib`` is ``torch.cuda.max_memory_allocated``
@@ -20,13 +20,13 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from . import bench as fb
-from .config import Config, ConfigError
+from fastmtl.perf import bench as fb
+from fastmtl.config import Config, ConfigError
 
 
 def resolve_models(names: Sequence[str]) -> List[str]:
     """Model names, ``default`` meaning the config's default model; unknown names are a ConfigError."""
-    from .models import MODEL_NAMES
+    from fastmtl.models import MODEL_NAMES
 
     out = []
     for name in names:
@@ -53,7 +53,7 @@ def run_model_bench(models: Sequence[str], phases: Sequence[str], impls: Optiona
                     size: Optional[str] = None, steps: Optional[int] = None, progress: bool = False) -> Dict:
     """Time every (model, phase, impl); return the report (JSON-able, see :func:`format_model_report`).
     ``impls`` None: all four on CUDA, eager on CPU; ``steps`` None: 10 on CUDA, 3 on CPU."""
-    from .kernels import selfcheck
+    from fastmtl.kernels import selfcheck
 
     dev = torch.device(device)
     size = size or ("full" if dev.type == "cuda" else "small")

@@ -26,7 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from .archs import ARCHS
+from fastmtl.paths import aot_cache_dir
+from fastmtl.perf.aot.archs import ARCHS
 
 RESULT_VERSION = 3  # bump when the result's fields change (invalidates the cache)
 LOAD_WIDTH = {"128": 16, "256": 32, "64": 8, "U16": 2, "S16": 2, "U8": 1, "S8": 1}
@@ -34,11 +35,8 @@ LOAD_WIDTH = {"128": 16, "256": 32, "64": 8, "U16": 2, "S16": 2, "U8": 1, "S8": 
 
 
 def cache_dir() -> Path:
-    """Where compile results are kept: ``aot/`` in fastmtl's cache folder (``$FASTMTL_CACHE``,
-    else ``$XDG_CACHE_HOME/fastmtl``, else ``~/.cache/fastmtl``)."""
-    from fastmtl.data.synthetic import default_data_root
-
-    return default_data_root().parent / "aot"
+    """Where compile results are kept (:func:`fastmtl.paths.aot_cache_dir`)."""
+    return aot_cache_dir()
 
 
 def nvidia_tool(name: str) -> str:

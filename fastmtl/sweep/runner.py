@@ -15,8 +15,8 @@ train FLAGS --seed S --out SWEEP/runs/VARIANT/seedS --quiet``) whose output goes
 overrides), so ``fastmtl sweep SWEEP`` alone continues it: a point with ``summary.json`` is
 done and skipped, one with ``last.pt`` but no summary is resumed with ``--resume``, one
 killed before its first checkpoint is started again (``--overwrite``). The report (table,
-CSV, JSON, PNG) is :mod:`fastmtl.sweep_report`; the built-in sweeps are
-:mod:`fastmtl.sweep_builtin`.
+CSV, JSON, PNG) is :mod:`fastmtl.sweep.report`; the built-in sweeps are
+:mod:`fastmtl.sweep.builtin`.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ from itertools import product
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import rundir
-from .config import Config, ConfigError, format_dilation, parse_dilation, parse_size
+from fastmtl import rundir
+from fastmtl.config import Config, ConfigError, format_dilation, parse_dilation, parse_size
 
 SWEEP_FILE = "sweep.json"
 TOGGLES = ("aspp", "skip", "se", "compile", "fused", "channels_last")  # --x / --no-x flags

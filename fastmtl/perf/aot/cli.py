@@ -6,7 +6,7 @@ import json
 import sys
 from typing import List, Sequence
 
-from ..config import ConfigError
+from fastmtl.config import ConfigError
 
 ARCH_CHOICES = ("80", "90", "100")
 DTYPE_CHOICES = ("bf16", "fp32")
@@ -22,8 +22,8 @@ def _list(text: str, valid: Sequence[str], flag: str) -> List[str]:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from ..bench import OPS
-    from .gate import format_gate, run_gate
+    from fastmtl.perf.bench import OPS
+    from fastmtl.perf.aot.gate import format_gate, run_gate
 
     report = run_gate(archs=[int(a) for a in _list(args.arch, ARCH_CHOICES, "--arch")],
                       ops=_list(args.op, OPS, "--op") if args.op else None,
@@ -34,8 +34,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_traffic(args: argparse.Namespace) -> int:
-    from ..bench import OPS
-    from .traffic import format_traffic, run_traffic
+    from fastmtl.perf.bench import OPS
+    from fastmtl.perf.aot.traffic import format_traffic, run_traffic
 
     report = run_traffic(ops=_list(args.op, OPS, "--op") if args.op else None,
                          dtypes=_list(args.dtype, DTYPE_CHOICES, "--dtype"),

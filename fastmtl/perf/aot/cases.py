@@ -1,7 +1,7 @@
 """The table of cases the compile gate and the traffic model run: one place, from the bench.
 
-A case is a ``fastmtl.bench`` shape (:func:`fastmtl.bench.cases`) of one op, with its inputs from
-:func:`fastmtl.bench.make_inputs` (the fused modules' arguments), in one dtype and layout, and one
+A case is a ``fastmtl.perf.bench`` shape (:func:`fastmtl.perf.bench.cases`) of one op, with its inputs from
+:func:`fastmtl.perf.bench.make_inputs` (the fused modules' arguments), in one dtype and layout, and one
 **variant**: a code path of the op that the bench's arguments do not take (no residual, ASPP
 train mode, ...). Variants change the op's *arguments* only (its public API), never a kernel's
 parameters, so the launchers' own heuristics decide everything else.
@@ -16,9 +16,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from fastmtl import bench as fb
+from fastmtl.perf import bench as fb
 
-from .harness import Timeline, fake_cuda
+from fastmtl.perf.aot.harness import Timeline, fake_cuda
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 LAYOUTS = ("nchw", "channels_last")

@@ -50,7 +50,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .config import ConfigError
+from fastmtl.config import ConfigError
 
 OPS = ("se_scale", "sigmoid_gate", "aspp", "silog")
 MODES = ("forward", "backward", "full")
@@ -472,10 +472,10 @@ class ModelRunner:
     """
 
     def __init__(self, name: str, phase: str, impl: str, device, size: str, warmup: int = 2, seed: int = 0):
-        from .config import Config
-        from .data import DepthNormalizer
-        from .losses import MultiTaskLoss
-        from .models import build_model
+        from fastmtl.config import Config
+        from fastmtl.data import DepthNormalizer
+        from fastmtl.losses import MultiTaskLoss
+        from fastmtl.models import build_model
 
         if phase not in MODEL_PHASES:
             raise ConfigError(f"unknown phase {phase!r}; valid: {', '.join(MODEL_PHASES)}")

@@ -47,7 +47,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .archs import ARCHS, Arch
+from fastmtl.perf.aot.archs import ARCHS, Arch
 
 _BASE_ADDRESS = 1 << 32  # of every fake allocation (512-byte aligned like the caching allocator's blocks)
 ALLOC_OPS = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided"}
@@ -376,7 +376,7 @@ class _Harness:
 
 def _capture_run(self, *args, grid, warmup=False, **kwargs):
     if not _ACTIVE:
-        raise RuntimeError("fastmtl.aot: a Triton launch on the fake CUDA device outside fake_cuda()")
+        raise RuntimeError("fastmtl.perf.aot: a Triton launch on the fake CUDA device outside fake_cuda()")
     if not warmup:
         _ACTIVE[0].record_launch(self, args, grid, kwargs)
     return None
@@ -392,7 +392,7 @@ def fake_cuda(arch: Union[int, Arch] = 90, channels_last_inputs: bool = False) -
     from triton.runtime.jit import JITFunction
 
     if _ACTIVE:
-        raise RuntimeError("fastmtl.aot: fake_cuda() is already active")
+        raise RuntimeError("fastmtl.perf.aot: fake_cuda() is already active")
     arch = ARCHS[arch] if isinstance(arch, int) else arch
     harness = _Harness(arch, channels_last_inputs)
     props = _DeviceProperties(arch)

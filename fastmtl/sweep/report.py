@@ -5,7 +5,7 @@ Metrics are each finished run's ``summary.json`` ``final_all`` (every task metri
 evaluation) and ``images_per_second`` (steady-state training throughput); the per-class IoU
 (``iou_per_class``) is aggregated the same way into a second table (thin classes, boundaries:
 where most ablations act). std is the sample standard deviation (0 for one seed). Params and GMACs are
-:mod:`fastmtl.profile`'s counts for the variant's model at its training crop size.
+:mod:`fastmtl.perf.profile`'s counts for the variant's model at its training crop size.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from .sweep import Sweep
+from fastmtl.sweep.runner import Sweep
 
 HEADLINE = ("miou", "si_log_rmse", "multitask")
 LABELS = {"miou": "mIoU", "si_log_rmse": "SI-logRMSE", "multitask": "multitask", "abs_rel": "abs-rel",
@@ -57,10 +57,10 @@ def _mean_std(values: List[float]) -> Dict[str, float]:
 
 def _model_size(run_dir: Path, num_classes: int) -> Dict[str, Any]:
     """Params and GMACs of the run's model (its config.json) at its training crop size."""
-    from .config import Config
-    from .models import build_model
-    from .profile import count_macs, count_params
-    from .tasks import get as get_task
+    from fastmtl.config import Config
+    from fastmtl.models import build_model
+    from fastmtl.perf.profile import count_macs, count_params
+    from fastmtl.tasks import get as get_task
 
     cfg = Config.from_json((run_dir / "config.json").read_text())
     cfg.pretrained = None  # same architecture; no file needed to count

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .losses import last_prediction
+from fastmtl.losses import last_prediction
 
 
 def count_params(model: torch.nn.Module) -> int:

@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .archs import ARCHS, Arch, blocks_per_sm, occupancy, waves
-from .cases import DTYPES, all_cases, run_case
-from .compile import compile_all
-from .harness import Launch, triton_version
+from fastmtl.perf.aot.archs import ARCHS, Arch, blocks_per_sm, occupancy, waves
+from fastmtl.perf.aot.cases import DTYPES, all_cases, run_case
+from fastmtl.perf.aot.compile import compile_all
+from fastmtl.perf.aot.harness import Launch, triton_version
 
 
 @dataclass

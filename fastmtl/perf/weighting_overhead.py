@@ -1,7 +1,7 @@
 """The cost of a weighting method: one train step of the default model, per method and mode.
 
 :class:`WeightingStepRunner` is the benchmark's unit (``benchmarks/bench_weighting.py`` times
-it with pytest-benchmark; ``python -m fastmtl.weighting.overhead`` writes the table of
+it with pytest-benchmark; ``python -m fastmtl.perf.weighting_overhead`` writes the table of
 ``benchmarks/RESULTS.md``: step time and peak memory relative to fixed weights). The default
 model (``Config()``: distill_allconnect, ResNet-34 + SE, dilation F,T,T), Adam, the default
 loss on a random batch; bf16 autocast on CUDA. Peak memory: ``torch.cuda.max_memory_allocated``
@@ -19,8 +19,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-from . import METHODS, NAMES
-from .training import WeightedTrainStep, method_for_run, param_groups
+from fastmtl.weighting import METHODS, NAMES
+from fastmtl.weighting.training import WeightedTrainStep, method_for_run, param_groups
 
 
 class WeightingStepRunner:
@@ -28,10 +28,10 @@ class WeightingStepRunner:
     trainer's own path) with per-task gradients w.r.t. ``grads`` (params | rep)."""
 
     def __init__(self, method: str, grads: str, device, batch: int = 2, size=(64, 128), seed: int = 0):
-        from ..config import Config
-        from ..data import DepthNormalizer
-        from ..losses import MultiTaskLoss
-        from ..models import build_model
+        from fastmtl.config import Config
+        from fastmtl.data import DepthNormalizer
+        from fastmtl.losses import MultiTaskLoss
+        from fastmtl.models import build_model
 
         self.device = device = torch.device(device)
         self.amp = torch.bfloat16 if device.type == "cuda" else None
@@ -120,7 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     results = {}
     for method, grads in rows():  # a fresh process per row: its own peak memory
-        cmd = [sys.executable, "-m", "fastmtl.weighting.overhead", "--one", method, grads, "--device", args.device,
+        cmd = [sys.executable, "-m", "fastmtl.perf.weighting_overhead", "--one", method, grads, "--device", args.device,
                "--steps", str(args.steps), "--batch", str(args.batch), "--size", args.size,
                "--threads", str(args.threads)]
         results[method, grads] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)

@@ -3,7 +3,7 @@
 For a case of :mod:`.cases` and a pass (``forward``, ``backward``, ``full`` = both), on the fake
 CUDA device of sm_90 (H100/H200, 132 SMs):
 
-* ``min_bytes``: the fewest bytes the pass must move, by ``fastmtl.bench``'s formulas;
+* ``min_bytes``: the fewest bytes the pass must move, by ``fastmtl.perf.bench``'s formulas;
 * ``fused_bytes`` / ``launches``: what the fused path as launched moves, summed over its events:
   a **Triton launch** moves each distinct tensor argument it uses once (distinct: buffer, offset,
   shape, strides; used: referenced in the kernel's TTIR, so placeholder pointers of a disabled
@@ -28,11 +28,11 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from fastmtl import bench as fb
+from fastmtl.perf import bench as fb
 
-from .cases import DTYPES, VARIANTS, AotCase, all_cases, run_case
-from .compile import compile_all
-from .harness import Launch, Timeline, TorchOp, triton_version
+from fastmtl.perf.aot.cases import DTYPES, VARIANTS, AotCase, all_cases, run_case
+from fastmtl.perf.aot.compile import compile_all
+from fastmtl.perf.aot.harness import Launch, Timeline, TorchOp, triton_version
 
 BANDWIDTH = 4.3e12
 """Bytes per second, read + write: the H200's measured device-to-device copy bandwidth."""
@@ -139,7 +139,7 @@ def fused_kernels(timeline: Timeline) -> List[KernelTraffic]:
 
 
 def min_bytes(case: AotCase) -> Dict[str, int]:
-    """The bench's fewest bytes (:func:`fastmtl.bench.bytes_moved`) for the bench's arguments; for
+    """The bench's fewest bytes (:func:`fastmtl.perf.bench.bytes_moved`) for the bench's arguments; for
     the other variants the same formulas: without the residual (se_scale, sigmoid_gate ``plain``),
     without scale, shift and the ReLU mask (aspp ``train``); aspp ``eval_bn_grad`` and silog
     ``metres`` move the bench's bytes (plus two ``(Cout,)`` gradients, not counted)."""
