@@ -26,6 +26,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from . import __version__
+from .kernels import dispatch, selfcheck
+from .perf.aot.archs import ARCHS
+from .perf.aot.gate import run_gate
+
 DTYPES = (torch.bfloat16, torch.float32)
 
 
@@ -41,8 +46,6 @@ def device_section() -> Dict:
 
 
 def versions_section() -> Dict:
-    from . import __version__
-
     try:
         import triton
 
@@ -54,8 +57,6 @@ def versions_section() -> Dict:
 
 
 def kernels_section() -> Dict:
-    from .kernels import dispatch, selfcheck
-
     try:
         mode = dispatch.kernel_mode()
         mode_error = None
@@ -70,8 +71,6 @@ def kernels_section() -> Dict:
 
 def check_device() -> Tuple[Optional[torch.device], Optional[str]]:
     """``(device, None)`` where the self-checks can run, else ``(None, why not)``."""
-    from .kernels import dispatch
-
     if not dispatch.HAS_TRITON:
         return None, "triton is not importable"
     if torch.cuda.is_available():
@@ -83,8 +82,6 @@ def check_device() -> Tuple[Optional[torch.device], Optional[str]]:
 
 def ops_section() -> Dict:
     """The self-check of every fused op, dtype and layout (see the module docstring)."""
-    from .kernels import selfcheck
-
     device, reason = check_device()
     rows: List[Dict] = []
     for op in selfcheck.OPS:
@@ -107,13 +104,8 @@ def gate_section() -> Dict:
     """The compile gate (:mod:`fastmtl.perf.aot.gate`) for this GPU's target (sm_90 without a GPU, or
     for a GPU the gate has no target for): every specialisation the fused ops launch at the
     bench's ``full`` shapes compiles, without spills. Results are cached (``$FASTMTL_CACHE/aot``)."""
-    from .kernels import dispatch
-
     if not dispatch.HAS_TRITON:
         return {"ok": None, "error": "triton is not importable"}
-    from .perf.aot.archs import ARCHS
-    from .perf.aot.gate import run_gate
-
     cc = 90
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()

@@ -9,6 +9,8 @@ from typing import Dict, Iterable, Tuple
 
 import numpy as np
 
+from .bad_samples import BadSampleError, BadSampleWarning
+
 SEG_DEPTH = ("semseg", "depth")
 
 
@@ -60,8 +62,6 @@ def split_depth_stats(dataset, max_maps: int, where: str) -> Dict[str, float]:
     """:func:`depth_stats_of` over the first (lowest-index) ``max_maps`` good depth maps of a
     reader with ``load_depth(j)`` (metres ``(H, W)``, NaN invalid). Bad maps raise under
     ``on_bad_sample="error"`` and are passed over with a warning under ``"skip"``."""
-    from .bad_samples import BadSampleError, BadSampleWarning
-
     def maps():
         used = 0
         for j in range(len(dataset)):
