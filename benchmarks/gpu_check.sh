@@ -17,7 +17,7 @@
 # A failed step is recorded and the next one runs; a step that would start with less than
 # MIN_STEP_S seconds of the budget left is skipped ("budget"); a step gets min(its timeout, what is
 # left). The steps are in priority order: what a first call cannot fit, a second one runs with
-# --only. Outputs (few files: the device tool returns at most 8) in --out DIR (default $OUT):
+# --only. Outputs (a few files) in --out DIR (default $OUT):
 #   summary.md      every step's status, exit code, duration and timeout; test counts and failures;
 #                   the doctor verdicts; the bench tables (written after every step, tables at the end)
 #   results.json    every step's JSON output (doctor, bench, models, gate) and the test counts
@@ -41,7 +41,7 @@ DRY=0
 ONLY=""
 SKIP=""
 STEPS=(install env doctor pytest_core bench_ops models models_compile models_fused_compile pytest_compile gate bench_ops_compile)
-# seconds per step on an H200 (estimates: cold Triton and Inductor caches; see benchmarks/RESULTS.md)
+# seconds per step on an H200 (estimates: cold Triton and Inductor caches; see docs/performance.md)
 declare -A TIMEOUT=([install]=60 [env]=30 [doctor]=120 [pytest_core]=180 [bench_ops]=120 [models]=90
                     [models_compile]=150 [models_fused_compile]=150 [pytest_compile]=240 [gate]=120
                     [bench_ops_compile]=300)
