@@ -9,8 +9,10 @@ import os
 import sys
 from typing import Callable, Dict, List, Optional
 
-from .config import Config, ConfigError, format_dilation, parse_dilation, parse_size
+from . import tasks as task_registry
+from .config import Config, ConfigError, format_dilation, merge_fields, parse_dilation, parse_size
 from .errors import TrainingDiverged
+from .tasks.base import DEFAULT_WEIGHT, legacy_flag
 
 _SUPPRESS = argparse.SUPPRESS
 
@@ -30,10 +32,8 @@ def _size(text: str):
 
 
 def _tasks(text: str):
-    from .tasks import parse_tasks
-
     try:
-        return parse_tasks(text)
+        return task_registry.parse_tasks(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -43,7 +43,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     d = Config()
     g = p.add_argument_group("model")
     g.add_argument("--tasks", type=_tasks, default=_SUPPRESS, metavar="LIST",
-                   help=f"comma-separated tasks, one head each: semseg, depth, normals (default {','.join(d.tasks)})")
+                   help=f"comma-separated tasks, one head each: {', '.join(task_registry.names())} "
+                        f"(default {','.join(d.tasks)})")
     g.add_argument("--model", default=_SUPPRESS, help=f"joint | branched | distill | distill_allconnect (default {d.model})")
     g.add_argument("--encoder", default=_SUPPRESS, help=f"resnet18 | resnet34 | resnet50 | resnet101 (default {d.encoder})")
     g.add_argument("--dilation", type=_dilation, default=_SUPPRESS, metavar="F,F,T",
@@ -59,25 +60,78 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--aspp-dropout", type=float, default=_SUPPRESS, help="dropout after the ASPP projection (default 0)")
 
 
+_OPT_DEST, _WEIGHT_DEST = "task_opt:", "task_weight:"  # argparse dests of the legacy task flags
+
+
+def add_task_args(g) -> None:
+    """``--task-weight``, ``--task-opt`` and the legacy aliases generated from the tasks' declarations
+    (``--weight-semseg`` = ``--task-weight semseg=W``, ``--depth-loss`` = ``--task-opt depth.loss=V``)."""
+    g.add_argument("--task-weight", action="append", default=_SUPPRESS, metavar="TASK=WEIGHT",
+                   help=f"fixed loss weight of a task (repeatable), e.g. normals=1.0 (default {DEFAULT_WEIGHT} each)")
+    g.add_argument("--task-opt", action="append", default=_SUPPRESS, metavar="TASK.OPTION=VALUE",
+                   help="an option of a task (repeatable), e.g. depth.loss=silog; the options: "
+                        + "; ".join(f"{t}.{o.name}: {o.help} (default {o.default})"
+                                    for t in task_registry.names() for o in task_registry.get(t).options))
+    for name in task_registry.names():
+        cls = task_registry.get(name)
+        if cls.legacy_weight:
+            g.add_argument(legacy_flag(cls.legacy_weight), dest=_WEIGHT_DEST + name, type=float, default=_SUPPRESS,
+                           metavar="W", help=f"= --task-weight {name}=W")
+        for opt in cls.options:
+            if opt.legacy:
+                g.add_argument(legacy_flag(opt.legacy), dest=f"{_OPT_DEST}{name}.{opt.name}", default=_SUPPRESS,
+                               metavar="VALUE", help=f"= --task-opt {name}.{opt.name}=VALUE")
+
+
+def _task_fields(args: argparse.Namespace) -> Dict:
+    """``task_weights`` / ``task_options`` of the generic task flags and their legacy aliases."""
+    given = vars(args)
+    weights: Dict[str, float] = {}
+    options: Dict[str, Dict] = {}
+    for item in given.get("task_weight") or []:
+        name, eq, text = item.partition("=")
+        name = name.strip()
+        try:
+            weights[name] = float(text)
+        except ValueError:
+            eq = ""
+        if not eq or not name:
+            raise ConfigError(f"--task-weight {item!r}: must look like TASK=WEIGHT, e.g. normals=1.0")
+    for item in given.get("task_opt") or []:
+        key, eq, value = item.partition("=")
+        name, dot, option = key.strip().partition(".")
+        if not eq or not dot or not name or not option:
+            raise ConfigError(f"--task-opt {item!r}: must look like TASK.OPTION=VALUE, e.g. depth.loss=silog")
+        if not task_registry.is_task(name):
+            raise ConfigError(f"--task-opt {item}: unknown task {name!r}; valid tasks: {', '.join(task_registry.names())}")
+        cls = task_registry.get(name)
+        options.setdefault(name, {})[option] = cls.option(option).parse(value, f"--task-opt {name}.{option}")
+    for dest, value in given.items():
+        if dest.startswith(_WEIGHT_DEST):
+            name = dest[len(_WEIGHT_DEST):]
+            if name in weights:
+                raise ConfigError(f"--task-weight {name}=... and {legacy_flag(task_registry.get(name).legacy_weight)}: "
+                                  f"give one of them")
+            weights[name] = value
+        elif dest.startswith(_OPT_DEST):
+            name, _, option = dest[len(_OPT_DEST):].partition(".")
+            opt = task_registry.get(name).option(option)
+            if option in options.get(name, {}):
+                raise ConfigError(f"--task-opt {name}.{option}=... and {legacy_flag(opt.legacy)}: give one of them")
+            options.setdefault(name, {})[option] = opt.parse(value, legacy_flag(opt.legacy))
+    fields: Dict = {}
+    if weights:
+        fields["task_weights"] = weights
+    if options:
+        fields["task_options"] = options
+    return fields
+
+
 def given_config_fields(args: argparse.Namespace) -> Dict:
     """The Config fields among the flags that were given (flags not given are absent: SUPPRESS)."""
     fields = set(Config.__dataclass_fields__)
     values = {k: v for k, v in vars(args).items() if k in fields}
-    for item in getattr(args, "task_weight", None) or []:
-        name, eq, text = item.partition("=")
-        name = name.strip()
-        try:
-            weight = float(text)
-        except ValueError:
-            weight = None
-        if not eq or not name or weight is None:
-            raise ConfigError(f"--task-weight {item!r}: must look like TASK=WEIGHT, e.g. normals=1.0")
-        if name in ("semseg", "depth"):
-            if f"weight_{name}" in vars(args):
-                raise ConfigError(f"--task-weight {name}=... and --weight-{name}: give one of them")
-            values[f"weight_{name}"] = weight
-        else:
-            values.setdefault("task_weights", {})[name] = weight
+    values.update(_task_fields(args))
     if getattr(args, "weighting_opt", None):
         from .weighting import parse_options
 
@@ -98,7 +152,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise ConfigError(f"--config {args.config}: cannot be read ({e.strerror or e})") from None
         except ValueError as e:  # bad JSON or unknown fields
             raise ConfigError(f"--config {args.config}: {e}") from None
-    return Config.from_dict({**base, **given_config_fields(args)}).validate()
+    return Config.from_dict(merge_fields(base, given_config_fields(args))).validate()
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -111,9 +165,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     h, w = args.profile_size
     if h % cfg.output_stride or w % cfg.output_stride:
         raise ConfigError(f"--size {h}x{w}: height and width must be multiples of {cfg.output_stride} (the output stride)")
-    from .tasks import get
-
-    model = build_model(cfg, {t: get(t).output_channels(args.num_classes) for t in cfg.tasks}, fused=args.fused)
+    model = build_model(cfg, {t: task_registry.get(t).output_channels(args.num_classes) for t in cfg.tasks},
+                        fused=args.fused)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
     result = profile_model(model, (h, w), depth=args.depth, throughput=args.throughput,
                            device=resolve_device(args.device), batch_size=args.batch_size, amp_dtype=amp)
@@ -295,7 +348,6 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root", default=_SUPPRESS, metavar="DIR",
                    help="dataset folder (default: the built-in synthetic set, generated once into the user cache)")
     g.add_argument("--size", type=_size, default=_SUPPRESS, metavar="HxW", help="training crop (default: 128x256 on GPU, 64x128 on the CPU budget)")
-    g.add_argument("--depth-norm", default=_SUPPRESS, help=f"linear | log (default {d.depth_norm})")
     g.add_argument("--workers", type=int, default=_SUPPRESS, help=f"data loader processes (default {d.workers})")
     g.add_argument("--on-bad-sample", default=_SUPPRESS, help="error | skip: a broken or inconsistent sample stops "
                    "the run naming the file (default), or is skipped with a warning and counted in summary.json")
@@ -307,16 +359,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=_SUPPRESS, help=f"per process (default {d.batch_size})")
     g.add_argument("--epochs", type=int, default=_SUPPRESS, help="epochs (default: 16 on GPU; CPU budget: 200 steps)")
     g.add_argument("--max-steps", type=int, default=_SUPPRESS, help="stop after this many optimizer steps")
-    g.add_argument("--weight-semseg", type=float, default=_SUPPRESS, help=f"task weight (default {d.weight_semseg})")
-    g.add_argument("--weight-depth", type=float, default=_SUPPRESS, help=f"task weight (default {d.weight_depth})")
-    g.add_argument("--depth-loss", default=_SUPPRESS, help=f"l1 | l2 | silog (default {d.depth_loss})")
-    g.add_argument("--task-weight", action="append", default=_SUPPRESS, metavar="TASK=WEIGHT",
-                   help="fixed loss weight of any task (repeatable), e.g. normals=1.0; semseg=/depth= set "
-                        "--weight-semseg/--weight-depth (default 0.5 each)")
-    g.add_argument("--normals-loss", default=_SUPPRESS, help=f"cosine | l1 (default {d.normals_loss})")
+    add_task_args(p.add_argument_group("tasks' options and weights"))
     g = p.add_argument_group("task weighting (README: Task weighting)")
     g.add_argument("--weighting", default=_SUPPRESS, metavar="NAME",
-                   help="fixed (default: --weight-semseg/--weight-depth) | uw | dwa | rlw | gls | famo | imtl_l | "
+                   help="fixed (default: --task-weight) | uw | dwa | rlw | gls | famo | imtl_l | "
                         "gradnorm | mgda_ub | pcgrad | cagrad | imtl_g | nash_mtl | aligned_mtl | gradvac | graddrop")
     g.add_argument("--weighting-opt", action="append", default=_SUPPRESS, metavar="KEY=VALUE",
                    help="an option of the method over its paper default (repeatable), e.g. temperature=2")

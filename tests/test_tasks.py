@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from fastmtl import tasks
 from fastmtl.config import Config, ConfigError
 from fastmtl.data.transforms import random_hflip, random_scale, pad_to, train_transform
-from fastmtl.losses import MultiTaskLoss, semseg_loss
-from fastmtl.metrics import DepthMeter, SemsegMeter
+from fastmtl.losses import MultiTaskLoss
+from fastmtl.tasks.depth import DepthMeter, DepthNormalizer
+from fastmtl.tasks.semseg import SemsegMeter, semseg_loss
 from fastmtl.tasks.normals import NormalsMeter, NormalsTask, normals_cosine_loss, normals_l1_loss
 
 
@@ -46,7 +47,7 @@ def test_task_weight_flag_sets_any_task_and_keeps_the_old_flags(capsys):
     cfg = config_from_args(parser.parse_args(["train", "--tasks", "semseg,depth,normals", "--task-weight", "normals=2",
                                               "--task-weight", "semseg=0.25", "--weight-depth", "0.75",
                                               "--normals-loss", "l1"]))
-    assert cfg.tasks == ("semseg", "depth", "normals") and cfg.normals_loss == "l1"
+    assert cfg.tasks == ("semseg", "depth", "normals") and cfg.task_option("normals", "loss") == "l1"
     assert [cfg.task_weight(t) for t in cfg.tasks] == [0.25, 0.75, 2.0]
     assert Config(tasks=("semseg", "normals")).validate().task_weight("normals") == 0.5  # the default
     for argv, message in [(["--task-weight", "normals=1"], "not one of --tasks semseg,depth"),
@@ -59,7 +60,6 @@ def test_task_weight_flag_sets_any_task_and_keeps_the_old_flags(capsys):
 
 
 def test_generic_loss_is_the_weighted_sum_of_the_task_losses():
-    from fastmtl.data import DepthNormalizer
     from fastmtl.tasks.depth import DepthTask
     from fastmtl.tasks.semseg import SemsegTask
 
