@@ -5,7 +5,8 @@ A checkpoint is a dict of tensors and plain Python data only::
 
     {"format": "fastmtl-checkpoint", "version": 2, "config": Config.to_dict(),
      "outputs_desc": {"semseg": 19, "depth": 1, ...} (one entry per task), "dataset": DatasetInfo as dict,
-     "normalizer": DepthNormalizer.to_dict(), "model": state_dict, "step": int, "epoch": int,
+     each task's saved state under its ``Task.state_key`` (depth: "normalizer": DepthNormalizer.to_dict()),
+     "model": state_dict, "step": int, "epoch": int,
      "metrics": {...}, "best": {...} | None, plus resume state: "optimizer", "scheduler",
      "scaler", "rng"}
 """

@@ -1,5 +1,6 @@
 """The ``fastmtl`` command: parses flags into a :class:`~fastmtl.config.Config` and calls one
-function per subcommand. No logic of its own beyond argument handling and error reporting.
+function per subcommand (the table :data:`COMMANDS`). No logic of its own beyond argument handling
+and error reporting; the tasks' flags are generated from their declarations.
 """
 from __future__ import annotations
 
@@ -7,10 +8,26 @@ import argparse
 import json
 import os
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
-from .config import Config, ConfigError, format_dilation, parse_dilation, parse_size
+import torch
+
+from . import __version__
+from . import tasks as task_registry
+from .config import Config, ConfigError, format_dilation, merge_fields, parse_dilation, parse_size
 from .errors import TrainingDiverged
+from .models import MODEL_NAMES, build_model
+from .perf.aot.cli import add_commands as add_aot_commands
+from .tasks.base import DEFAULT_WEIGHT, legacy_flag
+from .weighting import parse_options
+
+# The commands' own modules, imported inside their command functions only to keep start-up fast
+# (``fastmtl --help``, FASTMTL_PARSE_ONLY): the import-graph test excepts exactly these.
+LAZY_IMPORTS = (
+    "fastmtl.compare", "fastmtl.data.synthetic", "fastmtl.doctor", "fastmtl.evaluate", "fastmtl.export",
+    "fastmtl.perf.bench", "fastmtl.perf.model_bench", "fastmtl.perf.profile", "fastmtl.predict",
+    "fastmtl.sweep.builtin", "fastmtl.sweep.report", "fastmtl.sweep.runner", "fastmtl.train",
+)
 
 _SUPPRESS = argparse.SUPPRESS
 
@@ -30,10 +47,8 @@ def _size(text: str):
 
 
 def _tasks(text: str):
-    from .tasks import parse_tasks
-
     try:
-        return parse_tasks(text)
+        return task_registry.parse_tasks(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -43,7 +58,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     d = Config()
     g = p.add_argument_group("model")
     g.add_argument("--tasks", type=_tasks, default=_SUPPRESS, metavar="LIST",
-                   help=f"comma-separated tasks, one head each: semseg, depth, normals (default {','.join(d.tasks)})")
+                   help=f"comma-separated tasks, one head each: {', '.join(task_registry.names())} "
+                        f"(default {','.join(d.tasks)})")
     g.add_argument("--model", default=_SUPPRESS, help=f"joint | branched | distill | distill_allconnect (default {d.model})")
     g.add_argument("--encoder", default=_SUPPRESS, help=f"resnet18 | resnet34 | resnet50 | resnet101 (default {d.encoder})")
     g.add_argument("--dilation", type=_dilation, default=_SUPPRESS, metavar="F,F,T",
@@ -59,28 +75,79 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--aspp-dropout", type=float, default=_SUPPRESS, help="dropout after the ASPP projection (default 0)")
 
 
+_OPT_DEST, _WEIGHT_DEST = "task_opt:", "task_weight:"  # argparse dests of the legacy task flags
+
+
+def add_task_args(g) -> None:
+    """``--task-weight``, ``--task-opt`` and the legacy aliases generated from the tasks' declarations
+    (``--weight-semseg`` = ``--task-weight semseg=W``, ``--depth-loss`` = ``--task-opt depth.loss=V``)."""
+    g.add_argument("--task-weight", action="append", default=_SUPPRESS, metavar="TASK=WEIGHT",
+                   help=f"fixed loss weight of a task (repeatable), e.g. normals=1.0 (default {DEFAULT_WEIGHT} each)")
+    g.add_argument("--task-opt", action="append", default=_SUPPRESS, metavar="TASK.OPTION=VALUE",
+                   help="an option of a task (repeatable), e.g. depth.loss=silog; the options: "
+                        + "; ".join(f"{t}.{o.name}: {o.help} (default {o.default})"
+                                    for t in task_registry.names() for o in task_registry.get(t).options))
+    for name in task_registry.names():
+        cls = task_registry.get(name)
+        if cls.legacy_weight:
+            g.add_argument(legacy_flag(cls.legacy_weight), dest=_WEIGHT_DEST + name, type=float, default=_SUPPRESS,
+                           metavar="W", help=f"= --task-weight {name}=W")
+        for opt in cls.options:
+            if opt.legacy:
+                g.add_argument(legacy_flag(opt.legacy), dest=f"{_OPT_DEST}{name}.{opt.name}", default=_SUPPRESS,
+                               metavar="VALUE", help=f"= --task-opt {name}.{opt.name}=VALUE")
+
+
+def _task_fields(args: argparse.Namespace) -> Dict:
+    """``task_weights`` / ``task_options`` of the generic task flags and their legacy aliases."""
+    given = vars(args)
+    weights: Dict[str, float] = {}
+    options: Dict[str, Dict] = {}
+    for item in given.get("task_weight") or []:
+        name, eq, text = item.partition("=")
+        name = name.strip()
+        try:
+            weights[name] = float(text)
+        except ValueError:
+            eq = ""
+        if not eq or not name:
+            raise ConfigError(f"--task-weight {item!r}: must look like TASK=WEIGHT, e.g. normals=1.0")
+    for item in given.get("task_opt") or []:
+        key, eq, value = item.partition("=")
+        name, dot, option = key.strip().partition(".")
+        if not eq or not dot or not name or not option:
+            raise ConfigError(f"--task-opt {item!r}: must look like TASK.OPTION=VALUE, e.g. depth.loss=silog")
+        if not task_registry.is_task(name):
+            raise ConfigError(f"--task-opt {item}: unknown task {name!r}; valid tasks: {', '.join(task_registry.names())}")
+        cls = task_registry.get(name)
+        options.setdefault(name, {})[option] = cls.option(option).parse(value, f"--task-opt {name}.{option}")
+    for dest, value in given.items():
+        if dest.startswith(_WEIGHT_DEST):
+            name = dest[len(_WEIGHT_DEST):]
+            if name in weights:
+                raise ConfigError(f"--task-weight {name}=... and {legacy_flag(task_registry.get(name).legacy_weight)}: "
+                                  f"give one of them")
+            weights[name] = value
+        elif dest.startswith(_OPT_DEST):
+            name, _, option = dest[len(_OPT_DEST):].partition(".")
+            opt = task_registry.get(name).option(option)
+            if option in options.get(name, {}):
+                raise ConfigError(f"--task-opt {name}.{option}=... and {legacy_flag(opt.legacy)}: give one of them")
+            options.setdefault(name, {})[option] = opt.parse(value, legacy_flag(opt.legacy))
+    fields: Dict = {}
+    if weights:
+        fields["task_weights"] = weights
+    if options:
+        fields["task_options"] = options
+    return fields
+
+
 def given_config_fields(args: argparse.Namespace) -> Dict:
     """The Config fields among the flags that were given (flags not given are absent: SUPPRESS)."""
     fields = set(Config.__dataclass_fields__)
     values = {k: v for k, v in vars(args).items() if k in fields}
-    for item in getattr(args, "task_weight", None) or []:
-        name, eq, text = item.partition("=")
-        name = name.strip()
-        try:
-            weight = float(text)
-        except ValueError:
-            weight = None
-        if not eq or not name or weight is None:
-            raise ConfigError(f"--task-weight {item!r}: must look like TASK=WEIGHT, e.g. normals=1.0")
-        if name in ("semseg", "depth"):
-            if f"weight_{name}" in vars(args):
-                raise ConfigError(f"--task-weight {name}=... and --weight-{name}: give one of them")
-            values[f"weight_{name}"] = weight
-        else:
-            values.setdefault("task_weights", {})[name] = weight
+    values.update(_task_fields(args))
     if getattr(args, "weighting_opt", None):
-        from .weighting import parse_options
-
         try:
             values["weighting_opts"] = parse_options(values.get("weighting", "fixed"), args.weighting_opt)
         except ValueError as e:
@@ -98,22 +165,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise ConfigError(f"--config {args.config}: cannot be read ({e.strerror or e})") from None
         except ValueError as e:  # bad JSON or unknown fields
             raise ConfigError(f"--config {args.config}: {e}") from None
-    return Config.from_dict({**base, **given_config_fields(args)}).validate()
+    return Config.from_dict(merge_fields(base, given_config_fields(args))).validate()
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    import torch
-
-    from .models import build_model
     from .perf.profile import format_profile, profile_model
 
     cfg = config_from_args(args)
     h, w = args.profile_size
     if h % cfg.output_stride or w % cfg.output_stride:
         raise ConfigError(f"--size {h}x{w}: height and width must be multiples of {cfg.output_stride} (the output stride)")
-    from .tasks import get
-
-    model = build_model(cfg, {t: get(t).output_channels(args.num_classes) for t in cfg.tasks}, fused=args.fused)
+    model = build_model(cfg, {t: task_registry.get(t).output_channels(args.num_classes) for t in cfg.tasks},
+                        fused=args.fused)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
     result = profile_model(model, (h, w), depth=args.depth, throughput=args.throughput,
                            device=resolve_device(args.device), batch_size=args.batch_size, amp_dtype=amp)
@@ -124,8 +187,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def resolve_device(name: str) -> str:
     """``auto`` -> ``cuda`` when available else ``cpu``; anything else is checked by torch."""
-    import torch
-
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -225,7 +286,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _bench_models(args: argparse.Namespace) -> int:
     from .perf.bench import IMPLS, MODEL_PHASES, parse_list
     from .perf.model_bench import format_model_report, run_model_bench
-    from .models import MODEL_NAMES
 
     report = run_model_bench(parse_list(args.models, ("default",) + tuple(MODEL_NAMES), "models"), parse_list(args.phases, MODEL_PHASES, "phases"),
                              parse_list(args.impls, IMPLS, "impls") if args.impls else None,
@@ -295,7 +355,6 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root", default=_SUPPRESS, metavar="DIR",
                    help="dataset folder (default: the built-in synthetic set, generated once into the user cache)")
     g.add_argument("--size", type=_size, default=_SUPPRESS, metavar="HxW", help="training crop (default: 128x256 on GPU, 64x128 on the CPU budget)")
-    g.add_argument("--depth-norm", default=_SUPPRESS, help=f"linear | log (default {d.depth_norm})")
     g.add_argument("--workers", type=int, default=_SUPPRESS, help=f"data loader processes (default {d.workers})")
     g.add_argument("--on-bad-sample", default=_SUPPRESS, help="error | skip: a broken or inconsistent sample stops "
                    "the run naming the file (default), or is skipped with a warning and counted in summary.json")
@@ -307,16 +366,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=_SUPPRESS, help=f"per process (default {d.batch_size})")
     g.add_argument("--epochs", type=int, default=_SUPPRESS, help="epochs (default: 16 on GPU; CPU budget: 200 steps)")
     g.add_argument("--max-steps", type=int, default=_SUPPRESS, help="stop after this many optimizer steps")
-    g.add_argument("--weight-semseg", type=float, default=_SUPPRESS, help=f"task weight (default {d.weight_semseg})")
-    g.add_argument("--weight-depth", type=float, default=_SUPPRESS, help=f"task weight (default {d.weight_depth})")
-    g.add_argument("--depth-loss", default=_SUPPRESS, help=f"l1 | l2 | silog (default {d.depth_loss})")
-    g.add_argument("--task-weight", action="append", default=_SUPPRESS, metavar="TASK=WEIGHT",
-                   help="fixed loss weight of any task (repeatable), e.g. normals=1.0; semseg=/depth= set "
-                        "--weight-semseg/--weight-depth (default 0.5 each)")
-    g.add_argument("--normals-loss", default=_SUPPRESS, help=f"cosine | l1 (default {d.normals_loss})")
+    add_task_args(p.add_argument_group("tasks' options and weights"))
     g = p.add_argument_group("task weighting (README: Task weighting)")
     g.add_argument("--weighting", default=_SUPPRESS, metavar="NAME",
-                   help="fixed (default: --weight-semseg/--weight-depth) | uw | dwa | rlw | gls | famo | imtl_l | "
+                   help="fixed (default: --task-weight) | uw | dwa | rlw | gls | famo | imtl_l | "
                         "gradnorm | mgda_ub | pcgrad | cagrad | imtl_g | nash_mtl | aligned_mtl | gradvac | graddrop")
     g.add_argument("--weighting-opt", action="append", default=_SUPPRESS, metavar="KEY=VALUE",
                    help="an option of the method over its paper default (repeatable), e.g. temperature=2")
@@ -343,20 +396,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--json", action="store_true", help="print summary.json at the end")
 
 
-def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(prog="fastmtl", description="Multi-task semantics + depth with fused Triton kernels.")
-    parser.add_argument("--version", action="version", version=f"fastmtl {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    p = sub.add_parser("train", help="train a model (default: the report's best recipe on the built-in dataset)")
+def args_train(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     add_train_args(p)
-    p.set_defaults(func=commands["train"])
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint")
+
+def args_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file or a run directory (best.pt)")
     p.add_argument("--data-root", default=None, metavar="DIR", help="default: the checkpoint's dataset")
     p.add_argument("--split", default="val", help="split folder to evaluate (default val)")
@@ -365,16 +410,16 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--on-bad-sample", choices=("error", "skip"), default="error", help="as for train")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=commands["eval"])
 
-    p = sub.add_parser("predict", help="per image: each task's raw result and picture, and a panel PNG")
+
+def args_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file or a run directory (best.pt)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--device", default="auto")
-    p.set_defaults(func=commands["predict"])
 
-    p = sub.add_parser("compare", help="every metric of every task of several runs, and Δm against a baseline run")
+
+def args_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (their summary.json)")
     p.add_argument("--baseline", required=True, action="append", metavar="RUN_DIR",
                    help="the run Δm is measured against; repeat it for runs that together have each task once "
@@ -382,15 +427,15 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--at", choices=("final", "best"), default="final",
                    help="the final evaluation (default) or each run's best step (metrics.jsonl)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=commands["compare"])
 
-    p = sub.add_parser("export", help="a checkpoint as an ONNX or TorchScript file (one output per task: semseg logits, depth in m, unit normals)")
+
+def args_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .pt file or a run directory (best.pt)")
     p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
     p.add_argument("--out", default=None, metavar="FILE", help="default: model.onnx or model.pt")
-    p.set_defaults(func=commands["export"])
 
-    p = sub.add_parser("data", help="datasets")
+
+def args_data(p: argparse.ArgumentParser) -> None:
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     data_sub.required = True
     q = data_sub.add_parser("synthetic", help="render the procedural street-scene dataset")
@@ -401,9 +446,10 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
-    q.set_defaults(func=commands["data_synthetic"])
+    q.set_defaults(func=cmd_data_synthetic)
 
-    p = sub.add_parser("profile", help="parameters, GMACs and throughput of a model")
+
+def args_profile(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--size", dest="profile_size", type=_size, default=(256, 256), metavar="HxW", help="input size (default 256x256)")
     p.add_argument("--num-classes", type=int, default=19, help="semantic classes (default 19)")
@@ -414,9 +460,9 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=("bf16", "fp16", "off"), default="off", help="autocast for --throughput")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=False, help="fused Triton modules")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=commands["profile"])
 
-    p = sub.add_parser("bench", help="time the fused ops against eager and torch.compile references")
+
+def args_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ops", default="se_scale,sigmoid_gate,aspp,silog", help="comma-separated ops (default: all four)")
     p.add_argument("--modes", default="forward,backward,full", help="comma-separated passes (default: all three)")
     p.add_argument("--impls", default=None, metavar="LIST",
@@ -432,9 +478,9 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--phases", default="train", metavar="LIST", help="with --models: train,inference (default train)")
     p.add_argument("--steps", type=int, default=None, help="with --models: timed calls per row (default 10 on CUDA, 3 on CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=commands["bench"])
 
-    p = sub.add_parser("sweep", help="many train runs from a sweep file (or a built-in sweep), resumable; one table")
+
+def args_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", metavar="SWEEP", help="a sweep file (.json / .toml), a built-in sweep (report-ladder, "
                    "report-hparams) or a sweep folder to continue")
     p.add_argument("--out", default=None, metavar="DIR", help="sweep folder (default sweeps/NAME)")
@@ -452,26 +498,45 @@ def build_parser(commands: Dict[str, Callable]) -> argparse.ArgumentParser:
                    "adds the ImageNet-init step)")
     p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                    help="any config field for every run (repeatable), e.g. --set eval_every=400 --set workers=0")
-    p.set_defaults(func=commands["sweep"])
 
-    p = sub.add_parser("doctor", help="device, versions, kernel mode and the self-check of every fused op")
+
+def args_doctor(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=commands["doctor"])
-    from .perf.aot.cli import add_commands as add_aot_commands  # fastmtl gate, fastmtl traffic
-    add_aot_commands(sub)
+
+
+Command = Tuple[str, Callable[[argparse.ArgumentParser], None], Optional[Callable[[argparse.Namespace], int]]]
+# name -> (help, add_arguments, run); run None: a group whose subcommands set their own (``data``)
+COMMANDS: Dict[str, Command] = {
+    "train": ("train a model (default: the report's best recipe on the built-in dataset)", args_train, cmd_train),
+    "eval": ("evaluate a checkpoint", args_eval, cmd_eval),
+    "predict": ("per image: each task's raw result and picture, and a panel PNG", args_predict, cmd_predict),
+    "compare": ("every metric of every task of several runs, and Δm against a baseline run", args_compare, cmd_compare),
+    "export": ("a checkpoint as an ONNX or TorchScript file (one output per task: semseg logits, depth in m, unit normals)", args_export, cmd_export),
+    "data": ("datasets", args_data, None),
+    "profile": ("parameters, GMACs and throughput of a model", args_profile, cmd_profile),
+    "bench": ("time the fused ops against eager and torch.compile references", args_bench, cmd_bench),
+    "sweep": ("many train runs from a sweep file (or a built-in sweep), resumable; one table", args_sweep, cmd_sweep),
+    "doctor": ("device, versions, kernel mode and the self-check of every fused op", args_doctor, cmd_doctor),
+}
+
+
+def build_parser(commands: Mapping[str, Command] = COMMANDS) -> argparse.ArgumentParser:
+    """The ``fastmtl`` parser: one subcommand per entry of ``commands``, then ``gate`` / ``traffic``."""
+    parser = argparse.ArgumentParser(prog="fastmtl", description="Multi-task dense prediction with fused Triton kernels.")
+    parser.add_argument("--version", action="version", version=f"fastmtl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (help_text, add_arguments, run) in commands.items():
+        p = sub.add_parser(name, help=help_text)
+        add_arguments(p)
+        if run is not None:
+            p.set_defaults(func=run)
+    add_aot_commands(sub)  # fastmtl gate, fastmtl traffic (fastmtl.perf.aot.cli)
     return parser
 
 
-COMMANDS: Dict[str, Callable] = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
-                                  "compare": cmd_compare,
-                                  "profile": cmd_profile,
-                                  "data_synthetic": cmd_data_synthetic, "bench": cmd_bench}
-COMMANDS["doctor"] = cmd_doctor
-COMMANDS["sweep"] = cmd_sweep
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser(COMMANDS)
+    parser = build_parser()
     args = parser.parse_args(argv)
     if os.environ.get("FASTMTL_PARSE_ONLY") == "1":  # the flags parse; run nothing (gpu_check.sh --dry-run)
         return 0

@@ -23,6 +23,8 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .tasks import DEFAULT_TASKS, get
+
 AT = ("final", "best")
 
 
@@ -65,7 +67,7 @@ def load_run(run_dir: str, at: str = "final") -> Dict:
     root = config.get("data_root")
     return {
         "dir": str(path),
-        "tasks": tuple(config.get("tasks", ("semseg", "depth"))),
+        "tasks": tuple(config.get("tasks", DEFAULT_TASKS)),
         "dataset": (config.get("dataset", "synthetic"), str(Path(root).resolve()) if root else "built-in"),
         "metrics": {k: float(v) for k, v in record.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch", "lr")},
@@ -112,8 +114,6 @@ def _same_dataset(a: Dict, b: Dict) -> None:
 def combined_baseline(bases: Sequence[Dict], label: str) -> Dict:
     """One baseline from several runs that each cover some of the tasks (e.g. single-task runs):
     every task must come from exactly one of them; each gives its own tasks' metrics."""
-    from .tasks import get
-
     owner: Dict[str, str] = {}
     metrics: Dict[str, float] = {}
     for base in bases:
@@ -132,8 +132,6 @@ def compare(run_dirs: Sequence[str], baseline_dirs, at: str = "final") -> Dict:
 
     ``baseline_dirs``: one run directory (with the runs' tasks), or several that together have
     each of the runs' tasks once (e.g. one single-task run per task: the usual Δm baseline)."""
-    from .tasks import get
-
     baseline_dirs = [baseline_dirs] if isinstance(baseline_dirs, (str, Path)) else list(baseline_dirs)
     bases = [load_run(d, at) for d in baseline_dirs]
     is_base = {Path(d).resolve() for d in baseline_dirs}
@@ -164,8 +162,6 @@ def compare(run_dirs: Sequence[str], baseline_dirs, at: str = "final") -> Dict:
 
 def metric_rows(report: Dict) -> List[Tuple[str, str, str, int]]:
     """``(task, metric, direction arrow, counts in Δm)`` of every metric of the report, task by task."""
-    from .tasks import get
-
     seen = set()
     rows = []
     present = set().union(*(r["metrics"] for r in report["runs"]))

@@ -1,59 +1,82 @@
-"""The one run configuration: model knobs, data, optimisation. Validated, JSON round-trips.
+"""The one run configuration: model knobs, data, optimisation, the tasks' options. Validated, JSON
+round-trips; the valid choices are read from the registries that own them.
 
-Field names are the CLI flags with ``-`` -> ``_`` (``--weight-depth`` -> ``weight_depth``).
-Defaults are the report's best recipe (distill_allconnect, ResNet-34, SE, dilation F,T,T,
-log depth, L1 depth loss, Adam, equal task weights, poly schedule).
+Field names are the CLI flags with ``-`` -> ``_`` (``--weight-decay`` -> ``weight_decay``). The tasks'
+options and weights are ``task_options`` / ``task_weights``, declared by each task
+(:class:`fastmtl.tasks.TaskOption`); the two-task era's fields (``weight_semseg``, ``depth_loss``...)
+are read by :meth:`Config.from_dict` into them. Defaults are the report's best recipe
+(distill_allconnect, ResNet-34, SE, dilation F,T,T, log depth, L1 depth loss, Adam, equal task
+weights, poly schedule).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
-MODELS = ("joint", "branched", "distill", "distill_allconnect")
-ENCODER_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101")
-ATTENTION_INITS = ("zero", "default")
-DILATION_STYLES = ("template", "torchvision")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-DEPTH_NORMS = ("linear", "log")
-DEPTH_LOSSES = ("l1", "l2", "silog")
-NORMALS_LOSSES = ("cosine", "l1")
-DEFAULT_TASK_WEIGHT = 0.5  # a task other than semseg / depth without --task-weight
-DATASETS = ("synthetic", "auto", "miniscapes", "nyuv2", "cityscapes", "cityscapes7", "cityscapes19")  # fastmtl.data.KINDS
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-ON_BAD_SAMPLE = ("error", "skip")
+from . import tasks as task_registry
+from .data import KINDS
+from .data.bad_samples import ON_BAD_SAMPLE
+from .errors import ConfigError  # re-exported: the CLI, the trainer and the sweeps raise it from here
+from .models import ModelKnobs
+from .optim import OPTIMIZERS
+from .weighting import GRAD_MODES, METHODS, NAMES as WEIGHTING_NAMES, build as build_weighting
 
+AMP_MODES = ("auto", "bf16", "fp16", "off")  # fastmtl.runtime's, once it owns them
 
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the flag and the valid choices."""
+__all__ = ["AMP_MODES", "Config", "ConfigError", "accepted_fields", "format_dilation", "merge_fields",
+           "parse_dilation", "parse_size"]
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def legacy_fields() -> Dict[str, Tuple[str, Optional[str]]]:
+    """``{field: (task, option)}`` of the two-task era's Config fields (``depth_loss`` -> depth.loss),
+    with option None for a weight field (``weight_semseg``), from the tasks' declarations."""
+    out: Dict[str, Tuple[str, Optional[str]]] = {}
+    for name in task_registry.names():
+        cls = task_registry.get(name)
+        if cls.legacy_weight:
+            out[cls.legacy_weight] = (name, None)
+        out.update({opt.legacy: (name, opt.name) for opt in cls.options if opt.legacy})
+    return out
+
+
+def accepted_fields() -> Tuple[str, ...]:
+    """The keys :meth:`Config.from_dict` accepts: the fields and the legacy fields, sorted."""
+    return tuple(sorted({f.name for f in dataclasses.fields(Config)} | set(legacy_fields())))
+
+
+def merge_fields(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """``{**base, **overrides}`` of Config dicts, with ``task_options`` / ``task_weights`` merged per
+    task and option (an override of one task's option keeps the others)."""
+    out = {**base, **overrides}
+    if "task_weights" in base and "task_weights" in overrides:
+        out["task_weights"] = {**base["task_weights"], **overrides["task_weights"]}
+    if "task_options" in base and "task_options" in overrides:
+        merged = {t: dict(o) for t, o in base["task_options"].items()}
+        for t, o in overrides["task_options"].items():
+            merged[t] = {**merged.get(t, {}), **o}
+        out["task_options"] = merged
+    return out
+
+
 @dataclass
-class Config:
-    # model
-    model: str = "distill_allconnect"
-    encoder: str = "resnet34"
-    dilation: Tuple[bool, bool, bool] = (False, True, True)
-    dilation_style: str = "template"  # which 3x3 convs a dilated layer dilates (models/encoder.py)
-    aspp: bool = True
-    skip: bool = True
-    se: bool = True
-    attention_init: str = "default"
-    pretrained: Optional[str] = None
+class Config(ModelKnobs):
+    """A run's configuration: the model knobs (:class:`fastmtl.models.ModelKnobs`) and the fields below."""
+
     fused: Optional[bool] = None  # None: fused when the Triton kernels can run on the device
-    aspp_dropout: float = 0.0
-    # tasks (fastmtl.tasks): what the model predicts, in this order
-    tasks: Tuple[str, ...] = ("semseg", "depth")
+    # tasks (fastmtl.tasks): what the model predicts, in this order, and their options and weights
+    tasks: Tuple[str, ...] = task_registry.DEFAULT_TASKS
+    task_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # {task: {option: value}} over defaults
+    task_weights: Dict[str, float] = field(default_factory=dict)  # fixed loss weights (default 0.5 each)
     # data
     dataset: str = "synthetic"
     data_root: Optional[str] = None  # None: the built-in synthetic set in the user cache
     size: Optional[Tuple[int, int]] = None  # training crop H, W; None: the budget's (see train.py)
-    depth_norm: str = "log"
     workers: int = 2
     on_bad_sample: str = "error"  # or "skip": drop unreadable / inconsistent samples with a warning
     # optimisation
@@ -64,12 +87,7 @@ class Config:
     batch_size: int = 4
     epochs: Optional[int] = None  # None with max_steps None: the device's budget (see train.py)
     max_steps: Optional[int] = None
-    weight_semseg: float = 0.5
-    weight_depth: float = 0.5
-    depth_loss: str = "l1"
-    task_weights: Dict[str, float] = field(default_factory=dict)  # tasks other than semseg / depth (default 0.5)
-    normals_loss: str = "cosine"
-    # task weighting (fastmtl.weighting): "fixed" uses weight_semseg / weight_depth
+    # task weighting (fastmtl.weighting): "fixed" uses task_weights
     weighting: str = "fixed"
     weighting_opts: Dict[str, Any] = field(default_factory=dict)  # the method's options over its paper defaults
     weighting_grads: str = "params"  # gradient methods: w.r.t. the shared "params" or the shared representation "rep"
@@ -85,19 +103,14 @@ class Config:
 
     def validate(self) -> "Config":
         """Raise :class:`ConfigError` for any value that cannot work; return self."""
-        choices = {
-            "model": MODELS, "encoder": ENCODER_NAMES, "attention_init": ATTENTION_INITS, "dilation_style": DILATION_STYLES,
-            "optimizer": OPTIMIZERS, "depth_norm": DEPTH_NORMS, "depth_loss": DEPTH_LOSSES, "normals_loss": NORMALS_LOSSES,
-            "dataset": DATASETS, "amp": AMP_MODES, "on_bad_sample": ON_BAD_SAMPLE,
-        }
+        self.validate_model()
+        choices = {"optimizer": OPTIMIZERS, "dataset": KINDS, "amp": AMP_MODES, "on_bad_sample": ON_BAD_SAMPLE}
         for name, valid in choices.items():
             value = getattr(self, name)
             if value not in valid:
                 raise ConfigError(f"{_flag(name)}: unknown value {value!r}; valid choices: {', '.join(valid)}")
         self._validate_tasks()
         self._validate_weighting()
-        if len(self.dilation) != 3:
-            raise ConfigError(f"--dilation needs three flags (layer2,layer3,layer4), got {self.dilation!r}")
         positive = {"lr": self.lr, "batch_size": self.batch_size, "epochs": self.epochs}
         for name, value in positive.items():
             if value is not None and not value > 0:
@@ -105,19 +118,15 @@ class Config:
         if self.aspp and self.batch_size < 2:
             raise ConfigError("--batch-size 1 with --aspp: the ASPP image-pooling branch has a BatchNorm over a 1x1 "
                               "map, which needs at least 2 images per batch (and per process) in training")
-        for name in ("weight_decay", "momentum", "weight_semseg", "weight_depth", "workers"):
+        for name in ("weight_decay", "momentum", "workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if sum(self.task_weight(t) for t in self.tasks) <= 0:
-            if set(self.tasks) == {"semseg", "depth"}:
-                raise ConfigError("--weight-semseg and --weight-depth cannot both be 0")
-            raise ConfigError(f"the task weights of --tasks {','.join(self.tasks)} cannot all be 0")
+            raise ConfigError(f"the task weights (--task-weight) of --tasks {','.join(self.tasks)} cannot all be 0")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"--max-steps must be > 0, got {self.max_steps}")
         if self.eval_every is not None and self.eval_every <= 0:
             raise ConfigError(f"--eval-every must be > 0, got {self.eval_every}")
-        if not 0.0 <= self.aspp_dropout < 1.0:
-            raise ConfigError(f"--aspp-dropout must be in [0, 1), got {self.aspp_dropout}")
         stride = self.output_stride
         h, w = self.size if self.size is not None else (stride, stride)
         if h <= 0 or w <= 0 or h % stride or w % stride:
@@ -125,39 +134,37 @@ class Config:
                 f"--size {h}x{w}: height and width must be positive multiples of {stride} "
                 f"(the encoder's output stride with --dilation {format_dilation(self.dilation)})"
             )
-        if self.model == "distill_allconnect" and not self.skip:
-            raise ConfigError("--model distill_allconnect is the all-scale skip decoder: it cannot be used with --no-skip")
-        if self.model == "distill_allconnect" and stride < 8:
-            raise ConfigError("--model distill_allconnect needs features at 8x: use a --dilation with output stride >= 8")
         return self
 
     def _validate_tasks(self) -> None:
-        from .tasks import check_task_names
-
         try:
-            check_task_names(self.tasks)
+            task_registry.check_task_names(self.tasks)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         for name, w in self.task_weights.items():
-            if name in ("semseg", "depth"):
-                raise ConfigError(f"--task-weight {name}: the weight of {name} is --weight-{name}")
             if name not in self.tasks:
                 raise ConfigError(f"--task-weight {name}: not one of --tasks {','.join(self.tasks)}")
             if not isinstance(w, (int, float)) or isinstance(w, bool) or not w >= 0:
                 raise ConfigError(f"--task-weight {name}={w!r}: must be a number >= 0")
+        for name, options in self.task_options.items():
+            if not task_registry.is_task(name):
+                raise ConfigError(f"--task-opt {name}: unknown task {name!r}; valid tasks: "
+                                  f"{', '.join(task_registry.names())}")
+            if not isinstance(options, dict):
+                raise ConfigError(f"--task-opt {name}: task_options[{name!r}] must be an object of options")
+            task_registry.get(name).option_values(options)
 
     def task_weight(self, name: str) -> float:
-        """The fixed loss weight of task ``name``: ``weight_semseg``, ``weight_depth`` or
-        ``task_weights[name]`` (default :data:`DEFAULT_TASK_WEIGHT`)."""
-        if name in ("semseg", "depth"):
-            return float(getattr(self, f"weight_{name}"))
-        return float(self.task_weights.get(name, DEFAULT_TASK_WEIGHT))
+        """The fixed loss weight of task ``name``: ``task_weights[name]`` (default 0.5)."""
+        return float(self.task_weights.get(name, task_registry.DEFAULT_WEIGHT))
+
+    def task_option(self, name: str, option: str) -> Any:
+        """The value of task ``name``'s option ``option`` (its declared default when not given)."""
+        return task_registry.get(name).option_values(self.task_options.get(name, {}))[option]
 
     def _validate_weighting(self) -> None:
-        from .weighting import GRAD_MODES, METHODS, NAMES, build
-
         if self.weighting not in METHODS:
-            raise ConfigError(f"--weighting: unknown value {self.weighting!r}; valid choices: {', '.join(NAMES)}")
+            raise ConfigError(f"--weighting: unknown value {self.weighting!r}; valid choices: {', '.join(WEIGHTING_NAMES)}")
         if self.weighting_grads not in GRAD_MODES:
             raise ConfigError(f"--weighting-grads: unknown value {self.weighting_grads!r}; valid choices: "
                               f"{', '.join(GRAD_MODES)}")
@@ -165,16 +172,11 @@ class Config:
             raise ConfigError(f"--weighting-grads {self.weighting_grads}: only for gradient methods; "
                               f"--weighting {self.weighting} weights the losses")
         if self.weighting == "fixed" and self.weighting_opts:
-            raise ConfigError("--weighting-opt: --weighting fixed takes its weights from --weight-semseg / --weight-depth"
-                              " / --task-weight")
+            raise ConfigError("--weighting-opt: --weighting fixed takes its weights from --task-weight")
         try:
-            build(self.weighting, len(self.tasks), **self.weighting_opts)
+            build_weighting(self.weighting, len(self.tasks), **self.weighting_opts)
         except ValueError as e:
             raise ConfigError(f"--weighting-opt: {e}") from None
-
-    @property
-    def output_stride(self) -> int:
-        return 32 // (2 ** sum(bool(f) for f in self.dilation))
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -183,15 +185,18 @@ class Config:
         d["weighting_opts"] = dict(self.weighting_opts)
         d["tasks"] = list(self.tasks)
         d["task_weights"] = dict(self.task_weights)
+        d["task_options"] = {t: dict(o) for t, o in self.task_options.items()}
         return d
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "Config":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+    def from_dict(cls, data: Mapping[str, Any]) -> "Config":
+        """A Config from its dict (:meth:`to_dict`, a config.json, a sweep's fields); the legacy fields
+        (:func:`legacy_fields`) of the run's tasks go into ``task_options`` / ``task_weights``, those
+        of other tasks are dropped (they had no effect)."""
+        unknown = sorted(set(data) - set(accepted_fields()))
         if unknown:
-            raise ConfigError(f"unknown config fields {unknown}; valid fields: {', '.join(sorted(known))}")
-        data = dict(data)
+            raise ConfigError(f"unknown config fields {unknown}; valid fields: {', '.join(accepted_fields())}")
+        data = _from_legacy(dict(data))
         if "dilation" in data:
             data["dilation"] = tuple(bool(x) for x in data["dilation"])
         if data.get("size") is not None:
@@ -206,6 +211,28 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> "Config":
         return cls.from_dict(json.loads(text))
+
+
+def _from_legacy(data: Dict[str, Any]) -> Dict[str, Any]:
+    """``data`` with its legacy fields moved into ``task_options`` / ``task_weights`` (see
+    :meth:`Config.from_dict`); a legacy field and a differing generic value is a ConfigError."""
+    run_tasks = tuple(data.get("tasks", task_registry.DEFAULT_TASKS))
+    weights = dict(data.get("task_weights") or {})
+    options = {t: dict(o) for t, o in (data.get("task_options") or {}).items()}
+    for legacy, (task, option) in legacy_fields().items():
+        if legacy not in data:
+            continue
+        value = data.pop(legacy)
+        if task not in run_tasks:
+            continue
+        where, target, key = ((f"task_weights[{task!r}]", weights, task) if option is None
+                              else (f"task_options[{task!r}][{option!r}]", options.setdefault(task, {}), option))
+        if key in target and target[key] != value:
+            raise ConfigError(f"{legacy} = {value!r} and {where} = {target[key]!r}: give one of them")
+        target[key] = value
+    data["task_weights"] = weights
+    data["task_options"] = {t: o for t, o in options.items() if o}
+    return data
 
 
 def format_dilation(flags) -> str:

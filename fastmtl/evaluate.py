@@ -13,7 +13,7 @@ from .data.bad_samples import nonempty_batches
 from .losses import last_prediction
 from .metrics import TasksMeter
 from .restore import checkpoint_tasks, model_from_checkpoint
-from .tasks import check_available
+from .tasks import DEFAULT_TASKS, check_available
 
 
 def amp_dtype_for(amp: str, device: torch.device) -> Optional[torch.dtype]:
@@ -68,20 +68,6 @@ def evaluate_tasks(model: torch.nn.Module, loader, tasks: Sequence, device: torc
     return meter.compute()
 
 
-def evaluate(model: torch.nn.Module, loader, normalizer, num_classes: int, depth_range, device: torch.device,
-             amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-             ignore_index: int = 255, class_names: Optional[Sequence[str]] = None,
-             progress: Optional[bool] = False) -> Dict:
-    """:func:`evaluate_tasks` for semseg + depth: mIoU, SI-logRMSE, multitask, the depth extras and
-    ``iou_per_class`` (names from ``class_names``, else the trainIds); depth is mapped back to metres
-    with ``normalizer.denormalize``."""
-    from .tasks.depth import DepthTask
-    from .tasks.semseg import SemsegTask
-
-    tasks = [SemsegTask(num_classes, ignore_index, class_names), DepthTask(normalizer, depth_range)]
-    return evaluate_tasks(model, loader, tasks, device, amp_dtype, channels_last, progress)
-
-
 def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split: str = "val", device: str = "cpu",
                         workers: int = 2, batch_size: Optional[int] = None, on_bad_sample: str = "error",
                         progress: Optional[bool] = None) -> Dict:
@@ -99,7 +85,7 @@ def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split:
     dataset = fdata.open_dataset(root, split, cfg.dataset, transform=fdata.eval_transform(multiple=32),
                                  on_bad_sample=on_bad_sample, tasks=task_names)
     # readers that know their split's targets say so (a folder's normals/); else the training dataset's
-    available = getattr(dataset, "targets", ckpt["dataset"].get("tasks", ("semseg", "depth")))
+    available = getattr(dataset, "targets", ckpt["dataset"].get("tasks", DEFAULT_TASKS))
     check_available(task_names, available, f"{root} (split {split})")
     loader = fdata.build_loader(dataset, batch_size or cfg.batch_size, shuffle=False, workers=workers, seed=cfg.seed)
     return evaluate_tasks(model, loader, tasks, dev, amp_dtype_for(cfg.amp, dev), cfg.channels_last, progress=progress)

@@ -69,16 +69,6 @@ def predict_tasks(model: torch.nn.Module, rgb: np.ndarray, tasks: Sequence, devi
     return {t.name: t.to_array(t.decode(last_prediction(pred[t.name]))[0, :, :h, :w]) for t in tasks}
 
 
-def predict_image(model: torch.nn.Module, rgb: np.ndarray, normalizer, device="cpu"):
-    """Semseg + depth model: ``rgb (H, W, 3) uint8`` -> ``(trainIds (H, W) uint8, depth (H, W) float32
-    metres)`` (see :func:`predict_tasks`)."""
-    from .tasks.depth import DepthTask
-    from .tasks.semseg import SemsegTask
-
-    out = predict_tasks(model, rgb, [SemsegTask(model.outputs_desc["semseg"]), DepthTask(normalizer)], device)
-    return out["semseg"], out["depth"]
-
-
 @torch.no_grad()
 def predict(checkpoint: str, inputs: Iterable[str], out_dir: str, device: str = "cpu") -> List[Path]:
     """Write per image to ``out_dir``, for each task of the run: its raw result and picture

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from .config import Config
-from .data import DatasetInfo, DepthNormalizer
+from .data import DatasetInfo
 from .models import build_model
 from .tasks import build_tasks
 
@@ -31,7 +31,6 @@ def model_from_checkpoint(ckpt: Dict[str, Any], fused: bool = False):
 
 def checkpoint_tasks(ckpt: Dict[str, Any], config=None):
     """The :class:`fastmtl.tasks.Task` objects of a checkpoint's run (``config.tasks``; checkpoints
-    from before tasks were configurable have semseg + depth, the config's default)."""
+    from before tasks were configurable have the config's default tasks), with their saved state."""
     config = config if config is not None else checkpoint_config(ckpt)
-    info = DatasetInfo.from_dict(ckpt["dataset"])
-    return build_tasks(config.tasks, config, info, DepthNormalizer.from_dict(ckpt["normalizer"]))
+    return build_tasks(config, DatasetInfo.from_dict(ckpt["dataset"]), saved=ckpt)

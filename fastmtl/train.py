@@ -40,9 +40,10 @@ from .errors import TrainingDiverged
 from .evaluate import autocast_context, evaluate_tasks
 from .losses import MultiTaskLoss, last_prediction
 from .models import build_model
+from .optim import make_optimizer, poly_schedule
 from .rundir import check_output_dir
 from .runtime import Runtime, resolve_config, setup_runtime
-from .tasks import build_tasks, check_available, outputs_desc
+from .tasks import build_tasks, check_available, outputs_desc, task_states
 from .weighting.training import WeightedTrainStep, method_for_run, param_groups
 
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before training stops
@@ -80,18 +81,6 @@ def make_loaders(cfg: Config, root: Path, train_set, val_set, rt: Runtime):
 # the run
 
 
-def poly_schedule(total_steps: int):
-    return lambda step: max(1e-6, (1.0 - min(step, total_steps) / total_steps) ** 0.9)
-
-
-def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
 class Run:
     """One training run: built from a config (new) or from a run directory (resume).
 
@@ -115,9 +104,8 @@ class Run:
         if not root.is_dir():
             raise ConfigError(f"--data-root {root}: no such directory")
         self.info, train_set, val_set = make_datasets(cfg, root)
-        self.normalizer = fdata.DepthNormalizer.from_stats(cfg.depth_norm, self.info.depth_stats)
         self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, root, train_set, val_set, self.rt)
-        self.tasks = build_tasks(cfg.tasks, cfg, self.info, self.normalizer)
+        self.tasks = build_tasks(cfg, self.info)
         self.outputs_desc = outputs_desc(self.tasks)
 
         self.model = build_model(cfg, self.outputs_desc, fused=cfg.fused).to(self.rt.device)
@@ -180,7 +168,7 @@ class Run:
         """What ``eval``/``predict``/``export`` need, plus (``resume_state``) what ``--resume`` needs."""
         ckpt = {
             "format": FORMAT, "version": VERSION, "config": self.cfg.to_dict(), "outputs_desc": self.outputs_desc,
-            "dataset": dataclasses.asdict(self.info), "normalizer": self.normalizer.to_dict(),
+            "dataset": dataclasses.asdict(self.info), **task_states(self.tasks),
             "model": self.model.state_dict(), "step": self.step, "metrics": metrics or {}, "best": self.best,
         }
         if resume_state:

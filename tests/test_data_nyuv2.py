@@ -10,13 +10,13 @@ from fastmtl.data import (
     NYUV2_CLASS_NAMES,
     BadSampleError,
     BadSampleWarning,
-    DepthNormalizer,
     build_loader,
     collate_skip_bad,
     dataset_info,
     open_dataset,
     train_transform,
 )
+from fastmtl.tasks.depth import DepthNormalizer
 from fastmtl.data.transforms import crop, pad_to, random_hflip, random_scale
 
 from dataset_fixtures import nyuv2_arrays, write_nyuv2  # tests/ helper

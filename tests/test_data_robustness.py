@@ -18,12 +18,12 @@ from fastmtl.data import (
     ON_BAD_SAMPLE,
     BadSampleError,
     BadSampleWarning,
-    DepthNormalizer,
     SegDepthFolder,
     collate_skip_bad,
     dataset_info,
 )
 from fastmtl.data import folder as folder_module
+from fastmtl.tasks.depth import DepthNormalizer
 
 H, W = 6, 10
 LABELS = (np.arange(H * W).reshape(H, W) % 19).astype(np.uint8)

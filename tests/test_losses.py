@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from fastmtl.losses import deep_supervision, depth_l1, depth_l2, semseg_loss
+from fastmtl.losses import MultiTaskLoss, deep_supervision
+from fastmtl.tasks.depth import DepthNormalizer, DepthTask, depth_l1, depth_l2
+from fastmtl.tasks.semseg import SemsegTask, semseg_loss
 
 
 def test_ce_ignores_255():
@@ -47,20 +49,16 @@ def test_deep_supervision_means_over_list():
 
 
 def _normalizer(mode="log"):
-    from fastmtl.data import DepthNormalizer
-
     return DepthNormalizer.from_stats(mode, {"mean": 20.0, "std": 10.0, "log_mean": 2.5, "log_std": 0.8})
 
 
 def test_multitask_loss_weights_tasks_and_averages_deep_supervision():
-    from fastmtl.losses import MultiTaskLoss
-
     norm = _normalizer()
-    loss = MultiTaskLoss(0.3, 0.7, "l1", norm)
+    loss = MultiTaskLoss([SemsegTask(3), DepthTask(norm, loss="l1")], {"semseg": 0.3, "depth": 0.7})
     seg_t = torch.randint(0, 3, (2, 4, 4))
     depth_m = torch.rand(2, 1, 4, 4) * 50 + 1
     outs = {"semseg": [torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)], "depth": [torch.randn(2, 1, 4, 4)] * 2}
-    total, parts = loss(outs, seg_t, depth_m)
+    total, parts = loss(outs, {"semseg": seg_t, "depth": depth_m})
     ce = (semseg_loss(outs["semseg"][0], seg_t) + semseg_loss(outs["semseg"][1], seg_t)) / 2
     l1 = depth_l1(outs["depth"][0], norm.normalize(depth_m))
     torch.testing.assert_close(parts["semseg"], ce)
@@ -70,15 +68,13 @@ def test_multitask_loss_weights_tasks_and_averages_deep_supervision():
 
 @pytest.mark.parametrize("mode", ["log", "linear"])
 def test_silog_depth_loss_is_scale_invariant_eigen(mode):
-    from fastmtl.losses import MultiTaskLoss
-
     norm = _normalizer(mode)
     gt = torch.rand(2, 1, 5, 5) * 40 + 5
     gt[1, 0, 0, 0] = float("nan")
-    loss = MultiTaskLoss(0.0, 1.0, "silog", norm, silog_lambda=0.5)
+    loss = MultiTaskLoss([SemsegTask(3), DepthTask(norm, loss="silog", silog_lambda=0.5)], {"semseg": 0.0, "depth": 1.0})
     pred_m = gt * torch.exp(0.1 * torch.randn_like(gt))
     pred = norm.normalize(torch.nan_to_num(pred_m, nan=10.0)).requires_grad_()
-    _, parts = loss({"semseg": torch.zeros(2, 3, 5, 5), "depth": pred}, torch.full((2, 5, 5), 255), gt)
+    _, parts = loss({"semseg": torch.zeros(2, 3, 5, 5), "depth": pred}, {"semseg": torch.full((2, 5, 5), 255), "depth": gt})
     # Eigen et al.: per image sqrt(mean d^2 - lambda mean(d)^2), d = log gt - log pred, averaged
     expected = []
     for p, g in zip(norm.denormalize(pred.detach()), gt):

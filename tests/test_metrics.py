@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from fastmtl.metrics import DepthMeter, MultiTaskMeter, SemsegMeter, si_log_rmse_per_image
+from fastmtl.metrics import TasksMeter
+from fastmtl.tasks.depth import DepthMeter, si_log_rmse_per_image
+from fastmtl.tasks.semseg import SemsegMeter
 
 
 def test_miou_hand_computed():
@@ -90,9 +92,9 @@ def test_depth_metrics_match_numpy_float64(kernels, monkeypatch):
 
 
 def test_multitask_is_miou_minus_si():
-    meter = MultiTaskMeter(num_classes=2, depth_range=(4.0, 300.0))
-    meter.update(torch.tensor([[[0, 1]]]), torch.tensor([[[0, 0]]]),
-                 torch.tensor([[[[10.0, 10.0]]]]), torch.tensor([[[[10.0, 20.0]]]]))
+    meter = TasksMeter({"semseg": SemsegMeter(2), "depth": DepthMeter((4.0, 300.0))}, {"miou": +1, "si_log_rmse": -1})
+    meter.update({"semseg": torch.tensor([[[0, 1]]]), "depth": torch.tensor([[[[10.0, 10.0]]]])},
+                 {"semseg": torch.tensor([[[0, 0]]]), "depth": torch.tensor([[[[10.0, 20.0]]]])})
     out = meter.compute()
     assert out["miou"] == pytest.approx(25.0)
     assert out["multitask"] == pytest.approx(out["miou"] - out["si_log_rmse"])

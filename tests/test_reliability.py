@@ -174,7 +174,9 @@ def _rss_mb() -> float:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="RSS is read from /proc")
 def test_evaluation_over_1000_images_keeps_flat_memory(tiny_data, tmp_path):
     from fastmtl import data as fdata
-    from fastmtl.evaluate import evaluate
+    from fastmtl.evaluate import evaluate_tasks
+    from fastmtl.tasks.depth import DepthNormalizer, DepthTask
+    from fastmtl.tasks.semseg import SemsegTask
     from fastmtl.models import build_model
 
     root = tmp_path / "soak"
@@ -197,8 +199,8 @@ def test_evaluation_over_1000_images_keeps_flat_memory(tiny_data, tmp_path):
                 rss.append(_rss_mb())
             yield batch
 
-    normalizer = fdata.DepthNormalizer.from_stats("log", info.depth_stats)
-    metrics = evaluate(model, watched(), normalizer, 19, info.depth_range, torch.device("cpu"))
+    tasks = [SemsegTask(19), DepthTask(DepthNormalizer.from_stats("log", info.depth_stats), info.depth_range)]
+    metrics = evaluate_tasks(model, watched(), tasks, torch.device("cpu"))
     assert len(dataset) == 1200 and metrics["miou"] >= 0
     warm = rss[2]  # after the first 50 batches (allocator warm-up)
     assert max(rss[2:]) - warm < 40, f"RSS grew from {warm:.0f} MB to {max(rss):.0f} MB"

@@ -207,8 +207,10 @@ def test_builtin_ladder_ends_at_the_default_recipe():
     assert names[0] == "template base" and "+ ImageNet init" not in names and len(names) == 10
     last = Config.from_dict(points[-1].fields)
     default = Config()
-    for field in ("model", "dilation", "aspp", "skip", "se", "depth_norm", "depth_loss", "attention_init", "lr"):
+    for field in ("model", "dilation", "aspp", "skip", "se", "attention_init", "lr"):
         assert getattr(last, field) == getattr(default, field), field
+    for task, option in (("depth", "norm"), ("depth", "loss")):
+        assert last.task_option(task, option) == default.task_option(task, option), (task, option)
     with_init = build_sweep(builtin_sweep("report-ladder", "/w/r34.pth"), Path("unused"), "x").points
     assert {p.fields.get("pretrained") for p in with_init if p.variant == "template base"} == {None}
     assert {p.fields.get("pretrained") for p in with_init if p.variant != "template base"} == {"/w/r34.pth"}

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from fastmtl import tasks
 from fastmtl.config import Config, ConfigError
 from fastmtl.data.transforms import random_hflip, random_scale, pad_to, train_transform
-from fastmtl.losses import MultiTaskLoss, semseg_loss
-from fastmtl.metrics import DepthMeter, SemsegMeter
+from fastmtl.losses import MultiTaskLoss
+from fastmtl.tasks.depth import DepthMeter, DepthNormalizer
+from fastmtl.tasks.semseg import SemsegMeter, semseg_loss
 from fastmtl.tasks.normals import NormalsMeter, NormalsTask, normals_cosine_loss, normals_l1_loss
 
 
@@ -46,7 +47,7 @@ def test_task_weight_flag_sets_any_task_and_keeps_the_old_flags(capsys):
     cfg = config_from_args(parser.parse_args(["train", "--tasks", "semseg,depth,normals", "--task-weight", "normals=2",
                                               "--task-weight", "semseg=0.25", "--weight-depth", "0.75",
                                               "--normals-loss", "l1"]))
-    assert cfg.tasks == ("semseg", "depth", "normals") and cfg.normals_loss == "l1"
+    assert cfg.tasks == ("semseg", "depth", "normals") and cfg.task_option("normals", "loss") == "l1"
     assert [cfg.task_weight(t) for t in cfg.tasks] == [0.25, 0.75, 2.0]
     assert Config(tasks=("semseg", "normals")).validate().task_weight("normals") == 0.5  # the default
     for argv, message in [(["--task-weight", "normals=1"], "not one of --tasks semseg,depth"),
@@ -59,7 +60,6 @@ def test_task_weight_flag_sets_any_task_and_keeps_the_old_flags(capsys):
 
 
 def test_generic_loss_is_the_weighted_sum_of_the_task_losses():
-    from fastmtl.data import DepthNormalizer
     from fastmtl.tasks.depth import DepthTask
     from fastmtl.tasks.semseg import SemsegTask
 
@@ -251,3 +251,31 @@ def test_trivial_baselines_predict_the_majority_class_and_the_mean_normal():
     for b in batches:
         meter.update(mean.view(1, 3, 1, 1).expand_as(b["normals"]), b["normals"])
     assert nrm["angle_mean"] == pytest.approx(meter.compute()["angle_mean"], rel=1e-6)
+
+
+def test_task_opt_flag_and_its_legacy_aliases():
+    from fastmtl.cli import build_parser, config_from_args
+
+    parser = build_parser()
+    cfg = config_from_args(parser.parse_args(["train", "--task-opt", "depth.loss=silog", "--depth-norm", "linear"]))
+    assert cfg.task_options == {"depth": {"loss": "silog", "norm": "linear"}}
+    for argv, message in [(["--task-opt", "depth.loss=l1", "--depth-loss", "l2"], "give one of them"),
+                          (["--task-opt", "depth.bogus=1"], "unknown option of task depth; its options: loss, norm"),
+                          (["--task-opt", "edges.loss=l1"], "unknown task 'edges'"),
+                          (["--task-opt", "depth.loss=l3"], "--task-opt depth.loss: unknown value 'l3'"),
+                          (["--depth-norm", "sqrt"], "--depth-norm: unknown value 'sqrt'"),
+                          (["--task-opt", "depth.loss"], "must look like TASK.OPTION=VALUE")]:
+        with pytest.raises(ConfigError, match=message):
+            config_from_args(parser.parse_args(["train", *argv]))
+
+
+def test_legacy_config_fields_map_into_task_options_and_weights():
+    old = {"weight_semseg": 0.25, "weight_depth": 0.75, "depth_loss": "l2", "depth_norm": "linear", "normals_loss": "l1"}
+    cfg = Config.from_dict(old).validate()
+    assert cfg.task_weights == {"semseg": 0.25, "depth": 0.75}
+    assert cfg.task_options == {"depth": {"loss": "l2", "norm": "linear"}}  # normals is not one of the run's tasks
+    assert Config.from_json(cfg.to_json()) == cfg and "depth_loss" not in cfg.to_dict()
+    with pytest.raises(ConfigError, match="depth_loss = 'l2' and task_options.*give one of them"):
+        Config.from_dict({"depth_loss": "l2", "task_options": {"depth": {"loss": "l1"}}})
+    with pytest.raises(ConfigError, match="--task-opt depth.loss: unknown value 'l9'"):
+        Config.from_dict({"task_options": {"depth": {"loss": "l9"}}}).validate()

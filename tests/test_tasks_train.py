@@ -98,9 +98,11 @@ def test_a_normals_only_run_trains_and_evaluates(normals_data, tmp_path, capsys)
 
 def test_two_task_run_equals_an_independent_computation(tiny_data, tmp_path):
     """The trainer's loss and metrics through the task objects equal the semseg + depth formulas
-    written out here (main's code path: CE + per-image L1 of normalised log-depth; MultiTaskMeter)."""
+    written out here (main's code path: CE + per-image L1 of normalised log-depth; the two meters)."""
     from fastmtl import data as fdata
-    from fastmtl.metrics import MultiTaskMeter
+    from fastmtl.metrics import TasksMeter
+    from fastmtl.tasks.depth import DepthMeter
+    from fastmtl.tasks.semseg import SemsegMeter
 
     cfg = tiny_config(tiny_data, tmp_path / "run", model="joint", max_steps=1, eval_every=1)
     run = Run(cfg)
@@ -119,13 +121,14 @@ def test_two_task_run_equals_an_independent_computation(tiny_data, tmp_path):
     ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
     model, _ = model_from_checkpoint(ckpt)
     model.eval()
-    meter = MultiTaskMeter(run.info.num_classes, run.info.depth_range)
+    meter = TasksMeter({"semseg": SemsegMeter(run.info.num_classes), "depth": DepthMeter(run.info.depth_range)},
+                       {"miou": +1, "si_log_rmse": -1})
     val = fdata.SegDepthFolder(tiny_data, "val", transform=fdata.eval_transform(32))
     with torch.no_grad():
         for b in fdata.build_loader(val, cfg.batch_size, shuffle=False, workers=0, seed=0):
             pred = model(b["rgb"])
             depth_m = (pred["depth"] * stats["log_std"] + stats["log_mean"]).exp()
-            meter.update(pred["semseg"], b["semseg"], depth_m, b["depth"])
+            meter.update({"semseg": pred["semseg"], "depth": depth_m}, {"semseg": b["semseg"], "depth": b["depth"]})
     expected = meter.compute()
     for k, v in expected.items():
         assert summary["final_all"][k] == v, k  # bit-equal
@@ -135,13 +138,13 @@ def test_checkpoints_of_runs_before_tasks_still_load(tiny_data, tmp_path, capsys
     out = tmp_path / "run"
     summary = train(tiny_config(tiny_data, out, max_steps=1, eval_every=1))
     ckpt = load_checkpoint(out / "best.pt")
-    for field in ("tasks", "task_weights", "normals_loss"):  # what a checkpoint of main before tasks lacks
-        del ckpt["config"][field]
+    # the config of main before tasks: no tasks / task_weights / task_options, the two-task fields
+    old = {k: v for k, v in ckpt["config"].items() if k not in ("tasks", "task_weights", "task_options")}
+    old.update(weight_semseg=0.5, weight_depth=0.5, depth_loss="l1", depth_norm="log")
+    ckpt["config"] = old
     del ckpt["dataset"]["tasks"]
     torch.save(ckpt, out / "old.pt")
-    config = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in ("tasks", "task_weights",
-                                                                                             "normals_loss")}))
+    (out / "config.json").write_text(json.dumps(old))
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out / "old.pt"), "--json", "--device", "cpu", "--workers", "0"]) == 0
     assert json.loads(capsys.readouterr().out)["multitask"] == pytest.approx(summary["best"]["multitask"], abs=1e-6)

@@ -77,13 +77,13 @@ def test_predict_writes_raw_results_and_pictures_at_the_input_size(tiny_data, tm
     assert (depth_m > 0).all()
 
 
-def test_predict_image_of_a_multiple_size_equals_the_model(tiny_data, tmp_path):
+def test_predict_tasks_of_a_multiple_size_equals_the_model(tiny_data, tmp_path):
     import numpy as np
 
-    from fastmtl.restore import model_from_checkpoint
-    from fastmtl.data import DepthNormalizer
+    from fastmtl.restore import checkpoint_tasks, model_from_checkpoint
+    from fastmtl.tasks.depth import DepthNormalizer
     from fastmtl.data.transforms import normalize_rgb
-    from fastmtl.predict import predict_image
+    from fastmtl.predict import predict_tasks
 
     out = tmp_path / "run"
     train(tiny_config(tiny_data, out, max_steps=1, eval_every=1))
@@ -93,7 +93,8 @@ def test_predict_image_of_a_multiple_size_equals_the_model(tiny_data, tmp_path):
     normalizer = DepthNormalizer.from_dict(ckpt["normalizer"])
     rgb = np.random.default_rng(1).integers(0, 255, (64, 96, 3), dtype=np.uint8)
     with torch.no_grad():
-        labels, depth_m = predict_image(model, rgb, normalizer)
+        results = predict_tasks(model, rgb, checkpoint_tasks(ckpt))
+        labels, depth_m = results["semseg"], results["depth"]
         x = normalize_rgb({"rgb": torch.from_numpy(rgb).permute(2, 0, 1)})["rgb"][None]
         pred = model(x)
     expected_depth = normalizer.denormalize(pred["depth"][-1])[0, 0].numpy()

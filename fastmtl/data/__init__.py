@@ -11,8 +11,8 @@
 * :class:`DatasetInfo` (:mod:`fastmtl.data.info`), :func:`build_loader`; bad-sample handling
   :data:`ON_BAD_SAMPLE`, :class:`BadSampleError`, :class:`BadSampleWarning`,
   :func:`collate_skip_bad` (:mod:`fastmtl.data.bad_samples`);
-* :func:`train_transform`, :func:`eval_transform`, :class:`DepthNormalizer`
-  (:mod:`fastmtl.data.transforms`);
+* :func:`train_transform`, :func:`eval_transform` (:mod:`fastmtl.data.transforms`; the depth
+  normaliser is the depth task's, :mod:`fastmtl.tasks.depth`);
 * class names/colours (:mod:`fastmtl.data.classes`).
 """
 from .classes import CLASS_COLORS, CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, colorize
@@ -32,10 +32,8 @@ from .synthetic import (
     render_sample,
 )
 from .transforms import (
-    DEPTH_MODES,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    DepthNormalizer,
     EvalTransform,
     TrainTransform,
     eval_transform,
@@ -50,6 +48,6 @@ __all__ = [
     "decode_miniscapes_depth", "seed_worker",
     "DEPTH_RANGE", "GENERATOR_VERSION", "default_data_root", "ensure_default_dataset",
     "generate_dataset", "render_sample",
-    "DEPTH_MODES", "IMAGENET_MEAN", "IMAGENET_STD", "DepthNormalizer", "EvalTransform",
+    "IMAGENET_MEAN", "IMAGENET_STD", "EvalTransform",
     "TrainTransform", "eval_transform", "train_transform",
 ]

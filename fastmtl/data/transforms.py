@@ -1,4 +1,4 @@
-"""Sample transforms (run in loader workers) and depth normalisation (run on the batch).
+"""Sample transforms (run in loader workers).
 
 A sample is the dict produced by :class:`fastmtl.data.folder.SegDepthFolder`:
 ``rgb`` uint8 ``(3, H, W)`` and task targets under the task names (``semseg`` int64 ``(H, W)``,
@@ -13,9 +13,7 @@ when it is None, from torch's global RNG, which the DataLoader seeds per worker.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +21,6 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEPTH_MODES = ("linear", "log")
 
 
 def _uniform(low: float, high: float, generator: Optional[torch.Generator]) -> float:
@@ -212,70 +209,3 @@ def train_transform(crop_size, scale: Tuple[float, float] = (0.75, 1.25), flip: 
 def eval_transform(multiple: int = 32) -> EvalTransform:
     """The validation/test transform (no randomness)."""
     return EvalTransform(multiple)
-
-
-@dataclass(frozen=True)
-class DepthNormalizer:
-    """Maps metres to the network's regression target and back.
-
-    ``linear``: ``(d - mean) / std``; ``log``: ``(log d - mean) / std`` where ``mean``/``std``
-    are then the statistics of natural-log depth. Works on tensors of any shape and device
-    (run it on the batch, after transfer); NaN (invalid) stays NaN, and so does any depth
-    that is not finite and > 0 (:meth:`normalize` never returns +-inf: no log of zero).
-    """
-
-    mode: str
-    mean: float
-    std: float
-
-    def __post_init__(self) -> None:
-        if self.mode not in DEPTH_MODES:
-            raise ValueError(f"unknown depth normalisation {self.mode!r}; "
-                             f"choose one of {', '.join(DEPTH_MODES)}")
-        try:
-            mean, std = float(self.mean), float(self.std)
-        except (TypeError, ValueError):
-            raise ValueError(f"depth mean/std must be numbers, got {self.mean!r}, {self.std!r}") from None
-        if not (math.isfinite(std) and std > 0):
-            raise ValueError(f"depth std must be a finite number > 0, got {self.std!r}")
-        if not math.isfinite(mean):
-            raise ValueError(f"depth mean must be a finite number, got {self.mean!r}")
-        object.__setattr__(self, "mean", mean)
-        object.__setattr__(self, "std", std)
-
-    @classmethod
-    def from_stats(cls, mode: str, depth_stats: Mapping[str, float]) -> "DepthNormalizer":
-        """Pick ``mean``/``std`` (linear) or ``log_mean``/``log_std`` (log) from dataset stats
-        (:attr:`DatasetInfo.depth_stats` or meta.json's ``depth_stats``)."""
-        if mode == "log":
-            return cls(mode, depth_stats["log_mean"], depth_stats["log_std"])
-        return cls(mode, depth_stats["mean"], depth_stats["std"])
-
-    def normalize(self, depth_m: torch.Tensor) -> torch.Tensor:
-        """Metres -> normalised target (same shape); NaN wherever ``depth_m`` is not finite
-        and > 0 (invalid), and wherever the result would overflow to +-inf."""
-        if not depth_m.is_floating_point():
-            depth_m = depth_m.float()
-        valid = torch.isfinite(depth_m) & (depth_m > 0)
-        x = torch.where(valid, depth_m, torch.nan)
-        x = x.log() if self.mode == "log" else x
-        out = (x - self.mean) / self.std
-        return torch.where(torch.isfinite(out), out, torch.nan)
-
-    def denormalize(self, pred: torch.Tensor) -> torch.Tensor:
-        """Normalised prediction -> metres (exact inverse of :meth:`normalize`)."""
-        x = pred * self.std + self.mean
-        return x.exp() if self.mode == "log" else x
-
-    def to_log_depth(self, pred: torch.Tensor) -> torch.Tensor:
-        """Normalised prediction -> natural-log depth (for the scale-invariant log loss);
-        linear predictions are floored at 0.01 m before the log."""
-        x = pred * self.std + self.mean
-        return x if self.mode == "log" else x.clamp_min(0.01).log()
-
-    def to_dict(self) -> Dict[str, object]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, object]) -> "DepthNormalizer":
-        return cls(str(d["mode"]), float(d["mean"]), float(d["std"]))

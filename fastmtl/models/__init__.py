@@ -1,18 +1,21 @@
 """Models: encoder, heads and the named model suite. ``build_model(config, outputs_desc)``."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional
 
 from torch import nn
 
+from ..errors import ConfigError
+from ..nn import fuse
 from .encoder import ENCODERS, Encoder, load_pretrained
 from .heads import DecoderAllScale, DecoderDeepLabV3p, DecoderDistill
+from .knobs import ModelKnobs
 from .zoo import MODEL_NAMES, MODELS, BranchedModel, DistillAllConnectModel, DistillModel, JointModel, MultiTaskModel
 
 __all__ = [
     "ENCODERS", "MODEL_NAMES", "MODELS", "Encoder", "load_pretrained", "DecoderAllScale", "DecoderDeepLabV3p",
     "DecoderDistill", "MultiTaskModel", "JointModel", "BranchedModel",
-    "DistillModel", "DistillAllConnectModel", "build_model",
+    "DistillModel", "DistillAllConnectModel", "ModelKnobs", "build_model",
 ]
 
 
@@ -20,22 +23,20 @@ def build_model(config, outputs_desc: Dict[str, int], fused: Optional[bool] = Fa
     """The model named by ``config.model`` with the config's knobs.
 
     Args:
-        config: a :class:`fastmtl.config.Config`, or a dict of some of its fields (the CLI flag
-            names with ``-`` -> ``_``, e.g. ``{"model": "joint", "encoder": "resnet18",
-            "dilation": [False, False, True]}``; the rest keep their defaults). An unknown field
-            or value is a ``ConfigError`` naming it.
+        config: a :class:`ModelKnobs` (e.g. a :class:`fastmtl.config.Config`), or a dict of some
+            of its fields (the CLI flag names with ``-`` -> ``_``, e.g. ``{"model": "joint",
+            "encoder": "resnet18", "dilation": [False, False, True]}``; the rest keep their
+            defaults). An unknown field or value is a ``ConfigError`` naming it.
         outputs_desc: ``{task: channels}``, e.g. ``{"semseg": 19, "depth": 1}``.
         fused: swap in the fused Triton modules of :mod:`fastmtl.nn` (same state_dict).
     """
-    from fastmtl.config import Config, ConfigError
-
-    if isinstance(config, dict):
-        config = Config.from_dict(config).validate()
-    elif not isinstance(config, Config):
-        raise ConfigError(f"build_model: config must be a fastmtl.config.Config or a dict of its fields, "
-                          f"got {type(config).__name__}")
+    if isinstance(config, Mapping):
+        config = ModelKnobs.from_fields(config)
+    elif not isinstance(config, ModelKnobs):
+        raise ConfigError(f"build_model: config must be a fastmtl.models.ModelKnobs (e.g. a fastmtl.config.Config) "
+                          f"or a dict of its fields, got {type(config).__name__}")
     if config.model not in MODEL_NAMES:
-        raise ValueError(f"unknown model {config.model!r}; valid choices: {', '.join(MODEL_NAMES)}")
+        raise ConfigError(f"--model: unknown value {config.model!r}; valid choices: {', '.join(MODEL_NAMES)}")
     common = dict(encoder=config.encoder, dilation=tuple(config.dilation), se=config.se, pretrained=config.pretrained,
                   aspp=config.aspp, skip=config.skip, aspp_dropout=config.aspp_dropout,
                   dilation_style=config.dilation_style)
@@ -43,7 +44,5 @@ def build_model(config, outputs_desc: Dict[str, int], fused: Optional[bool] = Fa
         common["attention_init"] = config.attention_init
     model: nn.Module = MODELS[config.model](outputs_desc, **common)
     if fused:
-        from fastmtl.nn import fuse
-
         fuse(model)
     return model

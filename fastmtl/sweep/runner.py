@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from fastmtl import rundir
-from fastmtl.config import Config, ConfigError, format_dilation, parse_dilation, parse_size
+from fastmtl.config import Config, ConfigError, accepted_fields, format_dilation, parse_dilation, parse_size
 
 SWEEP_FILE = "sweep.json"
 TOGGLES = ("aspp", "skip", "se", "compile", "fused", "channels_last")  # --x / --no-x flags
@@ -114,7 +114,7 @@ def normalise_fields(fields: Any, where: str) -> Dict[str, Any]:
     """Keys with ``-`` -> ``_``; ``"F,F,T"`` and ``"64x128"`` strings parsed; unknown keys refused."""
     if not isinstance(fields, dict):
         raise ConfigError(f"{where}: must be an object of config fields, got {type(fields).__name__}")
-    known = set(Config.__dataclass_fields__)
+    known = set(accepted_fields())
     out: Dict[str, Any] = {}
     for key, value in fields.items():
         name = str(key).replace("-", "_")
@@ -255,6 +255,12 @@ def to_flags(fields: Dict[str, Any]) -> List[str]:
         elif name == "weighting_opts":
             for k, v in value.items():
                 flags += ["--weighting-opt", f"{k}={v}"]
+        elif name == "task_weights":
+            for task, w in value.items():
+                flags += ["--task-weight", f"{task}={w}"]
+        elif name == "task_options":
+            for task, options in value.items():
+                flags += [a for k, v in options.items() for a in ("--task-opt", f"{task}.{k}={v}")]
         else:
             flags += [flag, str(value)]
     return flags

@@ -11,11 +11,14 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
-from typing import Dict, Iterable, List, Sequence, Tuple, Type
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type
 
-from .base import Task
+from .base import DEFAULT_WEIGHT, Task, TaskOption
 
-__all__ = ["Task", "get", "names", "build_tasks", "outputs_desc", "parse_tasks", "check_available"]
+__all__ = ["DEFAULT_TASKS", "DEFAULT_WEIGHT", "Task", "TaskOption", "get", "names", "build_tasks", "task_states",
+           "outputs_desc", "parse_tasks", "check_available"]
+
+DEFAULT_TASKS = ("semseg", "depth")  # the report's pair: ``Config.tasks``'s default
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,9 +79,20 @@ def check_available(tasks: Iterable[str], available: Iterable[str], dataset: str
                          f"(it has: {', '.join(sorted(have)) or 'no targets'})")
 
 
-def build_tasks(task_names: Sequence[str], cfg, info, normalizer) -> List[Task]:
-    """The run's task objects in ``task_names`` order (see :meth:`Task.for_run`)."""
-    return [get(t).for_run(cfg, info, normalizer) for t in task_names]
+def build_tasks(cfg, info, saved: Optional[Mapping[str, Any]] = None) -> List[Task]:
+    """The run's task objects in ``cfg.tasks`` order (see :meth:`Task.for_run`); ``saved``: a
+    checkpoint, whose entries under the tasks' :attr:`~Task.state_key` rebuild their state."""
+    out = []
+    for name in cfg.tasks:
+        cls = get(name)
+        state = saved.get(cls.state_key) if saved is not None and cls.state_key else None
+        out.append(cls.for_run(cfg, info, state))
+    return out
+
+
+def task_states(tasks: Sequence[Task]) -> Dict[str, Any]:
+    """``{state_key: state}`` of the tasks that have one: the checkpoint's task entries."""
+    return {t.state_key: t.state() for t in tasks if t.state_key}
 
 
 def outputs_desc(tasks: Sequence[Task]) -> Dict[str, int]:

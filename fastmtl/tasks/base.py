@@ -3,8 +3,14 @@
 A task is one module in :mod:`fastmtl.tasks` defining a :class:`Task` subclass and ``TASK = ThatClass``.
 The class-level part (name, augmentation rules, metric directions, output channels) works without a
 run, so the data transforms (in loader workers), ``fastmtl compare`` and ``fastmtl profile`` use it
-directly; an instance (built by :meth:`Task.for_run` from the run's config, the dataset's info and
-the depth normaliser) carries the options that loss, metrics, visualisation and outputs need.
+directly; an instance (built by :meth:`Task.for_run` from the run's config, the dataset's info and,
+when rebuilt from a checkpoint, the task's saved state) carries the options that loss, metrics,
+visualisation and outputs need.
+
+Options: a task declares its options (:class:`TaskOption`: ``--task-opt TASK.OPTION=VALUE``, the
+Config's ``task_options[TASK][OPTION]``) and, for the flags and Config fields of the two-task
+era, their legacy names (``--depth-loss`` / ``depth_loss``); :mod:`fastmtl.config` and the CLI
+are generated from these declarations and never name a task.
 
 Shapes: a batch prediction is the model's raw output ``(N, C, H, W)`` for the task (the last element
 of a deep-supervision list is the one evaluated); a target is the sample dict's ``sample[name]``
@@ -13,12 +19,56 @@ height and width first.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+DEFAULT_WEIGHT = 0.5  # a task's fixed loss weight without --task-weight
+
+
+@dataclass(frozen=True)
+class TaskOption:
+    """One option of a task.
+
+    Attributes:
+        name: the option's name (``--task-opt TASK.NAME=VALUE``).
+        default: its value when not given.
+        help: one line for ``--help``.
+        choices: the valid values (strings), or None for any value of ``type``.
+        type: the value's type (``str``, ``float``, ``int``); text from the CLI is converted.
+        legacy: the Config field of the two-task era that sets it (e.g. ``depth_loss``); its CLI
+            flag (``--depth-loss``) stays as an alias. None: no legacy name.
+    """
+
+    name: str
+    default: Any
+    help: str
+    choices: Optional[Tuple[str, ...]] = None
+    type: type = str
+    legacy: Optional[str] = None
+
+    def parse(self, value: Any, flag: str) -> Any:
+        """``value`` (text from the CLI, or a JSON value) checked and converted; ConfigError naming ``flag``."""
+        try:
+            converted = self.type(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            converted = None
+        if converted is None:
+            raise ConfigError(f"{flag}: {value!r} is not a {self.type.__name__}")
+        if self.choices is not None and converted not in self.choices:
+            raise ConfigError(f"{flag}: unknown value {value!r}; valid choices: {', '.join(self.choices)}")
+        return converted
+
+
+def legacy_flag(field_name: str) -> str:
+    """The CLI flag of a legacy Config field: ``depth_loss`` -> ``--depth-loss``."""
+    return "--" + field_name.replace("_", "-")
 
 
 class Task:
@@ -34,6 +84,11 @@ class Task:
             scalar metric the task's meter computes.
         delta_m_metrics: the metrics ``fastmtl compare`` averages into Δm (LibMTL's set where the
             field has one).
+        options: the task's :class:`TaskOption` declarations.
+        legacy_weight: the Config field of the two-task era holding the task's weight (e.g.
+            ``weight_semseg``, flag ``--weight-semseg``), or None.
+        state_key: the checkpoint key under which :meth:`state` is saved (e.g. ``normalizer``), or
+            None for a task with no state beyond its options.
     """
 
     name: ClassVar[str]
@@ -42,6 +97,26 @@ class Task:
     headline: ClassVar[str]
     metric_directions: ClassVar[Dict[str, int]]
     delta_m_metrics: ClassVar[Tuple[str, ...]]
+    options: ClassVar[Tuple[TaskOption, ...]] = ()
+    legacy_weight: ClassVar[Optional[str]] = None
+    state_key: ClassVar[Optional[str]] = None
+
+    @classmethod
+    def option(cls, name: str) -> TaskOption:
+        """The declaration of option ``name``; ConfigError naming ``--task-opt`` and the valid options."""
+        for opt in cls.options:
+            if opt.name == name:
+                return opt
+        valid = ", ".join(o.name for o in cls.options) or "none"
+        raise ConfigError(f"--task-opt {cls.name}.{name}: unknown option of task {cls.name}; its options: {valid}")
+
+    @classmethod
+    def option_values(cls, given: Mapping[str, Any]) -> Dict[str, Any]:
+        """Every option's value: ``given`` (``{option: value}``, checked) over the defaults."""
+        values = {o.name: o.default for o in cls.options}
+        for name, value in given.items():
+            values[name] = cls.option(name).parse(value, f"--task-opt {cls.name}.{name}")
+        return values
 
     # -- class level: no run needed --------------------------------------------------------
 
@@ -71,10 +146,15 @@ class Task:
     # -- a run's task ----------------------------------------------------------------------
 
     @classmethod
-    def for_run(cls, cfg, info, normalizer) -> "Task":
-        """The task with the run's options: ``cfg`` a :class:`~fastmtl.config.Config`, ``info`` the
-        :class:`~fastmtl.data.DatasetInfo`, ``normalizer`` the run's :class:`~fastmtl.data.DepthNormalizer`."""
+    def for_run(cls, cfg, info, state: Optional[Mapping[str, Any]] = None) -> "Task":
+        """The task with the run's options: ``cfg`` a :class:`~fastmtl.config.Config` (its
+        ``task_options[name]``), ``info`` the :class:`~fastmtl.data.DatasetInfo`, ``state`` what
+        :meth:`state` saved in the checkpoint (None for a new run)."""
         raise NotImplementedError
+
+    def state(self) -> Any:
+        """What the checkpoint keeps under :attr:`state_key` to rebuild this task (JSON-like)."""
+        return None
 
     @property
     def channels(self) -> int:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import per_image_masked_mean
-from .base import Task
+from .base import Task, TaskOption
 
 NORMALS_LOSSES = ("cosine", "l1")
 THRESHOLDS = (11.25, 22.5, 30.0)
@@ -119,6 +119,8 @@ class NormalsTask(Task):
     headline = "angle_mean"
     metric_directions = {"angle_mean": -1, "angle_median": -1, **{f"angle_within_{t:g}": +1 for t in THRESHOLDS}}
     delta_m_metrics = ("angle_mean", "angle_median", *(f"angle_within_{t:g}" for t in THRESHOLDS))
+    options = (TaskOption("loss", "cosine", "cosine (1 - cos, LibMTL's) | l1 (of the unit prediction)",
+                          choices=NORMALS_LOSSES, legacy="normals_loss"),)
 
     def __init__(self, loss: str = "cosine"):
         if loss not in NORMALS_LOSSES:
@@ -136,8 +138,8 @@ class NormalsTask(Task):
         return torch.cat([-out[:1], out[1:]], dim=0)
 
     @classmethod
-    def for_run(cls, cfg, info, normalizer) -> "NormalsTask":
-        return cls(cfg.normals_loss)
+    def for_run(cls, cfg, info, state=None) -> "NormalsTask":
+        return cls(cls.option_values(cfg.task_options.get(cls.name, {}))["loss"])
 
     @property
     def channels(self) -> int:
