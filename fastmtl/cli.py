@@ -102,10 +102,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    import torch
-
     from .models import build_model
     from .perf.profile import format_profile, profile_model
+    from .runtime import amp_dtype_for, resolve_device
 
     cfg = config_from_args(args)
     h, w = args.profile_size
@@ -113,28 +112,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
         raise ConfigError(f"--size {h}x{w}: height and width must be multiples of {cfg.output_stride} (the output stride)")
     from .tasks import get
 
+    device = str(resolve_device(args.device))
     model = build_model(cfg, {t: get(t).output_channels(args.num_classes) for t in cfg.tasks}, fused=args.fused)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    amp = amp_dtype_for(args.amp, device)
     result = profile_model(model, (h, w), depth=args.depth, throughput=args.throughput,
-                           device=resolve_device(args.device), batch_size=args.batch_size, amp_dtype=amp)
+                           device=device, batch_size=args.batch_size, amp_dtype=amp)
     result["model"] = cfg.model
     print(json.dumps(result) if args.json else format_profile(result))
     return 0
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when available else ``cpu``; anything else is checked by torch."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"--device {name!r}: {e}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    return name
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -154,8 +139,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint
+    from .runtime import resolve_device
 
-    metrics = evaluate_checkpoint(args.checkpoint, args.data_root, args.split, resolve_device(args.device),
+    metrics = evaluate_checkpoint(args.checkpoint, args.data_root, args.split, str(resolve_device(args.device)),
                                   workers=args.workers, batch_size=args.batch_size, on_bad_sample=args.on_bad_sample)
     if args.json:
         print(json.dumps(metrics))
@@ -180,8 +166,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict
+    from .runtime import resolve_device
 
-    written = predict(args.checkpoint, args.inputs, args.out, resolve_device(args.device))
+    written = predict(args.checkpoint, args.inputs, args.out, str(resolve_device(args.device)))
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -210,12 +197,13 @@ def cmd_data_synthetic(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .perf.bench import IMPLS, MODES, OPS, BenchOptions, format_report, parse_list, run_bench
+    from .runtime import resolve_device
 
     if args.models:
         return _bench_models(args)
     opts = BenchOptions(ops=parse_list(args.ops, OPS, "ops"), modes=parse_list(args.modes, MODES, "modes"),
                         impls=parse_list(args.impls, IMPLS, "impls") if args.impls else None,
-                        size=args.bench_size, device=resolve_device(args.device), dtype=args.dtype,
+                        size=args.bench_size, device=str(resolve_device(args.device)), dtype=args.dtype,
                         progress=sys.stderr.isatty())
     report = run_bench(opts)
     print(json.dumps(report) if args.json else format_report(report))
@@ -226,10 +214,11 @@ def _bench_models(args: argparse.Namespace) -> int:
     from .perf.bench import IMPLS, MODEL_PHASES, parse_list
     from .perf.model_bench import format_model_report, run_model_bench
     from .models import MODEL_NAMES
+    from .runtime import resolve_device
 
     report = run_model_bench(parse_list(args.models, ("default",) + tuple(MODEL_NAMES), "models"), parse_list(args.phases, MODEL_PHASES, "phases"),
                              parse_list(args.impls, IMPLS, "impls") if args.impls else None,
-                             resolve_device(args.device), size=args.bench_size, steps=args.steps,
+                             str(resolve_device(args.device)), size=args.bench_size, steps=args.steps,
                              progress=sys.stderr.isatty())
     print(json.dumps(report) if args.json else format_model_report(report))
     return 0

@@ -1,7 +1,6 @@
 """Evaluation: the one function used by training and by ``fastmtl eval`` (so their numbers agree)."""
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -13,21 +12,8 @@ from .data.bad_samples import nonempty_batches
 from .losses import last_prediction
 from .metrics import TasksMeter
 from .restore import checkpoint_tasks, model_from_checkpoint
+from .runtime import amp_dtype_for, autocast_context
 from .tasks import check_available
-
-
-def amp_dtype_for(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype of ``--amp`` (``auto``: bf16 on CUDA, off elsewhere)."""
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "off"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-
-
-def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
-    """``torch.autocast`` for ``amp_dtype`` on ``device``, or a no-op when it is None."""
-    if amp_dtype is None:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=amp_dtype)
 
 
 def tasks_meter(tasks) -> TasksMeter:
