@@ -102,21 +102,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from .models import build_model
     from .perf.profile import format_profile, profile_model
-    from .runtime import amp_dtype_for, resolve_device
+    from .runtime import resolve_device
 
     cfg = config_from_args(args)
     h, w = args.profile_size
     if h % cfg.output_stride or w % cfg.output_stride:
         raise ConfigError(f"--size {h}x{w}: height and width must be multiples of {cfg.output_stride} (the output stride)")
-    from .tasks import get
-
-    device = str(resolve_device(args.device))
-    model = build_model(cfg, {t: get(t).output_channels(args.num_classes) for t in cfg.tasks}, fused=args.fused)
-    amp = amp_dtype_for(args.amp, device)
-    result = profile_model(model, (h, w), depth=args.depth, throughput=args.throughput,
-                           device=device, batch_size=args.batch_size, amp_dtype=amp)
+    result = profile_model(cfg, (h, w), depth=args.depth, throughput=args.throughput,
+                           device=str(resolve_device(args.device)), batch_size=args.batch_size,
+                           num_classes=args.num_classes)
     result["model"] = cfg.model
     print(json.dumps(result) if args.json else format_profile(result))
     return 0
@@ -196,7 +191,9 @@ def cmd_data_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .perf.bench import IMPLS, MODES, OPS, BenchOptions, format_report, parse_list, run_bench
+    from .perf.cases import IMPLS, MODES, OPS, parse_list
+    from .perf.op_bench import BenchOptions, run_bench
+    from .perf.report import format_report
     from .runtime import resolve_device
 
     if args.models:
@@ -211,8 +208,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_models(args: argparse.Namespace) -> int:
-    from .perf.bench import IMPLS, MODEL_PHASES, parse_list
-    from .perf.model_bench import format_model_report, run_model_bench
+    from .perf.cases import IMPLS, parse_list
+    from .perf.model_bench import MODEL_PHASES, format_model_report, run_model_bench
     from .models import MODEL_NAMES
     from .runtime import resolve_device
 

@@ -22,7 +22,7 @@ def _list(text: str, valid: Sequence[str], flag: str) -> List[str]:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from fastmtl.perf.bench import OPS
+    from fastmtl.perf.cases import OPS
     from fastmtl.perf.aot.gate import format_gate, run_gate
 
     report = run_gate(archs=[int(a) for a in _list(args.arch, ARCH_CHOICES, "--arch")],
@@ -34,7 +34,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_traffic(args: argparse.Namespace) -> int:
-    from fastmtl.perf.bench import OPS
+    from fastmtl.perf.cases import OPS
     from fastmtl.perf.aot.traffic import format_traffic, run_traffic
 
     report = run_traffic(ops=_list(args.op, OPS, "--op") if args.op else None,
