@@ -60,8 +60,8 @@ def pytest_generate_tests(metafunc):
     names = metafunc.fixturenames
     if "case" in names:
         op = metafunc.function.__name__[len("test_"):]
-        op_cases = op_cases.cases(op, bench_size(metafunc.config))
-        metafunc.parametrize("case", op_cases, ids=[c.name.replace(" ", "_") for c in op_cases])
+        shapes = op_cases.cases(op, bench_size(metafunc.config))
+        metafunc.parametrize("case", shapes, ids=[c.name.replace(" ", "_") for c in shapes])
         metafunc.parametrize("mode", op_cases.MODES)
     if "model" in names:
         from fastmtl.models import MODEL_NAMES
