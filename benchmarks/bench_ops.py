@@ -1,8 +1,8 @@
 """Op benchmarks: every op x shape x pass (forward, backward, full) x implementation.
 
-Implementations (see :mod:`fastmtl.perf.bench`): ``eager`` (plain-PyTorch reference), ``compile``
+Implementations (see :mod:`fastmtl.perf.op_bench`): ``eager`` (plain-PyTorch reference), ``compile``
 (``torch.compile`` of the reference), ``fused`` (``torch.ops.fastmtl.*``, Triton on CUDA) and
-``fused_compile``. The shapes are :func:`fastmtl.perf.bench.cases` at ``--bench-size``: on ``full``,
+``fused_compile``. The shapes are :func:`fastmtl.perf.cases.cases` at ``--bench-size``: on ``full``,
 SE at every ResNet-34 stage for batch 8 at 256x512 (dilation F,T,T), the gate at 256 channels
 on 1/4 and 1/2 resolution, the ASPP projection 512->256 at output stride 8, SI-log at 8x256x512.
 
@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import pytest
 
-from fastmtl.perf import bench as fb
+from fastmtl.perf import cases as op_cases
+from fastmtl.perf import op_bench
+from fastmtl.perf import timing as op_timing
 
 
 def run_op(benchmark, case, mode, impl, device, allow_cpu_compile):
-    reason = fb.skip_reason(impl, device, allow_cpu_compile)
+    reason = op_cases.skip_reason(impl, device, allow_cpu_compile)
     if reason is not None:
         pytest.skip(reason)
-    dtype = fb.resolve_dtype("auto", device)
+    dtype = op_bench.resolve_dtype("auto", device)
     # run once under --benchmark-disable: one input set is enough
-    runner = fb.OpRunner(case, mode, impl, device, dtype, sets=1 if benchmark.disabled else None)
+    runner = op_bench.OpRunner(case, mode, impl, device, dtype, sets=1 if benchmark.disabled else None)
     benchmark.group = f"{case.op} {case.name}"
     benchmark.extra_info.update(op=case.op, case=case.name, mode=mode, impl=impl, dtype=str(dtype),
                                 bytes=runner.bytes, flops=runner.flops, input_sets=len(runner.sets))
@@ -42,9 +44,9 @@ def run_op(benchmark, case, mode, impl, device, allow_cpu_compile):
     if stats is not None:  # None under --benchmark-disable
         median_ms = stats.stats.median * 1e3
         benchmark.extra_info["median_ms"] = median_ms
-        benchmark.extra_info["gbps"] = fb.gbps(runner.bytes, median_ms)
+        benchmark.extra_info["gbps"] = op_timing.gbps(runner.bytes, median_ms)
         if runner.flops:
-            benchmark.extra_info["tflops"] = fb.tflops(runner.flops, median_ms)
+            benchmark.extra_info["tflops"] = op_timing.tflops(runner.flops, median_ms)
 
 
 def test_se_scale(benchmark, case, mode, impl, device, allow_cpu_compile):

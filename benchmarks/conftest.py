@@ -54,21 +54,22 @@ def bench_size(config) -> str:
 def pytest_generate_tests(metafunc):
     """Parameters of the benchmarks: ``test_<op>(case, mode, impl)`` in bench_ops.py and
     ``test_model(model, phase, impl)`` in bench_models.py."""
-    from fastmtl.perf import bench as fb
+    from fastmtl.perf import cases as op_cases
+    from fastmtl.perf import model_bench
 
     names = metafunc.fixturenames
     if "case" in names:
         op = metafunc.function.__name__[len("test_"):]
-        op_cases = fb.cases(op, bench_size(metafunc.config))
-        metafunc.parametrize("case", op_cases, ids=[c.name.replace(" ", "_") for c in op_cases])
-        metafunc.parametrize("mode", fb.MODES)
+        shapes = op_cases.cases(op, bench_size(metafunc.config))
+        metafunc.parametrize("case", shapes, ids=[c.name.replace(" ", "_") for c in shapes])
+        metafunc.parametrize("mode", op_cases.MODES)
     if "model" in names:
         from fastmtl.models import MODEL_NAMES
 
         metafunc.parametrize("model", MODEL_NAMES)
-        metafunc.parametrize("phase", fb.MODEL_PHASES)
+        metafunc.parametrize("phase", model_bench.MODEL_PHASES)
     if "impl" in names:
-        metafunc.parametrize("impl", fb.IMPLS)
+        metafunc.parametrize("impl", op_cases.IMPLS)
 
 
 @pytest.fixture(scope="session")

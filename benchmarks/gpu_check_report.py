@@ -82,7 +82,7 @@ def doctor_lines(doctor: Optional[Dict]) -> List[str]:
 def fastmtl_tables(results: Dict) -> List[str]:
     """The fastmtl text reports of the JSON outputs (needs fastmtl importable)."""
     try:
-        from fastmtl.perf.bench import format_report
+        from fastmtl.perf.report import format_report
         from fastmtl.doctor import format_report as format_doctor
         from fastmtl.perf.model_bench import format_model_report
     except Exception as e:  # the install step failed: the JSON is still in results.json

@@ -1,7 +1,6 @@
 """Evaluation: the one function used by training and by ``fastmtl eval`` (so their numbers agree)."""
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -13,21 +12,9 @@ from .data.bad_samples import nonempty_batches
 from .losses import last_prediction
 from .metrics import TasksMeter
 from .restore import checkpoint_tasks, model_from_checkpoint
+from .runtime import amp_dtype_for, autocast_context
 from .tasks import DEFAULT_TASKS, check_available
-
-
-def amp_dtype_for(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype of ``--amp`` (``auto``: bf16 on CUDA, off elsewhere)."""
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "off"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-
-
-def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
-    """``torch.autocast`` for ``amp_dtype`` on ``device``, or a no-op when it is None."""
-    if amp_dtype is None:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=amp_dtype)
+from .transforms import eval_transform
 
 
 def tasks_meter(tasks) -> TasksMeter:
@@ -82,7 +69,7 @@ def evaluate_checkpoint(checkpoint: str, data_root: Optional[str] = None, split:
         model = model.to(memory_format=torch.channels_last)
     root = data_root or cfg.data_root
     root = Path(root) if root else fdata.default_data_root()
-    dataset = fdata.open_dataset(root, split, cfg.dataset, transform=fdata.eval_transform(multiple=32),
+    dataset = fdata.open_dataset(root, split, cfg.dataset, transform=eval_transform(multiple=32),
                                  on_bad_sample=on_bad_sample, tasks=task_names)
     # readers that know their split's targets say so (a folder's normals/); else the training dataset's
     available = getattr(dataset, "targets", ckpt["dataset"].get("tasks", DEFAULT_TASKS))

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoint import load_checkpoint
-from .restore import checkpoint_tasks, model_from_checkpoint
-from .data.transforms import normalize_rgb
+from .data.npy import load_npy, rgb_from_image
 from .losses import last_prediction
+from .restore import checkpoint_tasks, model_from_checkpoint
+from .transforms import normalize_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".npy")
 
@@ -44,8 +45,6 @@ def collect_images(inputs: Sequence[str]) -> List[Path]:
 def load_image(path: Path) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)`` of an image file or an ``.npy`` float image (see the module)."""
     if path.suffix.lower() == ".npy":
-        from .data.npy import load_npy, rgb_from_image
-
         return rgb_from_image(load_npy(path, "image", None), path, None).transpose(1, 2, 0)
     try:
         with Image.open(path) as im:

@@ -1,22 +1,67 @@
-"""Where and how a run executes: device, process group (torchrun), autocast dtype, and the
-budget fields a config leaves open (:func:`resolve_config`)."""
+"""Where and how a run executes: the device (:func:`resolve_device`), the precision (the one
+``--amp`` name <-> autocast dtype mapping, :func:`autocast_context`), the process group
+(torchrun, :func:`setup_runtime`) and the budget fields a config leaves open (:func:`resolve_config`)."""
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-from .config import Config, ConfigError
-from .evaluate import amp_dtype_for
+from .config import AMP_MODES, Config, ConfigError
+from .kernels import kernels_available
 
 # The CPU budget used when no --epochs / --max-steps / --size is given on a CPU device:
 # about 10 minutes of training on 2 cores for the default model (see README).
 CPU_BUDGET_STEPS = 200
 CPU_BUDGET_SIZE = (64, 128)
 GPU_EPOCHS = 16
+
+# The autocast dtype of each ``--amp`` name but ``auto`` (config.AMP_MODES, the flag's choices).
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+assert set(AMP_MODES) == {"auto", *AMP_DTYPES}, "config.AMP_MODES and runtime.AMP_DTYPES disagree"
+
+
+def amp_dtype_for(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``--amp`` (``auto``: bf16 on CUDA, off elsewhere); None is no autocast."""
+    device = torch.device(device)
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "off"
+    if amp not in AMP_DTYPES:
+        raise ConfigError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    return AMP_DTYPES[amp]
+
+
+def amp_name(amp_dtype: Optional[torch.dtype]) -> str:
+    """The ``--amp`` name of an autocast dtype (None -> ``off``): the inverse of :func:`amp_dtype_for`."""
+    for name, dtype in AMP_DTYPES.items():
+        if dtype == amp_dtype:
+            return name
+    raise ValueError(f"no --amp mode for dtype {amp_dtype}; valid: {', '.join(map(str, AMP_DTYPES.values()))}")
+
+
+def autocast_context(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    """``torch.autocast`` for ``amp_dtype`` on ``device``, or a no-op when it is None."""
+    if amp_dtype is None:
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=amp_dtype)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``--device``: ``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; anything
+    else is checked by torch (ConfigError naming ``--device`` for a bad name or a missing GPU)."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {name!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    return device
 
 
 @dataclass
@@ -34,23 +79,19 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def autocast(self):
+        """The run's autocast context (a no-op without AMP)."""
+        return autocast_context(self.device, self.amp_dtype)
+
 
 def setup_runtime(cfg: Config) -> Runtime:
     """Device, process group (when started by torchrun) and autocast dtype for ``cfg``."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            device = torch.device(cfg.device)
-        except RuntimeError as e:
-            raise ConfigError(f"--device {cfg.device!r}: {e}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine")
-        if device.type == "cuda" and world_size > 1:
-            device = torch.device(f"cuda:{local_rank}")
+    device = resolve_device(cfg.device, local_rank)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device(f"cuda:{local_rank}")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
@@ -70,12 +111,9 @@ def resolve_config(cfg: Config, rt: Runtime) -> Config:
         else:
             cfg.epochs = GPU_EPOCHS
     cfg.device = str(device)
-    cfg.amp = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[rt.amp_dtype]
+    cfg.amp = amp_name(rt.amp_dtype)
     if cfg.size is None:
         cfg.size = (128, 256)
     if cfg.fused is None:
-        from .kernels import kernels_available
-
         cfg.fused = kernels_available(device)
     return cfg.validate()
-

@@ -37,14 +37,13 @@ from .checkpoint import FORMAT, VERSION, save_atomic
 from .config import Config, ConfigError
 from .data.order import ResumableBatchSampler, SeededTransform
 from .errors import TrainingDiverged
-from .evaluate import autocast_context, evaluate_tasks
-from .losses import MultiTaskLoss, last_prediction
-from .models import build_model
-from .optim import make_optimizer, poly_schedule
+from .evaluate import evaluate_tasks
+from .losses import last_prediction
 from .rundir import check_output_dir
 from .runtime import Runtime, resolve_config, setup_runtime
-from .tasks import build_tasks, check_available, outputs_desc, task_states
-from .weighting.training import WeightedTrainStep, method_for_run, param_groups
+from .step import build_step
+from .tasks import check_available, task_states
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before training stops
 WARMUP_STEPS = 3  # first steps of every (resumed) segment, timed apart: compilation and warm-up
@@ -56,7 +55,7 @@ def make_datasets(cfg: Config, root: Path):
     info = fdata.dataset_info(root, cfg.dataset)
     check_available(cfg.tasks, info.tasks, str(root))
     train_set = fdata.open_dataset(root, "train", cfg.dataset, on_bad_sample=cfg.on_bad_sample, tasks=cfg.tasks)
-    val_set = fdata.open_dataset(root, "val", cfg.dataset, transform=fdata.eval_transform(multiple=32),
+    val_set = fdata.open_dataset(root, "val", cfg.dataset, transform=eval_transform(multiple=32),
                                  on_bad_sample=cfg.on_bad_sample, tasks=cfg.tasks)
     for name, split in (("train", train_set), ("val", val_set)):  # readers that know a split's targets
         check_available(cfg.tasks, getattr(split, "targets", info.tasks), f"{root} (split {name})")
@@ -70,7 +69,7 @@ def make_loaders(cfg: Config, root: Path, train_set, val_set, rt: Runtime):
     pin = rt.device.type == "cuda"
     # own generators: creating a loader iterator must not consume the global RNG (exact resume)
     common = dict(num_workers=cfg.workers, pin_memory=pin, persistent_workers=cfg.workers > 0)
-    train_loader = DataLoader(SeededTransform(train_set, fdata.train_transform(cfg.size)), batch_sampler=sampler,
+    train_loader = DataLoader(SeededTransform(train_set, train_transform(cfg.size)), batch_sampler=sampler,
                               collate_fn=fdata.collate_skip_bad, generator=torch.Generator().manual_seed(cfg.seed),
                               **common)
     val_loader = fdata.build_loader(val_set, cfg.batch_size, shuffle=False, workers=cfg.workers, seed=cfg.seed)
@@ -105,25 +104,12 @@ class Run:
             raise ConfigError(f"--data-root {root}: no such directory")
         self.info, train_set, val_set = make_datasets(cfg, root)
         self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, root, train_set, val_set, self.rt)
-        self.tasks = build_tasks(cfg, self.info)
-        self.outputs_desc = outputs_desc(self.tasks)
-
-        self.model = build_model(cfg, self.outputs_desc, fused=cfg.fused).to(self.rt.device)
-        if self.rt.distributed and self.rt.device.type == "cuda":
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
         self.steps_per_epoch = len(self.sampler)
-        # task weighting (fastmtl.weighting; None: fixed weights, the loss's own) -----------------
-        self.weighting = method_for_run(cfg, list(self.outputs_desc), self.steps_per_epoch)
-        if self.weighting is not None:
-            self.weighting.to(self.rt.device)
-        self.optimizer = make_optimizer(cfg, param_groups(self.model, self.weighting))
-        # -----------------------------------------------------------------------------------------
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, poly_schedule(self.total_steps))
-        self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.amp_dtype == torch.float16)
-        self.loss_fn = MultiTaskLoss(tasks=self.tasks, weights={t: cfg.task_weight(t) for t in cfg.tasks})
+        self.parts = build_step(cfg, self.info, self.rt, self.total_steps, self.steps_per_epoch)
+        self.model, self.tasks, self.loss_fn = self.parts.model, self.parts.tasks, self.parts.loss_fn
+        self.optimizer, self.scheduler, self.scaler = self.parts.optimizer, self.parts.scheduler, self.parts.scaler
+        self.weighting, self.outputs_desc = self.parts.weighting, self.parts.outputs_desc
         self.step, self.best, self.skipped_samples = 0, None, 0
         self.timing = {"wall_seconds": 0.0, "eval_seconds": 0.0, "warmup_seconds": 0.0, "warmup_steps": 0,
                        "warmup_images": 0, "steady_seconds": 0.0, "steady_images": 0}
@@ -131,25 +117,6 @@ class Run:
             self._restore(ckpt)
             if self.rt.is_main:
                 rundir.rewind(self.out, self.step)
-
-        self.train_model = self.model
-        # gradient methods synchronise per-task gradients themselves (fastmtl.weighting.engine)
-        if self.rt.distributed and (self.weighting is None or self.weighting.kind == "loss"):
-            self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.train_model, device_ids=[self.rt.device.index] if self.rt.device.type == "cuda" else None)
-        self.step_loss = self.loss_fn
-        if cfg.compile:
-            if cfg.fused:
-                # Inductor (seen with torch 2.13 on CPU) reorders the backward of the fused attention's
-                # conv + channel slices wrongly when optimising for peak memory: gradients come out wrong
-                import torch._inductor.config as inductor_config
-
-                inductor_config.reorder_for_peak_memory = False
-            self.train_model = torch.compile(self.train_model)
-            self.step_loss = torch.compile(self.loss_fn)
-        self.weighted_step = None if self.weighting is None else WeightedTrainStep(
-            self.weighting, self.model, self.train_model, self.step_loss, list(self.outputs_desc),
-            cfg.weighting_grads, self.rt.world_size, cfg.compile)
         self.writer = None
 
     def _default_data_root(self) -> Path:
@@ -213,11 +180,9 @@ class Run:
     def _log_images(self, writer) -> None:
         """Input, prediction and ground-truth images of every task (and depth histograms, report
         Fig. 22) of the first val batch."""
-        from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
         batch = next(fdata.nonempty_batches(self.val_loader))
         self.model.eval()
-        with torch.no_grad(), autocast_context(self.rt.device, self.rt.amp_dtype):
+        with torch.no_grad(), self.rt.autocast():
             out = self.model(batch["rgb"][:4].to(self.rt.device))
         self.model.train()
         rgb = batch["rgb"][:4] * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -229,24 +194,10 @@ class Run:
     # -- loop -------------------------------------------------------------------------------
 
     def train_step(self, batch) -> Tuple[float, Dict[str, float]]:
+        """One :class:`~fastmtl.step.TrainStep` on a loader batch (moved to the run's device)."""
         dev = self.rt.device
-        memory_format = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
-        rgb = batch["rgb"].to(dev, non_blocking=True).contiguous(memory_format=memory_format)
         targets = {t: batch[t].to(dev, non_blocking=True) for t in self.cfg.tasks}
-        if self.weighted_step is not None:  # fastmtl.weighting does forward, backward and the step
-            return self.weighted_step(rgb, targets, lambda: autocast_context(dev, self.rt.amp_dtype),
-                                      self.optimizer, self.scaler, self.scheduler)
-        with autocast_context(dev, self.rt.amp_dtype):
-            out = self.train_model(rgb)
-        loss, parts = self.step_loss(out, targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss).item():
-            return float("nan"), {}
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        return loss.item(), {k: v.item() for k, v in parts.items()}
+        return self.parts.step(batch["rgb"].to(dev, non_blocking=True), targets)
 
     def evaluate(self) -> Dict:
         return evaluate_tasks(self.model, self.val_loader, self.tasks, self.rt.device, self.rt.amp_dtype,
@@ -291,8 +242,8 @@ class Run:
                 step_start = step_end  # a step's time runs from the end of the previous one (data loading included)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-                if rt.is_main and self.weighted_step is not None:  # task weights, every step
-                    for task, w in self.weighted_step.weights().items():
+                if rt.is_main and self.weighting is not None:  # task weights, every step
+                    for task, w in self.parts.step.weights().items():
                         self._tensorboard().add_scalar(f"train/weight_{task}", w, self.step)
                 if rt.is_main and self.step % 10 == 0:
                     writer = self._tensorboard()
@@ -379,8 +330,7 @@ class Run:
             "eval_seconds": t["eval_seconds"], "wall_seconds": t["wall_seconds"], "device": str(self.rt.device),
             "skipped_train_samples": self.skipped_samples,
             "weighting": {"method": self.cfg.weighting, "grads": self.cfg.weighting_grads,
-                          "final_weights": self.weighted_step.weights() if self.weighted_step is not None
-                          else dict(self.loss_fn.weights)},
+                          "final_weights": self.parts.step.weights()},
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         baselines = "; ".join(f"{name.replace('_', '-')} {_describe(self.tasks, values, score=False)}"

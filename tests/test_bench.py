@@ -8,7 +8,10 @@ import math
 import pytest
 import torch
 
-from fastmtl.perf import bench as fb
+from fastmtl.perf import cases as op_cases
+from fastmtl.perf import op_bench
+from fastmtl.perf import report as op_report
+from fastmtl.perf import timing as op_timing
 from fastmtl.cli import main
 from fastmtl.config import ConfigError
 
@@ -19,79 +22,79 @@ CPU = torch.device("cpu")
 def test_se_scale_bytes_by_hand():
     e = 8 * 64 * 64 * 128  # layer1 at batch 8, 256x512 input
     wt = (2 * 64 * 4 + 64 + 4) * 4  # fc1 (4, 64), fc2 (64, 4), biases; fp32
-    got = fb.se_scale_bytes(8, 64, 64, 128, 4, act_bytes=2, weight_bytes=4)
+    got = op_cases.se_scale_bytes(8, 64, 64, 128, 4, act_bytes=2, weight_bytes=4)
     assert got == {"forward": 3 * e * 2 + wt, "backward": 5 * e * 2 + 2 * wt, "full": 8 * e * 2 + 3 * wt}
     assert got["forward"] == 25_168_144
-    no_res = fb.se_scale_bytes(8, 64, 64, 128, 4, 2, 4, residual=False)
+    no_res = op_cases.se_scale_bytes(8, 64, 64, 128, 4, 2, 4, residual=False)
     assert no_res["forward"] == 2 * e * 2 + wt and no_res["backward"] == 3 * e * 2 + 2 * wt
 
 
 def test_sigmoid_gate_bytes_by_hand():
     e = 8 * 256 * 64 * 128
-    assert fb.sigmoid_gate_bytes(8, 256, 64, 128, 2) == {"forward": 8 * e, "backward": 10 * e, "full": 18 * e}
-    assert fb.sigmoid_gate_bytes(8, 256, 64, 128, 2, residual=False)["forward"] == 6 * e
+    assert op_cases.sigmoid_gate_bytes(8, 256, 64, 128, 2) == {"forward": 8 * e, "backward": 10 * e, "full": 18 * e}
+    assert op_cases.sigmoid_gate_bytes(8, 256, 64, 128, 2, residual=False)["forward"] == 6 * e
 
 
 def test_aspp_bytes_and_flops_by_hand():
-    got = fb.aspp_bytes(8, 4, 256, 256, 32, 64, act_bytes=2, bias_bytes=2, affine_bytes=4)
+    got = op_cases.aspp_bytes(8, 4, 256, 256, 32, 64, act_bytes=2, bias_bytes=2, affine_bytes=4)
     e_in, e_out, wt = 8 * 4 * 256 * 2048, 8 * 256 * 2048, 256 * 1024
     assert got["forward"] == (e_in + e_out + wt) * 2 + 8 * 256 * 2 + 2 * 256 * 4 == 42_473_472
     assert got["backward"] == 2 * (e_in + e_out + wt) * 2 + 8 * 256 * 2 + 256 * 4 == 84_939_776
     assert got["full"] == got["forward"] + got["backward"]
-    f = fb.aspp_flops(8, 4, 256, 256, 32, 64)
+    f = op_cases.aspp_flops(8, 4, 256, 256, 32, 64)
     assert f == {"forward": 8_589_934_592, "backward": 2 * 8_589_934_592, "full": 3 * 8_589_934_592}
 
 
 def test_silog_bytes_by_hand():
     e = 8 * 256 * 512
-    assert fb.silog_bytes(8, 256, 512, pred_bytes=2, target_bytes=4) == {
+    assert op_cases.silog_bytes(8, 256, 512, pred_bytes=2, target_bytes=4) == {
         "forward": 6 * e + 96, "backward": 8 * e + 96, "full": 14 * e + 192}
 
 
-@pytest.mark.parametrize("op", fb.OPS)
+@pytest.mark.parametrize("op", op_cases.OPS)
 def test_bytes_moved_matches_the_formulas(op):
-    case = fb.cases(op, "full")[0]
+    case = op_cases.cases(op, "full")[0]
     d = dict(case.dims)
     want = {
-        "se_scale": lambda: fb.se_scale_bytes(d["n"], d["c"], d["h"], d["w"], d["c"] // 16, 2, 4),
-        "sigmoid_gate": lambda: fb.sigmoid_gate_bytes(d["n"], d["c"], d["h"], d["w"], 2),
-        "aspp": lambda: fb.aspp_bytes(d["n"], d["k"], d["cb"], d["cout"], d["h"], d["w"], 2, 2, 4),
-        "silog": lambda: fb.silog_bytes(d["n"], d["h"], d["w"], 2, 4),
+        "se_scale": lambda: op_cases.se_scale_bytes(d["n"], d["c"], d["h"], d["w"], d["c"] // 16, 2, 4),
+        "sigmoid_gate": lambda: op_cases.sigmoid_gate_bytes(d["n"], d["c"], d["h"], d["w"], 2),
+        "aspp": lambda: op_cases.aspp_bytes(d["n"], d["k"], d["cb"], d["cout"], d["h"], d["w"], 2, 2, 4),
+        "silog": lambda: op_cases.silog_bytes(d["n"], d["h"], d["w"], 2, 4),
     }[op]()
-    assert fb.bytes_moved(case, torch.bfloat16) == want
-    fp32 = fb.bytes_moved(case, torch.float32)
-    assert all(fp32[m] > want[m] for m in fb.MODES)
-    assert (fb.flops(case) is not None) == (op == "aspp")
+    assert op_cases.bytes_moved(case, torch.bfloat16) == want
+    fp32 = op_cases.bytes_moved(case, torch.float32)
+    assert all(fp32[m] > want[m] for m in op_cases.MODES)
+    assert (op_cases.flops(case) is not None) == (op == "aspp")
 
 
 def test_full_cases_are_the_issue_shapes():
-    se = [(c["n"], c["c"], c["h"], c["w"]) for c in fb.cases("se_scale", "full")]
+    se = [(c["n"], c["c"], c["h"], c["w"]) for c in op_cases.cases("se_scale", "full")]
     assert se == [(8, 64, 64, 128), (8, 128, 32, 64), (8, 256, 32, 64), (8, 512, 32, 64)]
-    gate = [(c["n"], c["c"], c["h"], c["w"]) for c in fb.cases("sigmoid_gate", "full")]
+    gate = [(c["n"], c["c"], c["h"], c["w"]) for c in op_cases.cases("sigmoid_gate", "full")]
     assert gate == [(8, 256, 64, 128), (8, 256, 128, 256)]
-    (aspp,) = fb.cases("aspp", "full")
+    (aspp,) = op_cases.cases("aspp", "full")
     assert [aspp[k] for k in ("n", "k", "cb", "cout", "h", "w")] == [8, 4, 256, 256, 32, 64]
-    (silog,) = fb.cases("silog", "full")
+    (silog,) = op_cases.cases("silog", "full")
     assert [silog[k] for k in ("n", "h", "w")] == [8, 256, 512]
-    for op in fb.OPS:  # small sizes are strictly smaller
-        assert all(fb.set_bytes(s, torch.float32) < fb.set_bytes(f, torch.float32)
-                   for s, f in zip(fb.cases(op, "small"), fb.cases(op, "full")))
+    for op in op_cases.OPS:  # small sizes are strictly smaller
+        assert all(op_cases.set_bytes(s, torch.float32) < op_cases.set_bytes(f, torch.float32)
+                   for s, f in zip(op_cases.cases(op, "small"), op_cases.cases(op, "full")))
 
 
 def test_cases_reject_unknown_op_and_size():
     with pytest.raises(ConfigError, match="unknown op"):
-        fb.cases("conv", "small")
+        op_cases.cases("conv", "small")
     with pytest.raises(ConfigError, match="--size"):
-        fb.cases("silog", "huge")
+        op_cases.cases("silog", "huge")
 
 
 # --------------------------------------------------------------------------- arithmetic
 def test_gbps_tflops_and_speedup_arithmetic():
-    assert fb.gbps(2e9, 1000.0) == pytest.approx(2.0)
-    assert fb.gbps(1e6, 0.001) == pytest.approx(1000.0)
-    assert fb.tflops(3e12, 500.0) == pytest.approx(6.0)
-    assert fb.speedup(3.0, 1.5) == pytest.approx(2.0)
-    assert fb.speedup(None, 1.0) is None and fb.speedup(1.0, None) is None
+    assert op_timing.gbps(2e9, 1000.0) == pytest.approx(2.0)
+    assert op_timing.gbps(1e6, 0.001) == pytest.approx(1000.0)
+    assert op_timing.tflops(3e12, 500.0) == pytest.approx(6.0)
+    assert op_report.speedup(3.0, 1.5) == pytest.approx(2.0)
+    assert op_report.speedup(None, 1.0) is None and op_report.speedup(1.0, None) is None
 
 
 def test_add_derived_rows():
@@ -100,7 +103,7 @@ def test_add_derived_rows():
 
     rows = [row("eager", 8.0), row("compile", 4.0), row("fused", 2.0), row("fused_compile", None),
             dict(row("eager", 100.0), mode="backward")]
-    fb.add_derived(rows, copy_gbps=4000.0)
+    op_report.add_derived(rows, copy_gbps=4000.0)
     eager, comp, fused, skipped, other_mode = rows
     assert fused["gbps"] == pytest.approx(2000.0)  # 4e9 bytes in 2 ms
     assert fused["copy_fraction"] == pytest.approx(0.5)
@@ -114,35 +117,35 @@ def test_add_derived_rows():
 
 
 def test_input_sets_cover_twice_the_cache():
-    assert fb.input_sets(10 << 20, 50 << 20) == 10
-    assert fb.input_sets(1 << 30, 50 << 20) == 2  # at least two sets
-    assert fb.input_sets(1, 50 << 20) == 64  # bounded
-    assert fb.input_sets(3, 10, lo=1, hi=100) == 7
+    assert op_timing.input_sets(10 << 20, 50 << 20) == 10
+    assert op_timing.input_sets(1 << 30, 50 << 20) == 2  # at least two sets
+    assert op_timing.input_sets(1, 50 << 20) == 64  # bounded
+    assert op_timing.input_sets(3, 10, lo=1, hi=100) == 7
 
 
 def test_rel_err():
     a = torch.tensor([3.0, 4.0])
-    assert fb.rel_err([a], [a.clone()]) == 0.0
-    assert fb.rel_err([a + torch.tensor([0.0, 0.5])], [a]) == pytest.approx(0.1)
-    assert math.isnan(fb.rel_err([torch.tensor([math.nan, 1.0])], [a]))
+    assert op_bench.rel_err([a], [a.clone()]) == 0.0
+    assert op_bench.rel_err([a + torch.tensor([0.0, 0.5])], [a]) == pytest.approx(0.1)
+    assert math.isnan(op_bench.rel_err([torch.tensor([math.nan, 1.0])], [a]))
 
 
 def test_skip_reasons_on_cpu():
-    assert fb.skip_reason("eager", CPU) is None
-    assert "CUDA" in fb.skip_reason("fused", CPU) and "interpreter" in fb.skip_reason("fused_compile", CPU, True)
-    assert "compile" in fb.skip_reason("compile", CPU)
-    assert fb.skip_reason("compile", CPU, allow_cpu_compile=True) is None
-    assert fb.default_impls(CPU) == ("eager",)
+    assert op_cases.skip_reason("eager", CPU) is None
+    assert "CUDA" in op_cases.skip_reason("fused", CPU) and "interpreter" in op_cases.skip_reason("fused_compile", CPU, True)
+    assert "compile" in op_cases.skip_reason("compile", CPU)
+    assert op_cases.skip_reason("compile", CPU, allow_cpu_compile=True) is None
+    assert op_cases.default_impls(CPU) == ("eager",)
 
 
-@pytest.mark.parametrize("mode", fb.MODES)
-@pytest.mark.parametrize("op", fb.OPS)
+@pytest.mark.parametrize("mode", op_cases.MODES)
+@pytest.mark.parametrize("op", op_cases.OPS)
 def test_op_runner_outputs_and_rotation(op, mode):
-    case = fb.cases(op, "tiny")[0]
-    runner = fb.OpRunner(case, mode, "eager", CPU, torch.float32, sets=3)
+    case = op_cases.cases(op, "tiny")[0]
+    runner = op_bench.OpRunner(case, mode, "eager", CPU, torch.float32, sets=3)
     leaves = len(runner.sets[0].leaves)
     assert len(runner.outputs) == (1 if mode == "forward" else 1 + leaves)
-    assert runner.bytes == fb.bytes_moved(case, torch.float32)[mode]
+    assert runner.bytes == op_cases.bytes_moved(case, torch.float32)[mode]
     assert all(torch.isfinite(t).all() for t in runner.outputs)
     assert not runner.sets[0].args[0 if op != "aspp" else 1].eq(runner.sets[1].args[0 if op != "aspp" else 1]).all()
     seen = []
@@ -153,9 +156,9 @@ def test_op_runner_outputs_and_rotation(op, mode):
 
 
 def test_copy_bandwidth_counts_read_and_write():
-    copy = fb.copy_bandwidth(CPU, 1 << 16, repeats=3)
+    copy = op_timing.copy_bandwidth(CPU, 1 << 16, repeats=3)
     assert copy["bytes"] == 2 * (1 << 16)
-    assert copy["gbps"] == pytest.approx(fb.gbps(copy["bytes"], copy["ms"]))
+    assert copy["gbps"] == pytest.approx(op_timing.gbps(copy["bytes"], copy["ms"]))
 
 
 # --------------------------------------------------------------------------- the command
@@ -168,16 +171,16 @@ def test_cli_bench_json_structure(capsys):
     assert report["device_type"] == "cpu" and report["size"] == "tiny" and report["dtype"] == "float32"
     assert "perf_counter" in report["timer"] and "interpreter" in report["timer"]
     assert set(report["byte_formulas"]) == {"silog"}
-    assert report["copy"]["gbps"] == pytest.approx(fb.gbps(report["copy"]["bytes"], report["copy"]["ms"]))
+    assert report["copy"]["gbps"] == pytest.approx(op_timing.gbps(report["copy"]["bytes"], report["copy"]["ms"]))
     rows = report["rows"]
-    assert [(r["mode"], r["impl"]) for r in rows] == [(m, i) for m in fb.MODES for i in fb.IMPLS]
-    (case,) = fb.cases("silog", "tiny")
+    assert [(r["mode"], r["impl"]) for r in rows] == [(m, i) for m in op_cases.MODES for i in op_cases.IMPLS]
+    (case,) = op_cases.cases("silog", "tiny")
     for r in rows:
         assert r["op"] == "silog" and r["case"] == case.name and r["dims"] == dict(case.dims)
-        assert r["bytes"] == fb.bytes_moved(case, torch.float32)[r["mode"]]
+        assert r["bytes"] == op_cases.bytes_moved(case, torch.float32)[r["mode"]]
         if r["impl"] == "eager":
             assert r["skipped"] is None and r["ms"] > 0
-            assert r["gbps"] == pytest.approx(fb.gbps(r["bytes"], r["ms"]))
+            assert r["gbps"] == pytest.approx(op_timing.gbps(r["bytes"], r["ms"]))
             assert r["copy_fraction"] == pytest.approx(r["gbps"] / report["copy"]["gbps"])
             assert r["speedup_vs_eager"] == pytest.approx(1.0) and r["speedup_vs_compile"] is None
         else:
@@ -205,17 +208,17 @@ def test_cli_bench_rejects_bad_values(capsys, argv, message):
 
 
 def test_a_failing_row_is_reported_and_the_run_goes_on(monkeypatch):
-    real = fb.OpRunner
+    real = op_bench.OpRunner
 
     def flaky(case, mode, impl, *args, **kwargs):
         if mode == "backward":
             raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore")
         return real(case, mode, impl, *args, **kwargs)
 
-    monkeypatch.setattr(fb, "OpRunner", flaky)
-    report = fb.run_bench(fb.BenchOptions(ops=["silog"], size="tiny", device="cpu"))
+    monkeypatch.setattr(op_bench, "OpRunner", flaky)
+    report = op_bench.run_bench(op_bench.BenchOptions(ops=["silog"], size="tiny", device="cpu"))
     eager = {r["mode"]: r for r in report["rows"] if r["impl"] == "eager"}
     assert eager["backward"]["ms"] is None and eager["backward"]["error"] == (
         "RuntimeError: CUDA error: an illegal memory access was encountered")
     assert eager["forward"]["ms"] > 0 and eager["full"]["ms"] > 0 and eager["full"]["error"] is None
-    assert "FAILED: tiny 2x8x16 backward eager: RuntimeError" in fb.format_report(report)
+    assert "FAILED: tiny 2x8x16 backward eager: RuntimeError" in op_report.format_report(report)

@@ -14,9 +14,9 @@ from fastmtl.data import (
     colorize,
     dataset_info,
     decode_miniscapes_depth,
-    train_transform,
 )
 from fastmtl.data import folder as folder_module
+from fastmtl.transforms import train_transform
 
 H, W = 24, 40
 

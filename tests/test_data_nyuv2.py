@@ -14,10 +14,9 @@ from fastmtl.data import (
     collate_skip_bad,
     dataset_info,
     open_dataset,
-    train_transform,
 )
 from fastmtl.tasks.depth import DepthNormalizer
-from fastmtl.data.transforms import crop, pad_to, random_hflip, random_scale
+from fastmtl.transforms import crop, pad_to, random_hflip, random_scale, train_transform
 
 from dataset_fixtures import nyuv2_arrays, write_nyuv2  # tests/ helper
 

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from fastmtl.data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from fastmtl.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from fastmtl.tasks.depth import DepthNormalizer
-from fastmtl.data.transforms import color_jitter, random_crop, random_hflip, random_scale
+from fastmtl.transforms import color_jitter, random_crop, random_hflip, random_scale
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)

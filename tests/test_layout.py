@@ -6,7 +6,7 @@ import fastmtl
 from fastmtl import tasks
 
 PACKAGE = Path(fastmtl.__file__).parent
-TASK_NAME_HOMES = ("tasks", "data", "perf")  # perf/: being cleaned up in parallel
+TASK_NAME_HOMES = ("tasks", "data")
 
 
 def test_task_names_appear_only_in_the_tasks_and_data_packages():

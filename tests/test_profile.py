@@ -28,10 +28,11 @@ def test_macs_breakdown_sums_to_total():
 
 
 def test_throughput_reports_positive_rates():
-    m = build_model(Config(model="joint", encoder="resnet18", dilation=(False, False, True)), DESC)
-    r = profile_model(m, (64, 64), throughput=True, device="cpu", batch_size=2)
+    cfg = Config(model="joint", encoder="resnet18", dilation=(False, False, True), fused=False)
+    r = profile_model(cfg, (64, 64), throughput=True, device="cpu", batch_size=2)
     assert r["forward_images_per_s"] > 0 and r["train_images_per_s"] > 0
     assert r["device"] == "cpu"
+    assert r["params"] == count_params(build_model(cfg, DESC))
 
 
 def test_cli_profile_json(capsys):

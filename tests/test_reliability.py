@@ -18,6 +18,7 @@ from fastmtl.cli import main
 from fastmtl.config import Config, ConfigError
 from fastmtl.data.synthetic import generate_dataset
 from fastmtl.train import train
+from fastmtl.transforms import eval_transform
 
 
 @pytest.fixture(scope="module")
@@ -124,12 +125,12 @@ def test_full_output_dir_fails_before_training(tiny_data, tmp_path, monkeypatch,
 
 
 def test_missing_data_root_fails_before_any_model_is_built(tmp_path, capsys, monkeypatch):
-    import fastmtl.train as train_mod
+    import fastmtl.step as step_mod
 
     def must_not_build(*a, **k):
         raise AssertionError("the model was built before the data root was checked")
 
-    monkeypatch.setattr(train_mod, "build_model", must_not_build)
+    monkeypatch.setattr(step_mod, "build_model", must_not_build)
     assert main(train_args(tmp_path / "no-such-data", tmp_path / "run", 2, 2)) == 2
     assert "no-such-data" in capsys.readouterr().err
 
@@ -187,7 +188,7 @@ def test_evaluation_over_1000_images_keeps_flat_memory(tiny_data, tmp_path):
         dst.mkdir(parents=True)
         for i in range(1200):
             os.link(src, dst / f"{i}{src.suffix}")
-    dataset = fdata.SegDepthFolder(root, "val", transform=fdata.eval_transform(32))
+    dataset = fdata.SegDepthFolder(root, "val", transform=eval_transform(32))
     loader = fdata.build_loader(dataset, 8, shuffle=False, workers=0, seed=0)
     info = fdata.dataset_info(root)
     model = build_model(Config(model="joint", encoder="resnet18", dilation=(False, False, True)), {"semseg": 19, "depth": 1})
@@ -207,17 +208,17 @@ def test_evaluation_over_1000_images_keeps_flat_memory(tiny_data, tmp_path):
 
 
 def test_non_finite_loss_skips_steps_then_stops_keeping_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
-    import fastmtl.train as train_mod
+    import fastmtl.step as step_mod
 
     calls = {"n": 0}
-    real_forward = train_mod.MultiTaskLoss.forward
+    real_forward = step_mod.MultiTaskLoss.forward
 
     def poisoned(self, *args):
         total, parts = real_forward(self, *args)
         calls["n"] += 1
         return (total * float("nan") if calls["n"] > 2 else total), parts
 
-    monkeypatch.setattr(train_mod.MultiTaskLoss, "forward", poisoned)
+    monkeypatch.setattr(step_mod.MultiTaskLoss, "forward", poisoned)
     out = tmp_path / "run"
     cfg = Config(model="joint", encoder="resnet18", dilation=(False, False, True), data_root=str(tiny_data),
                  size=(32, 32), batch_size=2, workers=0, max_steps=40, eval_every=2, quiet=True, out=str(out),

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastmtl.cli import COMMANDS, build_parser, config_from_args
+from fastmtl.cli import COMMANDS, build_parser
+from fastmtl.cli.flags import config_from_args
 from fastmtl.config import Config
 from fastmtl.data.synthetic import generate_dataset
 from fastmtl.sweep.runner import build_sweep, open_sweep

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from fastmtl import tasks
 from fastmtl.config import Config, ConfigError
-from fastmtl.data.transforms import random_hflip, random_scale, pad_to, train_transform
+from fastmtl.transforms import random_hflip, random_scale, pad_to, train_transform
 from fastmtl.losses import MultiTaskLoss
 from fastmtl.tasks.depth import DepthMeter, DepthNormalizer
 from fastmtl.tasks.semseg import SemsegMeter, semseg_loss
@@ -41,7 +41,8 @@ def test_bad_task_lists_are_one_line_errors(text, message):
 
 
 def test_task_weight_flag_sets_any_task_and_keeps_the_old_flags(capsys):
-    from fastmtl.cli import build_parser, COMMANDS, config_from_args
+    from fastmtl.cli import COMMANDS, build_parser
+    from fastmtl.cli.flags import config_from_args
 
     parser = build_parser(COMMANDS)
     cfg = config_from_args(parser.parse_args(["train", "--tasks", "semseg,depth,normals", "--task-weight", "normals=2",
@@ -254,7 +255,8 @@ def test_trivial_baselines_predict_the_majority_class_and_the_mean_normal():
 
 
 def test_task_opt_flag_and_its_legacy_aliases():
-    from fastmtl.cli import build_parser, config_from_args
+    from fastmtl.cli import build_parser
+    from fastmtl.cli.flags import config_from_args
 
     parser = build_parser()
     cfg = config_from_args(parser.parse_args(["train", "--task-opt", "depth.loss=silog", "--depth-norm", "linear"]))

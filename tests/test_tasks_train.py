@@ -13,6 +13,7 @@ from fastmtl.checkpoint import load_checkpoint
 from fastmtl.restore import model_from_checkpoint
 from fastmtl.cli import main
 from fastmtl.train import Run, train
+from fastmtl.transforms import eval_transform
 
 from tiny_runs import one_thread, tiny_config  # noqa: F401 - one_thread: autouse fixture
 
@@ -123,7 +124,7 @@ def test_two_task_run_equals_an_independent_computation(tiny_data, tmp_path):
     model.eval()
     meter = TasksMeter({"semseg": SemsegMeter(run.info.num_classes), "depth": DepthMeter(run.info.depth_range)},
                        {"miou": +1, "si_log_rmse": -1})
-    val = fdata.SegDepthFolder(tiny_data, "val", transform=fdata.eval_transform(32))
+    val = fdata.SegDepthFolder(tiny_data, "val", transform=eval_transform(32))
     with torch.no_grad():
         for b in fdata.build_loader(val, cfg.batch_size, shuffle=False, workers=0, seed=0):
             pred = model(b["rgb"])

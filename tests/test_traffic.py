@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from fastmtl.perf import bench as fb
+from fastmtl.perf import cases as op_cases
 from fastmtl.perf.aot import cases, traffic
 
 
@@ -22,7 +22,7 @@ def _numel(*shape):
 
 # --------------------------------------------------------------------------- by hand, from the shapes
 def test_sigmoid_gate_by_hand():
-    n, c, h, w = (fb.cases("sigmoid_gate", "tiny")[0][k] for k in "nchw")
+    n, c, h, w = (op_cases.cases("sigmoid_gate", "tiny")[0][k] for k in "nchw")
     e, s = n * c * h * w, 4
     m = traffic.case_models(_tiny("sigmoid_gate")[0])
     # fused: one kernel reads f, a, r and writes out; backward reads grad, f, a and writes df, da
@@ -35,7 +35,7 @@ def test_sigmoid_gate_by_hand():
 
 
 def test_aspp_forward_by_hand():
-    d = dict(fb.cases("aspp", "tiny")[0].dims)
+    d = dict(op_cases.cases("aspp", "tiny")[0].dims)
     p = d["h"] * d["w"]
     e_in, e_out, wt = d["n"] * d["k"] * d["cb"] * p, d["n"] * d["cout"] * p, d["cout"] * d["k"] * d["cb"]
     m = traffic.case_models(_tiny("aspp")[0])["forward"]
@@ -45,7 +45,7 @@ def test_aspp_forward_by_hand():
 
 
 def test_silog_backward_by_hand():
-    d = dict(fb.cases("silog", "tiny")[0].dims)
+    d = dict(op_cases.cases("silog", "tiny")[0].dims)
     e = _numel(d["n"], d["h"], d["w"])
     m = traffic.case_models(_tiny("silog")[0])["backward"]
     # reads grad_stats (N, 3) fp32, pred and target, writes dpred: one kernel
@@ -68,7 +68,7 @@ def _count_triton_launches(monkeypatch):
     return counter
 
 
-@pytest.mark.parametrize("op", fb.OPS)
+@pytest.mark.parametrize("op", op_cases.OPS)
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_every_launch_is_captured_and_bytes_are_at_least_the_minimum(op, dtype, monkeypatch):
     counter = _count_triton_launches(monkeypatch)
@@ -89,11 +89,11 @@ def test_every_launch_is_captured_and_bytes_are_at_least_the_minimum(op, dtype, 
         assert m["full"].launches == m["forward"].launches + m["backward"].launches
 
 
-@pytest.mark.parametrize("op", fb.OPS)
+@pytest.mark.parametrize("op", op_cases.OPS)
 def test_min_bytes_are_the_bench_formulas(op):
     for case in _tiny(op, "bf16"):
         m = traffic.case_models(case)
-        want = fb.bytes_moved(case.shape, torch.bfloat16)
+        want = op_cases.bytes_moved(case.shape, torch.bfloat16)
         assert {p: m[p].min_bytes for p in traffic.PASSES} == want
 
 
@@ -120,7 +120,7 @@ def test_cli_traffic(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["model"] == "a model, not a measurement"
     assert {(r["case"], r["pass_"]) for r in report["rows"]} == {
-        (c.name, p) for c in fb.cases("sigmoid_gate", "full") for p in traffic.PASSES}
+        (c.name, p) for c in op_cases.cases("sigmoid_gate", "full") for p in traffic.PASSES}
     assert main(["traffic", "--op", "sigmoid_gate", "--dtype", "fp32", "--markdown"]) == 0
     assert "a MODEL, not a measurement" in capsys.readouterr().out
     assert main(["traffic", "--layout", "nhwc"]) == 2
@@ -153,7 +153,7 @@ def test_traffic_targets(op, pass_, max_launches, max_ratio):
 BIG_LAUNCH_BYTES = 4 << 20
 
 
-@pytest.mark.parametrize("op", fb.OPS)
+@pytest.mark.parametrize("op", op_cases.OPS)
 def test_big_launches_fill_one_wave_on_132_sms(op):
     """Issue 10: no hot-path launch below one full wave on an H100/H200 (132 SMs), bf16 and fp32,
     unless its work is small (the per-image excitation MLP, the finishing sums)."""

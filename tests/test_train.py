@@ -82,7 +82,7 @@ def test_predict_tasks_of_a_multiple_size_equals_the_model(tiny_data, tmp_path):
 
     from fastmtl.restore import checkpoint_tasks, model_from_checkpoint
     from fastmtl.tasks.depth import DepthNormalizer
-    from fastmtl.data.transforms import normalize_rgb
+    from fastmtl.transforms import normalize_rgb
     from fastmtl.predict import predict_tasks
 
     out = tmp_path / "run"

@@ -43,7 +43,7 @@ def test_every_method_trains_two_steps(tiny_data, tmp_path):
             loss, parts = run.train_step(next(batches))
             assert loss == loss and set(parts) == {"semseg", "depth"}, (name, grads)
         assert any(not torch.equal(a, p) for a, p in zip(before, run.model.encoder.parameters())), (name, grads)
-        weights = run.weighted_step.weights() if run.weighted_step is not None else run.loss_fn.weights
+        weights = run.parts.step.weights()
         assert set(weights) == {"semseg", "depth"} and all(v == v for v in weights.values()), (name, grads)
 
 

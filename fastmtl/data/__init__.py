@@ -1,4 +1,5 @@
-"""Data: the built-in synthetic street scenes, the dataset readers, transforms.
+"""Data: the built-in synthetic street scenes and the dataset readers (the augmentations that
+apply each task's rules to a sample are :mod:`fastmtl.transforms`).
 
 * :func:`open_dataset`, :func:`dataset_info`, :func:`resolve_kind`, :data:`KINDS`: pick the
   reader of a folder (``--dataset``; :mod:`fastmtl.data.datasets`);
@@ -11,8 +12,6 @@
 * :class:`DatasetInfo` (:mod:`fastmtl.data.info`), :func:`build_loader`; bad-sample handling
   :data:`ON_BAD_SAMPLE`, :class:`BadSampleError`, :class:`BadSampleWarning`,
   :func:`collate_skip_bad` (:mod:`fastmtl.data.bad_samples`);
-* :func:`train_transform`, :func:`eval_transform` (:mod:`fastmtl.data.transforms`; the depth
-  normaliser is the depth task's, :mod:`fastmtl.tasks.depth`);
 * class names/colours (:mod:`fastmtl.data.classes`).
 """
 from .classes import CLASS_COLORS, CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, colorize
@@ -31,14 +30,6 @@ from .synthetic import (
     generate_dataset,
     render_sample,
 )
-from .transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    EvalTransform,
-    TrainTransform,
-    eval_transform,
-    train_transform,
-)
 
 __all__ = [
     "CLASS_COLORS", "CLASS_NAMES", "IGNORE_INDEX", "NUM_CLASSES", "colorize",
@@ -48,6 +39,4 @@ __all__ = [
     "decode_miniscapes_depth", "seed_worker",
     "DEPTH_RANGE", "GENERATOR_VERSION", "default_data_root", "ensure_default_dataset",
     "generate_dataset", "render_sample",
-    "IMAGENET_MEAN", "IMAGENET_STD", "EvalTransform",
-    "TrainTransform", "eval_transform", "train_transform",
 ]

@@ -1,8 +1,8 @@
 """``fastmtl bench --models``: images/s and peak memory of whole models, per implementation.
 
-Each row is one :class:`fastmtl.perf.bench.ModelRunner` (model, phase ``train`` or ``inference``,
-implementation ``eager`` / ``compile`` / ``fused`` / ``fused_compile``; bf16 autocast on CUDA,
-batch and input size from :data:`fastmtl.perf.bench.MODEL_SIZES`). Building it runs two warm-up
+Each row is one :class:`ModelRunner` (model, phase ``train`` or ``inference``, implementation
+``eager`` / ``compile`` / ``fused`` / ``fused_compile``; bf16 autocast on CUDA, batch and input
+size from :data:`MODEL_SIZES`): the trainer's own step (:class:`fastmtl.perf.step_runner.StepRunner`). Building it runs two warm-up
 calls (compiling the ``compile`` impls; the time is reported as ``warmup_s``), then ``steps``
 calls are timed one by one (synchronized, ``time.perf_counter``): ``median_ms`` per call and
 ``images_per_s = batch / median``. ``peak_memory_mib`` is ``torch.cuda.max_memory_allocated``
@@ -20,14 +20,58 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from fastmtl.perf import bench as fb
 from fastmtl.config import Config, ConfigError
+from fastmtl.kernels import selfcheck
+from fastmtl.models import MODEL_NAMES
+
+from .cases import default_impls, skip_reason
+from .report import format_number, format_value, speedup
+from .step_runner import StepRunner
+from .timing import device_name, triton_version
+
+MODEL_PHASES = ("inference", "train")
+# (batch, (H, W)) per size; bf16 autocast on CUDA, fp32 on CPU.
+MODEL_SIZES = {"tiny": (2, (32, 64)), "small": (2, (64, 128)), "full": (8, (256, 512))}
+# the Config knobs of each implementation
+IMPL_CONFIG = {"eager": dict(fused=False, compile=False), "compile": dict(fused=False, compile=True),
+               "fused": dict(fused=True, compile=False), "fused_compile": dict(fused=True, compile=True)}
+
+
+class ModelRunner:
+    """One model-level benchmark: call it for one inference batch or one train step.
+
+    The default config (ResNet-34, SE, dilation F,T,T, ASPP, skip, its tasks, loss and optimizer)
+    with ``model=name`` and the implementation's knobs (:data:`IMPL_CONFIG`: ``compile`` wraps model
+    and loss in ``torch.compile`` as ``fastmtl train --compile`` does), built and stepped as the
+    trainer does (:class:`~fastmtl.perf.step_runner.StepRunner`) on a random batch of ``size``
+    (:data:`MODEL_SIZES`). ``train``: one train step; ``inference``: eval mode under ``no_grad``.
+    bf16 autocast on CUDA. Construction runs ``warmup`` calls (compiling when asked).
+    """
+
+    def __init__(self, name: str, phase: str, impl: str, device, size: str, warmup: int = 2, seed: int = 0):
+        if phase not in MODEL_PHASES:
+            raise ConfigError(f"unknown phase {phase!r}; valid: {', '.join(MODEL_PHASES)}")
+        if impl not in IMPL_CONFIG:
+            raise ConfigError(f"unknown implementation {impl!r}; valid: {', '.join(IMPL_CONFIG)}")
+        self.phase, self.impl = phase, impl
+        batch, hw = MODEL_SIZES[size]
+        if impl in ("compile", "fused_compile"):
+            torch._dynamo.reset()
+        self.runner = StepRunner(Config(model=name, **IMPL_CONFIG[impl]).validate(), device, batch, hw, seed=seed)
+        self.device, self.batch, self.amp = self.runner.device, batch, self.runner.amp
+        for _ in range(warmup):
+            self()
+        self.synchronize()
+
+    def __call__(self):
+        return self.runner.infer() if self.phase == "inference" else self.runner.train()
+
+    def synchronize(self) -> None:
+        self.runner.synchronize()
 
 
 def resolve_models(names: Sequence[str]) -> List[str]:
     """Model names, ``default`` meaning the config's default model; unknown names are a ConfigError."""
-    from fastmtl.models import MODEL_NAMES
-
     out = []
     for name in names:
         name = Config().model if name == "default" else name
@@ -37,7 +81,7 @@ def resolve_models(names: Sequence[str]) -> List[str]:
     return out
 
 
-def time_steps(runner: "fb.ModelRunner", steps: int) -> List[float]:
+def time_steps(runner: ModelRunner, steps: int) -> List[float]:
     """Milliseconds of each of ``steps`` synchronized calls of ``runner``."""
     times = []
     for _ in range(steps):
@@ -53,25 +97,23 @@ def run_model_bench(models: Sequence[str], phases: Sequence[str], impls: Optiona
                     size: Optional[str] = None, steps: Optional[int] = None, progress: bool = False) -> Dict:
     """Time every (model, phase, impl); return the report (JSON-able, see :func:`format_model_report`).
     ``impls`` None: all four on CUDA, eager on CPU; ``steps`` None: 10 on CUDA, 3 on CPU."""
-    from fastmtl.kernels import selfcheck
-
     dev = torch.device(device)
     size = size or ("full" if dev.type == "cuda" else "small")
-    if size not in fb.MODEL_SIZES:
-        raise ConfigError(f"--size must be one of {', '.join(fb.MODEL_SIZES)} for --models, got {size!r}")
+    if size not in MODEL_SIZES:
+        raise ConfigError(f"--size must be one of {', '.join(MODEL_SIZES)} for --models, got {size!r}")
     steps = (10 if dev.type == "cuda" else 3) if steps is None else steps
     if steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     explicit = impls is not None
-    impls = list(impls) if explicit else list(fb.default_impls(dev))
+    impls = list(impls) if explicit else list(default_impls(dev))
     rows: List[Dict] = []
     for model in resolve_models(models):
         for phase in phases:
             for impl in impls:
-                batch, (h, w) = fb.MODEL_SIZES[size]
+                batch, (h, w) = MODEL_SIZES[size]
                 row = {"model": model, "phase": phase, "impl": impl, "batch": batch, "input": [h, w],
                        "steps": steps, "median_ms": None, "images_per_s": None, "peak_memory_mib": None,
-                       "warmup_s": None, "skipped": fb.skip_reason(impl, dev, allow_cpu_compile=explicit), "error": None}
+                       "warmup_s": None, "skipped": skip_reason(impl, dev, allow_cpu_compile=explicit), "error": None}
                 rows.append(row)
                 if row["skipped"]:
                     continue
@@ -79,7 +121,7 @@ def run_model_bench(models: Sequence[str], phases: Sequence[str], impls: Optiona
                     print(f"bench: model {model} {phase} {impl}", file=sys.stderr, flush=True)
                 try:
                     t0 = time.perf_counter()
-                    runner = fb.ModelRunner(model, phase, impl, dev, size)
+                    runner = ModelRunner(model, phase, impl, dev, size)
                     row["warmup_s"] = round(time.perf_counter() - t0, 1)
                     row["amp"] = str(runner.amp).replace("torch.", "") if runner.amp is not None else "off"
                     if dev.type == "cuda":
@@ -96,11 +138,11 @@ def run_model_bench(models: Sequence[str], phases: Sequence[str], impls: Optiona
                     torch.cuda.empty_cache()
     eager = {(r["model"], r["phase"]): r["median_ms"] for r in rows if r["impl"] == "eager"}
     for r in rows:
-        r["speedup_vs_eager"] = fb.speedup(eager.get((r["model"], r["phase"])), r["median_ms"])
+        r["speedup_vs_eager"] = speedup(eager.get((r["model"], r["phase"])), r["median_ms"])
     return {
         "schema": "fastmtl-bench-models/1",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": fb.device_name(dev), "torch": torch.__version__, "triton": fb._triton_version(),
+        "device": device_name(dev), "torch": torch.__version__, "triton": triton_version(),
         "size": size, "timer": "time.perf_counter around each synchronized call, median",
         "selfcheck_fallbacks": [r.to_dict() for r in selfcheck.results() if not r.ok],
         "rows": rows,
@@ -118,9 +160,9 @@ def format_model_report(report: Dict) -> str:
             lines.append(f"{r['model']:20s} {r['phase']:10s} {r['impl']:14s} "
                          + (f"not timed: {r['skipped']}" if r["skipped"] else f"FAILED: {r['error']}"))
             continue
-        lines.append(f"{r['model']:20s} {r['phase']:10s} {r['impl']:14s} {r['batch']:5d} {fb._num(r['median_ms']):>10s} "
-                     f"{fb._num(r['images_per_s']):>9s} {fb._fmt(r['speedup_vs_eager'], '7.2f'):>7s} "
-                     f"{fb._fmt(r['peak_memory_mib'], '9.0f'):>9s} {fb._fmt(r['warmup_s'], '9.1f'):>9s}")
+        lines.append(f"{r['model']:20s} {r['phase']:10s} {r['impl']:14s} {r['batch']:5d} {format_number(r['median_ms']):>10s} "
+                     f"{format_number(r['images_per_s']):>9s} {format_value(r['speedup_vs_eager'], '7.2f'):>7s} "
+                     f"{format_value(r['peak_memory_mib'], '9.0f'):>9s} {format_value(r['warmup_s'], '9.1f'):>9s}")
     for f in report["selfcheck_fallbacks"]:
         lines.append(f"! self-check fallback: {f['op']} {f['dtype']} {f['layout']} on {f['device']}: {f['error']}")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""``fastmtl profile``: parameters, MACs (FlopCounterMode FLOPs / 2) and throughput of a model.
+"""``fastmtl profile``: parameters, MACs (FlopCounterMode FLOPs / 2) and throughput of a model
+(the throughput's train step is the trainer's, :class:`fastmtl.perf.step_runner.StepRunner`).
 
 MACs count convolutions and matmuls only (what ``torch.utils.flop_counter`` counts; BN,
 activations, pooling and interpolation are free), for one image of the given size.
@@ -7,12 +8,15 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fastmtl.losses import last_prediction
+from fastmtl.config import Config
+from fastmtl.data.classes import NUM_CLASSES
+
+from .step_runner import StepRunner
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -65,45 +69,30 @@ def _median_time(fn, warmup: int, repeats: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def measure_throughput(model: torch.nn.Module, size: Tuple[int, int], batch_size: int, device: torch.device,
-                       warmup: int = 2, repeats: int = 5, amp_dtype: Optional[torch.dtype] = None) -> Dict[str, float]:
-    """Forward (eval, no_grad) and train-step (forward + backward + SGD step) images/s; median of ``repeats``."""
-    model = model.to(device)
-    x = torch.randn(batch_size, 3, *size, device=device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
-    autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)  # noqa: E731
-
-    def forward():
-        with torch.no_grad(), autocast():
-            model(x)
-
-    def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            out = model(x)
-            loss = sum(last_prediction(v).float().mean() for v in out.values())
-        loss.backward()
-        optimizer.step()
-
-    model.eval()
-    t_fwd = _median_time(forward, warmup, repeats, device)
-    model.train()
-    t_train = _median_time(train_step, warmup, repeats, device)
-    return {"forward_images_per_s": batch_size / t_fwd, "train_images_per_s": batch_size / t_train}
+def measure_throughput(runner: StepRunner, warmup: int = 2, repeats: int = 5) -> Dict[str, float]:
+    """Forward (eval, ``no_grad``) and train-step (the trainer's step, :mod:`fastmtl.step`) images/s
+    of ``runner``; median of ``repeats`` after ``warmup`` calls."""
+    t_fwd = _median_time(runner.infer, warmup, repeats, runner.device)
+    t_train = _median_time(runner.train, warmup, repeats, runner.device)
+    return {"forward_images_per_s": runner.batch / t_fwd, "train_images_per_s": runner.batch / t_train}
 
 
-def profile_model(model: torch.nn.Module, size: Tuple[int, int], depth: int = 0, throughput: bool = False,
-                  device: str = "cpu", batch_size: int = 2, amp_dtype: Optional[torch.dtype] = None) -> Dict:
-    """Everything ``fastmtl profile`` prints, as a dict."""
+def profile_model(cfg: Config, size: Tuple[int, int], depth: int = 0, throughput: bool = False,
+                  device: str = "cpu", batch_size: int = 2, num_classes: int = NUM_CLASSES) -> Dict:
+    """Everything ``fastmtl profile`` prints, as a dict: params and MACs of ``cfg``'s model (heads
+    for ``cfg.tasks`` with ``num_classes`` semantic classes) at ``size`` ``(H, W)``, and with
+    ``throughput`` its images/s on ``device`` at ``batch_size`` (autocast per ``cfg.amp``)."""
+    dev = torch.device(device if throughput else "cpu")
+    runner = StepRunner(cfg, dev, batch_size, size, num_classes)
+    model = runner.parts.model
     macs, per_module = count_macs(model, size, depth)
     result = {"params": count_params(model), "macs": int(macs), "gmacs": macs / 1e9, "size": list(size)}
     if depth:
         result["modules"] = per_module
     if throughput:
-        dev = torch.device(device)
         result["device"] = str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev)
         result["batch_size"] = batch_size
-        result.update(measure_throughput(model, size, batch_size, dev, amp_dtype=amp_dtype))
+        result.update(measure_throughput(runner))
     return result
 
 

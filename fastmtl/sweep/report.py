@@ -16,7 +16,11 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+from fastmtl.config import Config
+from fastmtl.models import build_model
+from fastmtl.perf.profile import count_macs, count_params
 from fastmtl.sweep.runner import Sweep
+from fastmtl.tasks import get as get_task
 
 HEADLINE = ("miou", "si_log_rmse", "multitask")
 LABELS = {"miou": "mIoU", "si_log_rmse": "SI-logRMSE", "multitask": "multitask", "abs_rel": "abs-rel",
@@ -57,11 +61,6 @@ def _mean_std(values: List[float]) -> Dict[str, float]:
 
 def _model_size(run_dir: Path, num_classes: int) -> Dict[str, Any]:
     """Params and GMACs of the run's model (its config.json) at its training crop size."""
-    from fastmtl.config import Config
-    from fastmtl.models import build_model
-    from fastmtl.perf.profile import count_macs, count_params
-    from fastmtl.tasks import get as get_task
-
     cfg = Config.from_json((run_dir / "config.json").read_text())
     cfg.pretrained = None  # same architecture; no file needed to count
     model = build_model(cfg, {t: get_task(t).output_channels(num_classes) for t in cfg.tasks}, fused=False)

@@ -143,6 +143,13 @@ class Task:
         """Pad the last two dims by ``pad`` (F.pad order: left, right, top, bottom) with ``pad_value``."""
         return F.pad(target, pad, value=cls.pad_value)
 
+    @classmethod
+    def random_target(cls, info, shape: Tuple[int, int, int], generator: torch.Generator,
+                      device: torch.device) -> torch.Tensor:
+        """A random batch target for ``shape = (N, H, W)`` in the layout the task's reader yields
+        (collated), for the dataset ``info``: the inputs of the performance tools."""
+        raise NotImplementedError
+
     # -- a run's task ----------------------------------------------------------------------
 
     @classmethod

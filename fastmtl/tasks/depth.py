@@ -37,6 +37,7 @@ from .base import Task, TaskOption
 DEPTH_LOSSES = ("l1", "l2", "silog")
 DEPTH_MODES = ("linear", "log")
 DEPTH_FLOOR = 0.01
+RANDOM_INVALID = 0.1  # share of the random targets of the performance tools without ground truth (NaN)
 
 
 def depth_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -227,6 +228,15 @@ class DepthTask(Task):
         self.mean_depth = float(mean_depth)
         if loss == "silog":
             self.silog = SILogLoss(lam=silog_lambda, log_input=True)
+
+    @classmethod
+    def random_target(cls, info, shape, generator, device) -> torch.Tensor:
+        """``(N, 1, H, W)`` metres uniform in ``info.depth_range``, :data:`RANDOM_INVALID` of them NaN."""
+        n, h, w = shape
+        lo, hi = info.depth_range
+        depth = torch.rand((n, 1, h, w), generator=generator, device=device) * (hi - lo) + lo
+        invalid = torch.rand(depth.shape, generator=generator, device=device) < RANDOM_INVALID
+        return torch.where(invalid, math.nan, depth)
 
     @classmethod
     def output_channels(cls, num_classes: int) -> int:

@@ -128,6 +128,13 @@ class NormalsTask(Task):
         self.loss = loss
 
     @classmethod
+    def random_target(cls, info, shape, generator, device) -> torch.Tensor:
+        """``(N, 3, H, W)`` random unit vectors."""
+        n, h, w = shape
+        v = torch.randn((n, 3, h, w), generator=generator, device=device)
+        return v / v.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+    @classmethod
     def output_channels(cls, num_classes: int) -> int:
         return 3
 

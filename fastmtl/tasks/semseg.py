@@ -91,6 +91,11 @@ class SemsegTask(Task):
         self.colors = [tuple(c) for c in colors] if colors is not None else list(CLASS_COLORS[:num_classes])
 
     @classmethod
+    def random_target(cls, info, shape, generator, device) -> torch.Tensor:
+        """``(N, H, W)`` int64 class ids in ``0 .. info.num_classes - 1``."""
+        return torch.randint(0, info.num_classes, shape, generator=generator, device=device)
+
+    @classmethod
     def output_channels(cls, num_classes: int) -> int:
         return int(num_classes)
 

@@ -1,8 +1,8 @@
 """The trainer's side of task weighting: the method of a run, its optimizer group, one step.
 
-``fastmtl.train.Run`` calls :func:`method_for_run` (None for ``--weighting fixed``: the
-trainer's own path, unchanged), puts :func:`param_groups` into its optimizer, and delegates
-its train step to :class:`WeightedTrainStep`. Gradient methods train the bare model (or its
+:func:`fastmtl.step.build_step` calls :func:`method_for_run` (None for ``--weighting fixed``:
+the step's own path, unchanged), puts :func:`param_groups` into its optimizer, and its
+:class:`~fastmtl.step.TrainStep` delegates to :class:`WeightedTrainStep`. Gradient methods train the bare model (or its
 ``torch.compile``), never DDP's wrapper: :class:`~fastmtl.weighting.engine.WeightedBackward`
 does the communication (parameters and buffers broadcast from rank 0 at start and buffers
 every step, as DDP does).
@@ -91,11 +91,12 @@ class WeightedTrainStep:
         """The last step's task weights by task name."""
         return {t: float(w) for t, w in zip(self.tasks, self.method.last_weights.tolist())}
 
-    def __call__(self, rgb: torch.Tensor, *args) -> Tuple[float, Dict[str, float]]:
+    def __call__(self, rgb: torch.Tensor, *args) -> Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]:
         """``step(rgb, *targets, autocast, optimizer, scaler, scheduler)``: forward, weighted backward,
         optimizer/scaler/scheduler step. ``targets`` are what ``loss_fn`` takes after the outputs (the
-        trainer passes one ``{task: target}`` dict). Returns ``(loss, parts)`` like the trainer's step
-        (``nan, {}`` when the step was skipped as non-finite)."""
+        trainer passes one ``{task: target}`` dict). Returns the detached 0-d weighted loss and
+        ``{task: loss}`` tensors (read on the host by :func:`fastmtl.step.host_values`), or None when
+        the step was skipped as non-finite."""
         *targets, autocast, optimizer, scaler, scheduler = args
         optimizer.zero_grad(set_to_none=True)
         self.sync.broadcast_(list(self.model.buffers()))
@@ -118,8 +119,8 @@ class WeightedTrainStep:
         else:
             result = self.engine.rep_backward(losses, tensors, leaves, scaler)
         if result is None:
-            return float("nan"), {}
+            return None
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        return float((self.method.last_weights.to(losses) * losses.detach()).sum()), {k: v.item() for k, v in parts.items()}
+        return (self.method.last_weights.to(losses) * losses.detach()).sum(), {k: v.detach() for k, v in parts.items()}

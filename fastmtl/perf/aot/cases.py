@@ -1,7 +1,7 @@
 """The table of cases the compile gate and the traffic model run: one place, from the bench.
 
-A case is a ``fastmtl.perf.bench`` shape (:func:`fastmtl.perf.bench.cases`) of one op, with its inputs from
-:func:`fastmtl.perf.bench.make_inputs` (the fused modules' arguments), in one dtype and layout, and one
+A case is a ``fastmtl.perf.cases`` shape (:func:`fastmtl.perf.cases.cases`) of one op, with its inputs from
+:func:`fastmtl.perf.cases.make_inputs` (the fused modules' arguments), in one dtype and layout, and one
 **variant**: a code path of the op that the bench's arguments do not take (no residual, ASPP
 train mode, ...). Variants change the op's *arguments* only (its public API), never a kernel's
 parameters, so the launchers' own heuristics decide everything else.
@@ -16,7 +16,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from fastmtl.perf import bench as fb
+from fastmtl.perf import cases as op_cases
+from fastmtl.perf import op_bench
 
 from fastmtl.perf.aot.harness import Timeline, fake_cuda
 
@@ -26,12 +27,12 @@ PASSES = ("forward", "backward")
 IMPLS = ("fused", "eager")
 
 
-def _drop_last_arg(s: fb.InputSet) -> fb.InputSet:
+def _drop_last_arg(s: op_cases.InputSet) -> op_cases.InputSet:
     """Without the optional residual (the op's last argument)."""
     return replace(s, args=s.args[:-1], leaves=[t for t in s.leaves if t is not s.args[-1]])
 
 
-def _aspp_scale_grad(s: fb.InputSet) -> fb.InputSet:
+def _aspp_scale_grad(s: op_cases.InputSet) -> op_cases.InputSet:
     """Eval mode with a trainable BatchNorm: scale and shift need gradients (the op recomputes
     the pre-epilogue output for the scale gradient)."""
     branches, weight, bias, scale, shift, relu = s.args
@@ -39,13 +40,13 @@ def _aspp_scale_grad(s: fb.InputSet) -> fb.InputSet:
     return replace(s, args=(branches, weight, bias, scale, shift, relu), leaves=[*s.leaves, scale, shift])
 
 
-def _aspp_train(s: fb.InputSet) -> fb.InputSet:
+def _aspp_train(s: op_cases.InputSet) -> op_cases.InputSet:
     """Train mode: the projection alone (batch-statistics BatchNorm and ReLU run after it in torch)."""
     branches, weight, bias = s.args[:3]
     return replace(s, args=(branches, weight, bias))
 
 
-def _silog_metres(s: fb.InputSet) -> fb.InputSet:
+def _silog_metres(s: op_cases.InputSet) -> op_cases.InputSet:
     """Predictions in metres (``log_input=False``), the metric's path."""
     return replace(s, args=s.args[:5] + (False,))
 
@@ -54,7 +55,7 @@ def _silog_metres(s: fb.InputSet) -> fb.InputSet:
 class Variant:
     name: str
     description: str
-    transform: Optional[Callable[[fb.InputSet], fb.InputSet]] = None  # None: the bench's arguments
+    transform: Optional[Callable[[op_cases.InputSet], op_cases.InputSet]] = None  # None: the bench's arguments
 
 
 VARIANTS: Dict[str, List[Variant]] = {
@@ -75,7 +76,7 @@ class AotCase:
     """One bench shape of one op in one dtype, layout and variant."""
 
     op: str
-    shape: fb.Case
+    shape: op_cases.Case
     variant: Variant
     dtype: str
     layout: str
@@ -84,9 +85,9 @@ class AotCase:
     def name(self) -> str:
         return f"{self.op} {self.shape.name} {self.variant.name} {self.dtype} {self.layout}"
 
-    def inputs(self) -> fb.InputSet:
+    def inputs(self) -> op_cases.InputSet:
         """The inputs (call on the fake device): the bench's, then the variant's change."""
-        s = fb.make_inputs(self.shape, torch.device("cuda"), DTYPES[self.dtype], torch.Generator().manual_seed(0))
+        s = op_cases.make_inputs(self.shape, torch.device("cuda"), DTYPES[self.dtype], torch.Generator().manual_seed(0))
         return self.variant.transform(s) if self.variant.transform else s
 
 
@@ -95,8 +96,8 @@ def all_cases(size: str = "full", ops: Optional[Sequence[str]] = None, dtypes: S
     """Every (op, bench shape, variant, dtype, layout) at ``size``; ``variants=False``: the bench's own
     arguments only."""
     out = []
-    for op in ops or fb.OPS:
-        for shape in fb.cases(op, size):
+    for op in ops or op_cases.OPS:
+        for shape in op_cases.cases(op, size):
             for variant in (VARIANTS[op] if variants else VARIANTS[op][:1]):
                 for dtype in dtypes:
                     for layout in layouts:
@@ -114,7 +115,7 @@ def run_case(case: AotCase, impl: str = "fused", arch: int = 90) -> Dict[str, Ti
     is ``torch.autograd.grad`` of the output with a random output gradient (the bench's passes)."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    fn = fb.fused_fn(case.op) if impl == "fused" else fb.reference_fn(case.op)
+    fn = op_bench.fused_fn(case.op) if impl == "fused" else op_bench.reference_fn(case.op)
     with fake_cuda(arch, channels_last_inputs=case.layout == "channels_last") as h:
         s = case.inputs()
         start = len(h.timeline.events)

@@ -47,6 +47,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+import fastmtl.kernels as kernels
 from fastmtl.perf.aot.archs import ARCHS, Arch
 
 _BASE_ADDRESS = 1 << 32  # of every fake allocation (512-byte aligned like the caching allocator's blocks)
@@ -203,8 +204,6 @@ class _NoDevice:
 
 
 def _kernel_caches() -> List[Any]:
-    import fastmtl.kernels as kernels
-
     found = []
     for name, mod in list(sys.modules.items()):
         if mod is not None and (name == kernels.__name__ or name.startswith(kernels.__name__ + ".")):

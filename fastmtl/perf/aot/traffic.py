@@ -3,7 +3,7 @@
 For a case of :mod:`.cases` and a pass (``forward``, ``backward``, ``full`` = both), on the fake
 CUDA device of sm_90 (H100/H200, 132 SMs):
 
-* ``min_bytes``: the fewest bytes the pass must move, by ``fastmtl.perf.bench``'s formulas;
+* ``min_bytes``: the fewest bytes the pass must move, by ``fastmtl.perf.cases``'s formulas;
 * ``fused_bytes`` / ``launches``: what the fused path as launched moves, summed over its events:
   a **Triton launch** moves each distinct tensor argument it uses once (distinct: buffer, offset,
   shape, strides; used: referenced in the kernel's TTIR, so placeholder pointers of a disabled
@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from fastmtl.perf import bench as fb
+from fastmtl.perf import cases as op_cases
 
 from fastmtl.perf.aot.cases import DTYPES, VARIANTS, AotCase, all_cases, run_case
 from fastmtl.perf.aot.compile import compile_all
@@ -139,20 +139,20 @@ def fused_kernels(timeline: Timeline) -> List[KernelTraffic]:
 
 
 def min_bytes(case: AotCase) -> Dict[str, int]:
-    """The bench's fewest bytes (:func:`fastmtl.perf.bench.bytes_moved`) for the bench's arguments; for
+    """The bench's fewest bytes (:func:`fastmtl.perf.cases.bytes_moved`) for the bench's arguments; for
     the other variants the same formulas: without the residual (se_scale, sigmoid_gate ``plain``),
     without scale, shift and the ReLU mask (aspp ``train``); aspp ``eval_bn_grad`` and silog
     ``metres`` move the bench's bytes (plus two ``(Cout,)`` gradients, not counted)."""
     dtype = DTYPES[case.dtype]
     d, s = dict(case.shape.dims), dtype.itemsize
     if case.variant == VARIANTS[case.op][0] or case.variant.name in ("eval_bn_grad", "metres"):
-        return fb.bytes_moved(case.shape, dtype)
+        return op_cases.bytes_moved(case.shape, dtype)
     if case.op == "se_scale":
-        return fb.se_scale_bytes(d["n"], d["c"], d["h"], d["w"], max(1, d["c"] // 16), s, 4, residual=False)
+        return op_cases.se_scale_bytes(d["n"], d["c"], d["h"], d["w"], max(1, d["c"] // 16), s, 4, residual=False)
     if case.op == "sigmoid_gate":
-        return fb.sigmoid_gate_bytes(d["n"], d["c"], d["h"], d["w"], s, residual=False)
+        return op_cases.sigmoid_gate_bytes(d["n"], d["c"], d["h"], d["w"], s, residual=False)
     if case.variant.name == "train":
-        b = fb.aspp_bytes(d["n"], d["k"], d["cb"], d["cout"], d["h"], d["w"], s, s, 0)
+        b = op_cases.aspp_bytes(d["n"], d["k"], d["cb"], d["cout"], d["h"], d["w"], s, s, 0)
         b["backward"] -= d["n"] * d["cout"] * d["h"] * d["w"] * s  # no ReLU mask to read
         b["full"] = b["forward"] + b["backward"]
         return b
@@ -215,7 +215,7 @@ def model(op: str, pass_: str, dtype: Union[str, torch.dtype] = "bf16", layout: 
     if case is not None:
         cases = [c for c in cases if c.shape.name == case]
         if not cases:
-            raise ValueError(f"op {op!r} has no bench case {case!r}: {[s.name for s in fb.cases(op, size)]}")
+            raise ValueError(f"op {op!r} has no bench case {case!r}: {[s.name for s in op_cases.cases(op, size)]}")
     return case_models(cases[0])[pass_]
 
 

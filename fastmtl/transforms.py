@@ -1,4 +1,4 @@
-"""Sample transforms (run in loader workers).
+"""The augmentations of a sample dict, each target by its task's rules (run in loader workers).
 
 A sample is the dict produced by :class:`fastmtl.data.folder.SegDepthFolder`:
 ``rgb`` uint8 ``(3, H, W)`` and task targets under the task names (``semseg`` int64 ``(H, W)``,
@@ -18,6 +18,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from . import tasks
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,8 +31,6 @@ def _uniform(low: float, high: float, generator: Optional[torch.Generator]) -> f
 
 def _targets(sample: dict):
     """``(key, Task class)`` of the sample's task targets (keys that name a registered task)."""
-    from fastmtl import tasks  # lazy: the task modules import fastmtl.data
-
     return [(key, tasks.get(key)) for key in sample if tasks.is_task(key)]
 
 

@@ -1,0 +1,57 @@
+"""``fastmtl bench``: the fused ops (or, ``--models``, whole train steps) against eager and torch.compile."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..models import MODEL_NAMES
+from ..runtime import resolve_device
+
+HELP = 'time the fused ops against eager and torch.compile references'
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ops", default="se_scale,sigmoid_gate,aspp,silog", help="comma-separated ops (default: all four)")
+    p.add_argument("--modes", default="forward,backward,full", help="comma-separated passes (default: all three)")
+    p.add_argument("--impls", default=None, metavar="LIST",
+                   help="eager,compile,fused,fused_compile (default: all on CUDA, eager on CPU; fused rows need CUDA)")
+    p.add_argument("--size", dest="bench_size", default=None, metavar="small|full",
+                   help="full: batch 8 at 256x512 (default on CUDA); small: batch 2 at 64x128 (default on CPU)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+                   help="activation dtype (default auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--device", default="auto", help="default: cuda if available")
+    p.add_argument("--models", default=None, metavar="LIST",
+                   help="time whole models instead of the ops: comma-separated model names or 'default' "
+                        "(images/s and peak CUDA memory per --impls; --size tiny|small|full)")
+    p.add_argument("--phases", default="train", metavar="LIST", help="with --models: train,inference (default train)")
+    p.add_argument("--steps", type=int, default=None, help="with --models: timed calls per row (default 10 on CUDA, 3 on CPU)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..perf.cases import IMPLS, MODES, OPS, parse_list
+    from ..perf.op_bench import BenchOptions, run_bench
+    from ..perf.report import format_report
+
+    if args.models:
+        return _bench_models(args)
+    opts = BenchOptions(ops=parse_list(args.ops, OPS, "ops"), modes=parse_list(args.modes, MODES, "modes"),
+                        impls=parse_list(args.impls, IMPLS, "impls") if args.impls else None,
+                        size=args.bench_size, device=str(resolve_device(args.device)), dtype=args.dtype,
+                        progress=sys.stderr.isatty())
+    report = run_bench(opts)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def _bench_models(args: argparse.Namespace) -> int:
+    from ..perf.cases import IMPLS, parse_list
+    from ..perf.model_bench import MODEL_PHASES, format_model_report, run_model_bench
+
+    report = run_model_bench(parse_list(args.models, ("default",) + tuple(MODEL_NAMES), "models"), parse_list(args.phases, MODEL_PHASES, "phases"),
+                             parse_list(args.impls, IMPLS, "impls") if args.impls else None,
+                             str(resolve_device(args.device)), size=args.bench_size, steps=args.steps,
+                             progress=sys.stderr.isatty())
+    print(json.dumps(report) if args.json else format_model_report(report))
+    return 0

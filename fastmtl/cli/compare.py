@@ -1,0 +1,25 @@
+"""``fastmtl compare``: several runs' metrics side by side and Δm against baseline runs."""
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = 'every metric of every task of several runs, and Δm against a baseline run'
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (their summary.json)")
+    p.add_argument("--baseline", required=True, action="append", metavar="RUN_DIR",
+                   help="the run Δm is measured against; repeat it for runs that together have each task once "
+                        "(e.g. single-task runs)")
+    p.add_argument("--at", choices=("final", "best"), default="final",
+                   help="the final evaluation (default) or each run's best step (metrics.jsonl)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..compare import compare, format_table
+
+    report = compare(args.runs, args.baseline, args.at)
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0

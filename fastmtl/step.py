@@ -1,0 +1,142 @@
+"""THE train step (forward under autocast, loss, task weighting, backward with the GradScaler,
+optimizer and scheduler step) and its construction from a Config (:func:`build_step`), used by
+the trainer and by every performance tool (``bench --models``, ``profile --throughput``, the
+weighting-overhead benchmark), so they all run and time the same step."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch._inductor.config as inductor_config
+from torch import nn
+
+from .config import Config
+from .losses import MultiTaskLoss
+from .models import build_model
+from .optim import make_optimizer, poly_schedule
+from .runtime import Runtime
+from .tasks import Task, build_tasks, outputs_desc
+from .weighting import Weighting
+from .weighting.training import WeightedTrainStep, method_for_run, param_groups
+
+StepResult = Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]  # None: the step was skipped
+
+
+def host_values(result: StepResult) -> Tuple[float, Dict[str, float]]:
+    """The step's host reads (a device sync): ``(loss, {task: loss})`` as python floats, or
+    ``(nan, {})`` for a skipped step."""
+    if result is None:
+        return float("nan"), {}
+    loss, parts = result
+    return loss.item(), {k: v.item() for k, v in parts.items()}
+
+
+class TrainStep:
+    """One optimizer step of a run.
+
+    ``step(rgb, targets)``: ``rgb (N, 3, H, W)`` float on the run's device (normalised images),
+    ``targets {task: tensor}`` on the same device (``semseg (N, H, W)`` int64, ``depth (N, 1, H, W)``
+    metres with NaN invalid, ``normals (N, 3, H, W)``). Runs the forward under the run's autocast,
+    the loss, the task weighting (:class:`~fastmtl.weighting.training.WeightedTrainStep` for a
+    ``--weighting`` method, fixed weights otherwise), the backward through the GradScaler, the
+    optimizer and the scheduler step. Returns ``(loss, {task: loss})`` as python floats (the total
+    is the weighted sum), or ``(nan, {})`` when the loss was not finite and the step was skipped
+    (nothing updated). The host reads are :func:`host_values`.
+    """
+
+    def __init__(self, forward: Callable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, scheduler, rt: Runtime, channels_last: bool = False,
+                 weighted: Optional[WeightedTrainStep] = None, fixed_weights: Optional[Dict[str, float]] = None):
+        self.forward, self.loss_fn = forward, loss_fn
+        self.optimizer, self.scaler, self.scheduler, self.rt = optimizer, scaler, scheduler, rt
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.weighted = weighted
+        self.fixed_weights = dict(fixed_weights or {})
+
+    def __call__(self, rgb: torch.Tensor, targets: Dict[str, torch.Tensor]) -> Tuple[float, Dict[str, float]]:
+        return host_values(self.run(rgb.contiguous(memory_format=self.memory_format), targets))
+
+    def run(self, rgb: torch.Tensor, targets: Dict[str, torch.Tensor]) -> StepResult:
+        """The step without the host reads of the results (the finiteness check still reads one bool)."""
+        if self.weighted is not None:
+            return self.weighted(rgb, targets, self.rt.autocast, self.optimizer, self.scaler, self.scheduler)
+        with self.rt.autocast():
+            out = self.forward(rgb)
+        loss, parts = self.loss_fn(out, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss).item():
+            return None
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.detach(), {k: v.detach() for k, v in parts.items()}
+
+    def weights(self) -> Dict[str, float]:
+        """The task weights of the last step (a method's) or the fixed ones, by task name."""
+        return self.weighted.weights() if self.weighted is not None else dict(self.fixed_weights)
+
+
+@dataclass
+class StepParts:
+    """Everything a run's train step is made of, built by :func:`build_step`.
+
+    ``model`` is the bare :class:`~fastmtl.models.MultiTaskModel` (state dicts, evaluation);
+    ``forward`` what the step runs it through (DDP and/or ``torch.compile``); ``weighting`` the
+    ``--weighting`` method (None: fixed weights); ``step`` the :class:`TrainStep`.
+    """
+
+    model: nn.Module
+    forward: Callable
+    tasks: List[Task]
+    loss_fn: MultiTaskLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    weighting: Optional[Weighting]
+    step: TrainStep
+
+    @property
+    def outputs_desc(self) -> Dict[str, int]:
+        return outputs_desc(self.tasks)
+
+
+def build_step(cfg: Config, info, rt: Runtime, total_steps: int, steps_per_epoch: int) -> StepParts:
+    """The train step of ``cfg`` as ``fastmtl train`` builds it: the tasks of ``cfg.tasks``
+    (:func:`fastmtl.tasks.build_tasks` with the dataset ``info``), the model
+    (fused per ``cfg.fused``, SyncBatchNorm under DDP on CUDA, channels_last), the weighting method,
+    the optimizer over both, the poly schedule over ``total_steps``, the GradScaler (fp16 only), the
+    loss with ``cfg.task_weight``, and the DDP / ``torch.compile`` wrappers of ``cfg``. Seed the RNG
+    before calling it (the model's initialisation draws from it)."""
+    device = rt.device
+    tasks = build_tasks(cfg, info)
+    model = build_model(cfg, outputs_desc(tasks), fused=cfg.fused).to(device)
+    if rt.distributed and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    weighting = method_for_run(cfg, list(cfg.tasks), steps_per_epoch)
+    if weighting is not None:
+        weighting.to(device)
+    optimizer = make_optimizer(cfg, param_groups(model, weighting))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(total_steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=rt.amp_dtype == torch.float16)
+    loss_fn = MultiTaskLoss(tasks=tasks, weights={t: cfg.task_weight(t) for t in cfg.tasks})
+
+    forward, step_loss = model, loss_fn
+    # gradient methods synchronise per-task gradients themselves (fastmtl.weighting.engine)
+    if rt.distributed and (weighting is None or weighting.kind == "loss"):
+        forward = nn.parallel.DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        if cfg.fused:
+            # Inductor (seen with torch 2.13 on CPU) reorders the backward of the fused attention's
+            # conv + channel slices wrongly when optimising for peak memory: gradients come out wrong
+            inductor_config.reorder_for_peak_memory = False
+        forward, step_loss = torch.compile(forward), torch.compile(loss_fn)
+    weighted = None if weighting is None else WeightedTrainStep(
+        weighting, model, forward, step_loss, list(cfg.tasks), cfg.weighting_grads, rt.world_size, cfg.compile)
+    step = TrainStep(forward, step_loss, optimizer, scaler, scheduler, rt, cfg.channels_last, weighted,
+                     fixed_weights=loss_fn.weights)
+    return StepParts(model, forward, tasks, loss_fn, optimizer, scheduler, scaler, weighting, step)
