@@ -2,7 +2,7 @@
 
 ``fastmtl.perf.weighting_overhead.weighting_step`` (the trainer's step of the default config, random batch; sizes
 from ``--bench-size`` as for the model benchmarks: small = 2 at 64x128 (CPU default), full =
-8 at 256x512 (CUDA default, bf16)). The RESULTS.md table (time and peak memory
+8 at 256x512 (CUDA default, bf16)). The benchmarks/weighting/results.md table (time and peak memory
 relative to fixed weights, one process per row) comes from ``python -m fastmtl.perf.weighting_overhead``.
 """
 from __future__ import annotations

@@ -161,7 +161,7 @@ def compare(run_dirs: Sequence[str], baseline_dirs, at: str = "final") -> Dict:
 
 
 def metric_rows(report: Dict) -> List[Tuple[str, str, str, int]]:
-    """``(task, metric, direction arrow, counts in Δm)`` of every metric of the report, task by task."""
+    """``(task, metric, direction arrow, counts in Δm)`` of every metric of the comparison, task by task."""
     seen = set()
     rows = []
     present = set().union(*(r["metrics"] for r in report["runs"]))
@@ -179,7 +179,7 @@ def metric_rows(report: Dict) -> List[Tuple[str, str, str, int]]:
 
 
 def format_table(report: Dict) -> str:
-    """The report as a plain-text table: one row per metric (``*`` = counts in Δm), one column per run."""
+    """The comparison as a plain-text table: one row per metric (``*`` = counts in Δm), one column per run."""
     labels = [r["label"] + (" (baseline)" if r["baseline"] else "") for r in report["runs"]]
     rows = metric_rows(report)
     names = [f"{task + ' ' if task else ''}{m}{' *' if counts else ''}" for task, m, _, counts in rows]

@@ -1,6 +1,6 @@
 """``fastmtl doctor``: what this machine runs, and whether every fused op passes its self-check.
 
-The report is a list of sections (:data:`SECTIONS`), each a function returning a JSON-able dict;
+Its output is a list of sections (:data:`SECTIONS`), each a function returning a JSON-able dict;
 a section whose dict has ``"ok": False`` makes the command exit 1. Sections:
 
 * ``device``: the CUDA device (name, SM count, compute capability, memory) or ``no CUDA``;

@@ -15,7 +15,7 @@ from .config import AMP_MODES, Config, ConfigError
 from .kernels import kernels_available
 
 # The CPU budget used when no --epochs / --max-steps / --size is given on a CPU device:
-# about 10 minutes of training on 2 cores for the default model (see README).
+# about 10 minutes of training on 2 cores for the default model (docs/training.md, "Budget").
 CPU_BUDGET_STEPS = 200
 CPU_BUDGET_SIZE = (64, 128)
 GPU_EPOCHS = 16

@@ -1,4 +1,4 @@
-"""``--dilation`` builds the course template's network (seed-facts: "The template's dilation rule").
+"""``--dilation`` builds the course template's network (docs/models.md, "The dilation rule").
 
 The reference below is an independent construction, written from the template's description
 (torchvision's ``ResNet._make_layer`` with the report's ``BasicBlockWithDilation``, Fig. 15, or

@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=2, help="compiler processes (default 2)")
     p.add_argument("--no-cache", action="store_true", help="recompile everything (results are cached per spec)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--markdown", action="store_true", help="print a Markdown table (for benchmarks/RESULTS.md)")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table (for benchmarks/aot/results.md)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", action="store_true",
                    help="also the code paths the bench does not take (no residual, ASPP train, ...)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--markdown", action="store_true", help="print a Markdown table (for benchmarks/RESULTS.md)")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table (for benchmarks/aot/results.md)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ samples; :meth:`CityscapesOfficial.paths` gives the files.
 -1 void, ``depth`` ``(H, W, 1)`` the stored disparity ``v``, 0 = invalid. MTAN's author calls
 it the official disparity "without further processing" (lorenmt/mtan issues #15, #25); its
 values (0..0.4922 = 32257 / 65536) are the 16-bit disparity PNG values / 65536, i.e.
-``v = d / 256`` with ``d`` full-resolution pixels (an inference, see README). fastmtl
+``v = d / 256`` with ``d`` full-resolution pixels (an inference, see docs/datasets.md). fastmtl
 converts it to metres with Cityscapes' typical camera: ``depth = 0.209313 m * 2262.52 px
 / (256 v)``. The 7 classes are Cityscapes' categories without void.
 """

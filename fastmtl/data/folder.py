@@ -360,7 +360,7 @@ class SegDepthFolder(BadSampleDataset):
     Args:
         root: dataset root (holds ``train/``, ``val/``, ... and, for synthetic, ``meta.json``).
         split: split folder name (a plain name: no ``/``, ``\\`` or ``..``).
-        transform: callable on the sample dict (see :mod:`fastmtl.data.transforms`).
+        transform: callable on the sample dict (see :mod:`fastmtl.transforms`).
         kind: ``"auto"`` (synthetic iff meta.json says so), ``"synthetic"`` or ``"miniscapes"``.
         on_bad_sample: ``"error"`` (default) raises :class:`BadSampleError` (a ValueError
             naming the file and the problem) for a bad sample; ``"skip"`` makes

@@ -7,8 +7,8 @@ Importing the package registers every op in the ``torch.ops.fastmtl`` namespace:
 * ``sigmoid_gate``: the attention gate ``f * sigmoid(a)``, optionally ``+ r``;
   ``sigmoid_gate_backward``: its gradients.
 * ``silog_stats``: per-image ``(sum d, sum d^2, count)`` of the log depth error
-  ``d = log(target) - log(pred)`` over valid pixels (:func:`silog` / :func:`silog_from_stats`
-  turn them into the SI-log metric / loss); ``silog_stats_backward``: its gradient wrt ``pred``.
+  ``d = log(target) - log(pred)`` over valid pixels (:func:`.silog.silog` /
+  :func:`.silog.silog_from_stats` turn them into the SI-log metric / loss); ``silog_stats_backward``: its gradient wrt ``pred``.
 * ``aspp_project``: the ASPP projection ``relu?((W @ concat(branches) + bias) * scale + shift)``
   without the concat; ``aspp_project_backward``: its gradients.
 

@@ -27,7 +27,7 @@ from torch import fx, nn
 
 from .patterns import GatedConvMatch, SEMatch, match_gated_conv, match_se, residual_tail
 
-_INDUCTOR_PATCHES = {"reorder_for_peak_memory": False}  # see README, "Known issue"
+_INDUCTOR_PATCHES = {"reorder_for_peak_memory": False}  # see docs/kernels.md, "Known issue"
 
 
 def _example(node: fx.Node):
@@ -109,7 +109,7 @@ class FusedBackend:
 
     ``FusedBackend(inner="inductor")``: ``inner`` is a backend name (``"inductor"``,
     ``"aot_eager"``, ``"eager"``, ...) or a backend callable. With Inductor the rewritten graph
-    compiles with ``reorder_for_peak_memory=False`` (the README's known issue).
+    compiles with ``reorder_for_peak_memory=False`` (the "Known issue" of docs/kernels.md).
     ``graphs`` / ``counts``: every rewritten graph and its :func:`rewrite_graph` counts, in
     compile order (for inspection and tests).
     """

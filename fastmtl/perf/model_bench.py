@@ -95,7 +95,7 @@ def time_steps(runner: ModelRunner, steps: int) -> List[float]:
 
 def run_model_bench(models: Sequence[str], phases: Sequence[str], impls: Optional[Sequence[str]], device: str,
                     size: Optional[str] = None, steps: Optional[int] = None, progress: bool = False) -> Dict:
-    """Time every (model, phase, impl); return the report (JSON-able, see :func:`format_model_report`).
+    """Time every (model, phase, impl); return the results (JSON-able, see :func:`format_model_report`).
     ``impls`` None: all four on CUDA, eager on CPU; ``steps`` None: 10 on CUDA, 3 on CPU."""
     dev = torch.device(device)
     size = size or ("full" if dev.type == "cuda" else "small")

@@ -18,8 +18,8 @@ log-depth predictions with fp32 metric targets (10% invalid).
 
 Reported per row: the median time, the speed-up over ``eager`` and over ``compile``, the
 achieved GB/s counted from the *fewest bytes the pass must move* (each input read once, each
-output written once; the formulas are :func:`se_scale_bytes`, :func:`sigmoid_gate_bytes`,
-:func:`aspp_bytes`, :func:`silog_bytes`), and that bandwidth as a fraction of the device's
+output written once; the formulas of :mod:`fastmtl.perf.cases`: ``se_scale_bytes``,
+``sigmoid_gate_bytes``, ``aspp_bytes``, ``silog_bytes``), and that bandwidth as a fraction of the device's
 copy bandwidth measured in the same run (a large ``dst.copy_(src)``, read + write bytes).
 
 Timing. CUDA: ``triton.testing.do_bench`` (CUDA events around each call, L2 flushed before each
@@ -191,8 +191,8 @@ class BenchOptions:
 
 
 def run_bench(opts: BenchOptions) -> Dict:
-    """Time everything ``opts`` asks for; return the report (a JSON-able dict, printed by
-    :func:`format_report`). Implementations that were not asked for, or cannot run on the device,
+    """Time everything ``opts`` asks for; return the results (a JSON-able dict, printed by
+    :func:`fastmtl.perf.report.format_report`). Implementations that were not asked for, or cannot run on the device,
     appear as rows with ``ms = None`` and ``skipped`` saying why."""
     device = torch.device(opts.device)
     size = opts.size or ("full" if device.type == "cuda" else "small")

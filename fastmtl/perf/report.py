@@ -1,4 +1,4 @@
-"""The op-benchmark report: derived columns (GB/s, share of copy bandwidth, TFLOP/s, speed-ups)
+"""The op benchmark's results: derived columns (GB/s, share of copy bandwidth, TFLOP/s, speed-ups)
 of the timed rows (:func:`add_derived`) and the printed tables (:func:`format_report`)."""
 from __future__ import annotations
 

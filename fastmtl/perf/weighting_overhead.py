@@ -2,7 +2,7 @@
 
 :func:`weighting_step` is the benchmark's unit (``benchmarks/bench_weighting.py`` times it with
 pytest-benchmark; ``python -m fastmtl.perf.weighting_overhead`` writes the table of
-``benchmarks/RESULTS.md``: step time and peak memory relative to fixed weights): the trainer's
+``benchmarks/weighting/results.md``: step time and peak memory relative to fixed weights): the trainer's
 own step (:class:`fastmtl.perf.step_runner.StepRunner`) of the default config (distill_allconnect,
 ResNet-34 + SE, dilation F,T,T, Adam, the default loss) under the method, on a random batch;
 bf16 autocast on CUDA. Peak memory: ``torch.cuda.max_memory_allocated``

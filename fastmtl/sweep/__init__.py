@@ -1,2 +1,2 @@
-"""Sweeps: sweep files and the runner (:mod:`.runner`), the report (:mod:`.report`) and the built-in
+"""Sweeps: sweep files and the runner (:mod:`.runner`), the results tables (:mod:`.report`) and the built-in
 sweeps (:mod:`.builtin`). The sweep folder is the state: a rerun resumes."""

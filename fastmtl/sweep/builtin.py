@@ -1,10 +1,13 @@
 """The built-in sweeps of ``fastmtl sweep``: the report's ablation ladder and its hyper-parameter tables.
 
-``report-ladder`` (cumulative; the report's ladder, seed-facts "The report's ladder"):
-template base (joint, F,F,F, no ASPP, no skip, no SE, linear depth, L2, attention init zero,
-Adam 1e-4, batch 4) -> + ImageNet init (only with ``pretrained``) -> + dilation F,F,T -> + ASPP
--> + skip -> branched -> distill -> + SE -> + all-scale skip (distill_allconnect) -> + log
-depth, L1, attention init default -> + dilation F,T,T (= the default recipe).
+The template base is the course template's network and training (docs/models.md):
+joint, F,F,F, no ASPP, no skip, no SE, linear depth, L2, attention init zero,
+Adam 1e-4, batch 4.
+
+``report-ladder`` (cumulative; the report's ladder): template base -> + ImageNet init (only
+with ``pretrained``) -> + dilation F,F,T -> + ASPP -> + skip -> branched -> distill -> + SE -> +
+all-scale skip (distill_allconnect) -> + log depth, L1, attention init default -> + dilation
+F,T,T (= the default recipe).
 
 ``report-hparams`` (Tables 1-4, each a change of the template base): SGD lr 0.01 vs Adam 1e-4;
 Adam lr 1e-3 / 1e-5; batch 8 / 12; task weights (0.67, 0.33) / (0.33, 0.67).

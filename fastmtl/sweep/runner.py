@@ -14,7 +14,7 @@ train FLAGS --seed S --out SWEEP/runs/VARIANT/seedS --quiet``) whose output goes
 ``train.log`` in its run directory. ``SWEEP/sweep.json`` keeps the sweep (file and scale
 overrides), so ``fastmtl sweep SWEEP`` alone continues it: a point with ``summary.json`` is
 done and skipped, one with ``last.pt`` but no summary is resumed with ``--resume``, one
-killed before its first checkpoint is started again (``--overwrite``). The report (table,
+killed before its first checkpoint is started again (``--overwrite``). The results (table,
 CSV, JSON, PNG) is :mod:`fastmtl.sweep.report`; the built-in sweeps are
 :mod:`fastmtl.sweep.builtin`.
 """

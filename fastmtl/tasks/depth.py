@@ -9,7 +9,7 @@ Losses: L1 and L2 are computed per image as the mean over valid (finite) pixels 
 target, then averaged over the images that have at least one valid pixel (the template's L2; the
 report's L1), so an image without valid depth contributes nothing and never a NaN.
 
-Metrics (the course grader's, see seed-facts.md):
+Metrics (the SI-logRMSE of the course template's grader, docs/models.md; then the field's):
 
 * SI-logRMSE: per image over valid ground-truth pixels (finite, > 0), predictions clamped to the
   dataset's depth range, both floored at :data:`DEPTH_FLOOR` m, ``d = log(gt) - log(pred)``,

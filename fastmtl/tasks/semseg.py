@@ -3,7 +3,7 @@ pixel accuracy from one confusion matrix.
 
 Target ``sample["semseg"]``: int64 ``(H, W)`` class ids, ``ignore_index`` (255) = not scored.
 
-Metrics (the course grader's, see seed-facts.md): mIoU from one confusion matrix over the whole
+Metrics (the course template's grader's mIoU, docs/models.md): mIoU from one confusion matrix over the whole
 split, ignore label dropped, argmax predictions, ``IoU_c = 100 * TP / (TP + FP + FN)``, mean over
 all classes (an unseen class counts 0); LibMTL's pixel accuracy ``100 * trace(CM) / sum(CM)`` of
 the same matrix (its SegMetric), so numbers compare with its tables.

@@ -118,7 +118,7 @@ def _pct(x: Optional[float]) -> str:
 
 
 def format_gate(report: Dict, markdown: bool = False) -> str:
-    """The report as a table (``markdown``: a GitHub table, for benchmarks/RESULTS.md)."""
+    """The gate's rows as a table (``markdown``: a GitHub table, for benchmarks/aot/results.md)."""
     head = ["arch", "kernel", "specialisation", "ok", "regs", "spill B", "smem KB", "warps/stages",
             "CTAs/SM", "occupancy", "programs", "waves", "128-bit loads", "MMA/TMA"]
     body = []

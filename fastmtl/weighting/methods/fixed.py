@@ -1,4 +1,4 @@
-"""Fixed task weights (fastmtl's default: the trainer's ``--weight-semseg`` / ``--weight-depth``)."""
+"""Fixed task weights (fastmtl's default; the trainer's fixed weights are ``--task-weight TASK=W``)."""
 from __future__ import annotations
 
 import torch
