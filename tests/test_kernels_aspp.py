@@ -1,4 +1,4 @@
-"""Fused ASPP projection (``fastmtl::aspp_project``) and the fused ``fastmtl.nn.aspp.ASPP``.
+"""Fused ASPP projection (``fastmtl::aspp_project``) and the fused ``fastmtl.nn.FusedASPP``.
 
 On CPU the Triton kernels run through the interpreter (``TRITON_INTERPRET=1``, set by
 conftest) with ``FASTMTL_KERNELS=triton``; shapes are tiny and odd (C and H*W not multiples

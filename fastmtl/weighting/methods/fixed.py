@@ -1,4 +1,5 @@
-"""Fixed task weights (fastmtl's default; the trainer's fixed weights are ``--task-weight TASK=W``)."""
+"""Fixed task weights as a method (``--weighting fixed``, the default; the trainer applies that
+default's ``--task-weight TASK=W`` itself, in :class:`fastmtl.losses.MultiTaskLoss`)."""
 from __future__ import annotations
 
 import torch
