@@ -1,6 +1,6 @@
 """The augmentations of a sample dict, each target by its task's rules (run in loader workers).
 
-A sample is the dict produced by :class:`fastmtl.data.folder.SegDepthFolder`:
+A sample is the dict every reader of :mod:`fastmtl.data` produces:
 ``rgb`` uint8 ``(3, H, W)`` and task targets under the task names (``semseg`` int64 ``(H, W)``,
 255 = ignore; ``depth`` float32 ``(1, H, W)`` metres, NaN = invalid; ``normals`` float32
 ``(3, H, W)`` unit vectors, zero = invalid), plus pass-through keys such as ``index``. Targets are

@@ -1,4 +1,5 @@
-"""fastmtl/bench.py logic: byte formulas, GB/s and speed-up arithmetic, the report's structure.
+"""The op benchmark (fastmtl/perf/cases.py, report.py, timing.py, op_bench.py): byte formulas, GB/s and
+speed-up arithmetic, the structure of its results.
 
 Speed is never asserted: only that times are positive and the derived numbers follow from them.
 """
