@@ -7,7 +7,7 @@ which a plain torchvision checkpoint does not have: they stay freshly initialise
 
 ``Encoder.forward(x)`` returns ``{downscale factor: feature}``: 1 = the input, 2 = the stem
 (after conv1/bn1/relu), 4 = layer1, 8 = layer2, ...; with dilation a later layer at the same
-scale replaces an earlier one (template behaviour).
+scale replaces an earlier one (the course template's behaviour).
 
 Dilation (``replace_stride_with_dilation``) follows one of two rules, ``dilation_style``:
 
