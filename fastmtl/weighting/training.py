@@ -1,4 +1,5 @@
-"""The trainer's side of task weighting: the method of a run, its optimizer group, one step.
+"""The trainer's side of task weighting: the method of a run, its optimizer group, one step, and
+:func:`apply_update`, the optimizer step (skipped on a non-finite gradient) every train step shares.
 
 :func:`fastmtl.step.build_step` calls :func:`method_for_run` (None for ``--weighting fixed``:
 the step's own path, unchanged), puts :func:`param_groups` into its optimizer, and its
