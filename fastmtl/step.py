@@ -18,7 +18,7 @@ from .optim import make_optimizer, poly_schedule
 from .runtime import Runtime
 from .tasks import Task, build_tasks, outputs_desc
 from .weighting import Weighting
-from .weighting.training import WeightedTrainStep, method_for_run, param_groups
+from .weighting.training import WeightedTrainStep, apply_update, method_for_run, param_groups
 
 StepResult = Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]  # None: the step was skipped
 
@@ -41,8 +41,9 @@ class TrainStep:
     the loss, the task weighting (:class:`~fastmtl.weighting.training.WeightedTrainStep` for a
     ``--weighting`` method, fixed weights otherwise), the backward through the GradScaler, the
     optimizer and the scheduler step. Returns ``(loss, {task: loss})`` as python floats (the total
-    is the weighted sum), or ``(nan, {})`` when the loss was not finite and the step was skipped
-    (nothing updated). The host reads are :func:`host_values`.
+    is the weighted sum), or ``(nan, {})`` when the step was skipped (nothing updated): a non-finite
+    loss, task weight or gradient (without an fp16 GradScaler; with one, the scaler skips an
+    overflowing step itself and lowers its scale). The host reads are :func:`host_values`.
     """
 
     def __init__(self, forward: Callable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
@@ -58,7 +59,7 @@ class TrainStep:
         return host_values(self.run(rgb.contiguous(memory_format=self.memory_format), targets))
 
     def run(self, rgb: torch.Tensor, targets: Dict[str, torch.Tensor]) -> StepResult:
-        """The step without the host reads of the results (the finiteness check still reads one bool)."""
+        """The step without the host reads of the results (the finiteness checks still read a bool each)."""
         if self.weighted is not None:
             return self.weighted(rgb, targets, self.rt.autocast, self.optimizer, self.scaler, self.scheduler)
         with self.rt.autocast():
@@ -68,9 +69,8 @@ class TrainStep:
         if not torch.isfinite(loss).item():
             return None
         self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        if not apply_update(self.optimizer, self.scaler, self.scheduler):
+            return None
         return loss.detach(), {k: v.detach() for k, v in parts.items()}
 
     def weights(self) -> Dict[str, float]:

@@ -110,7 +110,7 @@ def test_famo_weights_and_one_logit_update_match_the_paper():
 
 def test_fixed_weights_and_bad_weights():
     assert torch.equal(build("fixed", 2, weights="0.25,2").weights, torch.tensor([0.25, 2.0]))
-    with pytest.raises(ValueError, match="weights must be 2 numbers"):
+    with pytest.raises(ValueError, match="weights must be 2 finite numbers"):
         build("fixed", 2, weights=[1.0])
 
 

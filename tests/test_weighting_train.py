@@ -189,3 +189,21 @@ def test_fused_kernels_take_repeated_per_task_backwards(tiny_data, tmp_path, tri
         finals.append({k: v.detach().clone() for k, v in run.model.state_dict().items()})
     for k, v in finals[0].items():
         assert torch.allclose(v.float(), finals[1][k].float(), atol=1e-4, rtol=1e-4), k
+
+
+def test_nan_task_weights_skip_the_trainers_step_and_leave_the_model(tiny_data, tmp_path):
+    """The issue's case: DWA with a NaN temperature (now refused as an option, so set behind the
+    constructor's back) gives NaN weights from its third period on; that step is reported as
+    skipped (a NaN loss, which the trainer logs and counts) and the model is not touched."""
+    from fastmtl.train import Run
+
+    run = Run(cfg(tiny_data, tmp_path / "dwa", weighting="dwa", weighting_opts={"period": 1}))
+    run.parts.weighting.options["temperature"] = float("nan")
+    batches = iter(run.train_loader)
+    for _ in range(2):  # weights 1 for the first two periods
+        loss, _ = run.train_step(next(batches))
+        assert loss == loss
+    before = [p.detach().clone() for p in run.model.parameters()]
+    loss, parts = run.train_step(next(batches))
+    assert loss != loss and parts == {}
+    assert all(torch.equal(a, p) for a, p in zip(before, run.model.parameters()))

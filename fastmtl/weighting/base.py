@@ -25,6 +25,7 @@ history, previous weights, random generator), so a resumed run continues exactly
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Optional
 
@@ -49,7 +50,8 @@ class WeightingResult:
 
 class Weighting(nn.Module):
     """Base class. Subclasses set ``name``, ``kind``, ``paper`` and ``defaults`` (the options and
-    their paper defaults; an option's type is its default's type)."""
+    their paper defaults; an option's type is its default's type). A NaN or infinite option value
+    is refused here, for every method (ValueError naming the option)."""
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""
@@ -69,6 +71,9 @@ class Weighting(nn.Module):
         if unknown:
             valid = ", ".join(sorted(self.defaults)) or "none"
             raise ValueError(f"weighting {self.name}: unknown option(s) {', '.join(unknown)}; valid options: {valid}")
+        for key, value in options.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+                raise ValueError(f"weighting {self.name}: option {key} must be a finite number, got {value!r}")
         self.num_tasks = num_tasks
         self.options = {**self.defaults, **options}
         self.last_weights = torch.ones(num_tasks)

@@ -27,6 +27,11 @@ before the method sees them and the combined gradient is scaled back, so ``scale
 and checks it as usual. A non-finite gradient (fp16 overflow) writes an inf into the shared
 gradients, so the scaler skips the step and lowers the scale, and the method's state is left
 untouched; without a scaler such a step is reported as non-finite (``None``).
+
+Non-finite task weights or coefficients (from finite losses and gradients: a method's own
+numerics) are reported as ``None`` before anything is written, with or without a scaler: they are
+not an fp16 overflow the scaler could recover from. A non-finite gradient behind finite weights
+(without a scaler) is caught by :func:`fastmtl.weighting.training.apply_update`.
 """
 from __future__ import annotations
 
@@ -128,6 +133,8 @@ class WeightedBackward:
         if not bool(torch.isfinite(global_losses).all()):
             return None
         weights, own = self.method.weights_and_own_grads(global_losses)
+        if not _finite(weights):
+            return None
         total = (weights.to(losses) * losses).sum()
         scaler.scale(total).backward()
         scale = _scale_of(scaler)
@@ -184,6 +191,8 @@ class WeightedBackward:
             return self.method.last_weights if self._skip(scaler) else None
         if self.method.gram_only:
             c = self.method.coefficients(gram, global_losses)
+            if not _finite(c):
+                return None
             self._own_grads(self.method.own_loss(gram, global_losses), scale)
             combined = c.to(grads) @ grads
             self.method.last_weights = c.detach().float().cpu()
@@ -209,6 +218,8 @@ class WeightedBackward:
             if not bool(torch.isfinite(gram).all()):
                 return self.method.last_weights if self._skip(scaler) else None
             c = self.method.coefficients(gram, global_losses)
+            if not _finite(c):
+                return None
             self._own_grads(self.method.own_loss(gram, global_losses), scale)
             self.method.last_weights = c.detach().float().cpu()
             combined = list((c.to(rep) @ rep).split(sizes))
@@ -234,6 +245,11 @@ class WeightedBackward:
             write_grads(with_grad, self.sync.mean_(flat([p.grad for p in with_grad])))
         self._finish_heads(head_grads, c.to(head_grads))
         return c
+
+
+def _finite(weights: torch.Tensor) -> bool:
+    """Whether the method's task weights / coefficients ``(T,)`` are all finite (a host read)."""
+    return bool(torch.isfinite(weights).all())
 
 
 def _copy_into(row: torch.Tensor, tensors: Sequence[torch.Tensor], add: bool = False) -> None:

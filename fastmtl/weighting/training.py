@@ -1,4 +1,5 @@
-"""The trainer's side of task weighting: the method of a run, its optimizer group, one step.
+"""The trainer's side of task weighting: the method of a run, its optimizer group, one step, and
+:func:`apply_update`, the optimizer step (skipped on a non-finite gradient) every train step shares.
 
 :func:`fastmtl.step.build_step` calls :func:`method_for_run` (None for ``--weighting fixed``:
 the step's own path, unchanged), puts :func:`param_groups` into its optimizer, and its
@@ -9,10 +10,12 @@ every step, as DDP does).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn.utils import get_total_norm
 
 from . import build
 from .base import Weighting
@@ -51,6 +54,24 @@ def allow_repeated_backward() -> None:
     import torch._functorch.config as functorch_config
 
     functorch_config.donated_buffer = False
+
+
+def apply_update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, scheduler) -> bool:
+    """The optimizer, scaler and scheduler step on the gradients a backward left in ``.grad``.
+
+    Without an enabled GradScaler a non-finite gradient (behind a finite loss) must not reach the
+    parameters: nothing is updated, the gradients are cleared and False is returned (the step
+    counts as skipped). An fp16 GradScaler checks the gradients itself: it skips the update and
+    lowers its scale (True: that is the scaler's normal overflow handling)."""
+    if not scaler.is_enabled():
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads and not bool(torch.isfinite(get_total_norm(grads, math.inf))):
+            optimizer.zero_grad(set_to_none=True)
+            return False
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return True
 
 
 class WeightedTrainStep:
@@ -96,7 +117,7 @@ class WeightedTrainStep:
         optimizer/scaler/scheduler step. ``targets`` are what ``loss_fn`` takes after the outputs (the
         trainer passes one ``{task: target}`` dict). Returns the detached 0-d weighted loss and
         ``{task: loss}`` tensors (read on the host by :func:`fastmtl.step.host_values`), or None when
-        the step was skipped as non-finite."""
+        the step was skipped: a non-finite loss, task weight or gradient (nothing updated)."""
         *targets, autocast, optimizer, scaler, scheduler = args
         optimizer.zero_grad(set_to_none=True)
         self.sync.broadcast_(list(self.model.buffers()))
@@ -118,9 +139,6 @@ class WeightedTrainStep:
             result = self.engine.params_backward(losses, scaler)
         else:
             result = self.engine.rep_backward(losses, tensors, leaves, scaler)
-        if result is None:
+        if result is None or not apply_update(optimizer, scaler, scheduler):
             return None
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
         return (self.method.last_weights.to(losses) * losses.detach()).sum(), {k: v.detach() for k, v in parts.items()}

@@ -20,8 +20,8 @@ class Fixed(LossWeighting):
         if isinstance(w, str):
             w = [float(x) for x in w.split(",")]
         w = torch.ones(num_tasks) if w is None else torch.as_tensor(w, dtype=torch.float32)
-        if w.shape != (num_tasks,) or bool((w < 0).any()):
-            raise ValueError(f"weighting fixed: weights must be {num_tasks} numbers >= 0, got {self.options['weights']!r}")
+        if w.shape != (num_tasks,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ValueError(f"weighting fixed: weights must be {num_tasks} finite numbers >= 0, got {self.options['weights']!r}")
         self.register_buffer("weights", w)
 
     def objective(self, losses: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,12 @@ class GradDrop(GradientWeighting):
     Parameter gradients: ``s = g`` per element. Representation gradients (the paper's and
     LibMTL's setting): ``s = sum over the batch of g * sign(input)``, one mask per feature
     element shared by the batch (:meth:`multipliers` takes ``s``). ``U`` comes from the method's
-    own generator (``seed``; on the gradients' device), identical on every DDP rank."""
+    own generator (``seed``; on the gradients' device), identical on every DDP rank.
+
+    ``P`` is computed without an epsilon (the official code adds 1e-7 to the denominator, which at
+    ``rep`` gradient scales drops ~4 % of the elements whose tasks all agree): where every task
+    agrees in sign ``P`` is exactly 1 or 0, and such elements are always kept; where every ``s_t``
+    is 0, ``P = 0.5`` (nothing to keep)."""
 
     name = "graddrop"
     paper = "Chen et al., NeurIPS 2020"
@@ -38,9 +43,10 @@ class GradDrop(GradientWeighting):
 
     def multipliers(self, signed: torch.Tensor) -> torch.Tensor:
         """``signed (T, E)`` -> ``(T, E)`` multipliers in ``{leak, 1}`` of the task gradients."""
-        p = 0.5 * (1 + signed.sum(0) / (signed.abs().sum(0) + 1e-7))
+        total = signed.abs().sum(0)
+        p = 0.5 * (1 + signed.sum(0) / torch.where(total > 0, total, 1.0))
         u = torch.rand(p.shape, generator=self._generator(signed.device), device=signed.device, dtype=p.dtype)
-        keep = (p > u)[None] & (signed > 0) | (p < u)[None] & (signed < 0)
+        keep = (p > u)[None] & (signed > 0) | ((p < u) | (p == 0))[None] & (signed < 0)
         leak = float(self.options["leak"])
         mult = leak + (1 - leak) * keep.to(signed.dtype)
         self.last_weights = mult.float().mean(1).cpu()

@@ -10,7 +10,9 @@ class GradVac(GradientWeighting):
     """For each pair (i, j), in random order: if ``cos(g_i^PC, g_j)`` is below the EMA target
     ``phi_ij``, add the multiple of ``g_j`` that lifts it to exactly ``phi_ij``; the target tracks
     the observed cosine with decay ``beta`` (default 0.5). Over the whole shared part (LibMTL's
-    group type 0), tracked as coefficients from the Gram matrix."""
+    group type 0), tracked as coefficients from the Gram matrix. The Gram matrix is divided by
+    its largest diagonal entry first, so the official 1e-8 epsilons are relative to the gradients'
+    scale (absolute, they bias the cosines by percents at ``rep`` gradient scales)."""
 
     name = "gradvac"
     paper = "Wang et al., ICLR 2021"
@@ -24,6 +26,9 @@ class GradVac(GradientWeighting):
     def coefficients(self, gram, losses):
         t, beta = self.num_tasks, float(self.options["beta"])
         target = self.target.to(gram)
+        scale = gram.diagonal().max()
+        if scale > 0:  # cosines and coefficients are scale-free; the epsilons are relative to |g|^2
+            gram = gram / scale
         a = torch.eye(t, dtype=gram.dtype, device=gram.device)
         for i in range(t):
             others = [j for j in range(t) if j != i]

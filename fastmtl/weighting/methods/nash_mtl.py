@@ -12,7 +12,14 @@ class NashMTL(GradientWeighting):
     on the Frobenius-normalised Gram matrix by damped Newton (``optim_niter`` iterations,
     warm-started from the previous solution, see :func:`~fastmtl.weighting.solvers.nash_bargaining`)
     every ``update_weights_every`` steps. ``alpha`` weights the whole loss (heads too, as in the
-    paper); the shared gradient is clipped to norm ``max_norm`` (0: off). Defaults 1, 20, 1.0."""
+    paper); the shared gradient is clipped to norm ``max_norm`` (0: off). Defaults 1, 20, 1.0.
+
+    A task whose gradient is exactly zero has no bargaining solution (``alpha_i -> inf``: the
+    official code's solver fails and it keeps the previous alpha of every task). Here the game is
+    solved among the other tasks, and that task keeps its previous normalised alpha (1 at the
+    start), so its alpha, which is also its head weight, stays of the others' size instead of
+    growing without bound; it adds nothing to the shared gradient. When every gradient is zero,
+    alpha is not updated."""
 
     name = "nash_mtl"
     paper = "Navon et al., ICML 2022"
@@ -28,9 +35,12 @@ class NashMTL(GradientWeighting):
         self.steps = 0
 
     def coefficients(self, gram, losses):
-        if self.steps % int(self.options["update_weights_every"]) == 0:
-            scale = torch.linalg.matrix_norm(gram).clamp_min(1e-30)
-            a = nash_bargaining(gram / scale, self.alpha_normalized, int(self.options["optim_niter"]))
+        active = gram.diagonal() > 0  # tasks with a non-zero gradient
+        if self.steps % int(self.options["update_weights_every"]) == 0 and bool(active.any()):
+            sub = gram[active][:, active]
+            scale = torch.linalg.matrix_norm(sub)  # that of the whole Gram matrix: the rest is 0
+            a = self.alpha_normalized.to(gram).clone()
+            a[active] = nash_bargaining(sub / scale, a[active], int(self.options["optim_niter"]))
             self.alpha_normalized = a.detach().to(self.alpha_normalized)
             self.alpha = (a / scale.sqrt()).detach().to(self.alpha)
         self.steps += 1
