@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Dict
 
 from .. import tasks as task_registry
@@ -141,12 +142,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """A validated Config from the flags that were given over ``--config FILE`` if any (else defaults)."""
     base: Dict = {}
     if getattr(args, "config", None):
+        where = f"--config {args.config}"
         try:
-            base = Config.from_json(open(args.config).read()).to_dict()
+            text = Path(args.config).read_text(encoding="utf-8")
         except OSError as e:
-            raise ConfigError(f"--config {args.config}: cannot be read ({e.strerror or e})") from None
-        except ValueError as e:  # bad JSON or unknown fields
-            raise ConfigError(f"--config {args.config}: {e}") from None
+            raise ConfigError(f"{where}: cannot be read ({e.strerror or e})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where}: not UTF-8 text (not a config.json)") from None
+        try:
+            base = Config.from_json(text, where).to_dict()
+        except ValueError as e:  # bad JSON (names the file already), a wrongly typed or unknown field
+            raise ConfigError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
     return Config.from_dict(merge_fields(base, given_config_fields(args))).validate()
 
 
