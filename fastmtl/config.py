@@ -217,8 +217,8 @@ class Config(ModelKnobs):
             if isinstance(value, str) and name in _TEXT_FORMS:
                 try:
                     value = _TEXT_FORMS[name](value)
-                except ValueError as e:
-                    raise ConfigError(f"field {name}: {e}") from None
+                except ValueError as e:  # its message names the field (flag)
+                    raise ConfigError(str(e)) from None
             out[name] = check_value(name, value, types[name])
         return out
 

@@ -457,11 +457,11 @@ def test_valid_synthetic_meta_gives_info(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("{not json", "is not valid JSON"),
+    ("{not json", "not valid JSON"),
     ('{"format": "fastmtl-synthetic", "depth_range": [1, NaN]}', "non-standard JSON constant NaN"),
     ('{"format": "fastmtl-synthetic", "format": "x"}', "duplicate key 'format'"),
-    ('["fastmtl-synthetic"]', "must hold a JSON object, got list"),
-    (b"\xff\xfe{}", "is not valid JSON"),
+    ('["fastmtl-synthetic"]', "must be a JSON object {...}, got list"),
+    (b"\xff\xfe{}", "not valid JSON"),
 ])
 def test_malformed_meta_json_is_named(tmp_path, text, message):
     root = write_synth(tmp_path / "s")

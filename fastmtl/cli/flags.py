@@ -29,18 +29,11 @@ def _dilation(text: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _tasks(text: str):
-    try:
-        return task_registry.parse_tasks(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The model knobs the report varies (defaults: the report's best recipe)."""
     d = Config()
     g = p.add_argument_group("model")
-    g.add_argument("--tasks", type=_tasks, default=SUPPRESS, metavar="LIST",
+    g.add_argument("--tasks", default=SUPPRESS, metavar="LIST",  # parsed by Config.check_fields: one-line errors
                    help=f"comma-separated tasks, one head each: {', '.join(task_registry.names())} "
                         f"(default {','.join(d.tasks)})")
     g.add_argument("--model", default=SUPPRESS, help=f"joint | branched | distill | distill_allconnect (default {d.model})")
