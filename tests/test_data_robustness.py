@@ -2,6 +2,7 @@
 import io
 import json
 import math
+import os
 import pickle
 import re
 import warnings
@@ -427,6 +428,33 @@ def test_symlink_outside_the_root_is_refused(tmp_path, policy):
     link.unlink()
     link.symlink_to(root / "train/semseg/0.png")
     assert SegDepthFolder(root, "train", on_bad_sample=policy)[1]["semseg"].shape == (H, W)
+
+
+def _symlink_loop(path):
+    path.unlink()
+    path.symlink_to(path.name)  # points at itself
+
+
+def _unreadable(path):
+    path.chmod(0)
+
+
+@pytest.mark.parametrize("policy", ON_BAD_SAMPLE)
+@pytest.mark.parametrize("break_it", [_symlink_loop, _unreadable])
+def test_symlink_loop_or_unreadable_entry_is_a_bad_sample_named_by_its_path(tmp_path, policy, break_it):
+    root = write_mini(tmp_path / "m", n=3)
+    path = root / "train/semseg/1.png"
+    break_it(path)
+    if break_it is _unreadable and os.access(path, os.R_OK):
+        pytest.skip("running as root: a chmod 000 file stays readable")
+    ds = SegDepthFolder(root, "train", on_bad_sample=policy)  # listing the folder is fine
+    assert len(ds) == 3 and ds[0]["semseg"].shape == (H, W)
+    if policy == "error":
+        with pytest.raises(BadSampleError, match=re.escape(str(path))):
+            ds[1]
+    else:
+        with pytest.warns(BadSampleWarning, match=re.escape(str(path))):
+            assert ds[1] is None
 
 
 def test_split_or_meta_symlinked_outside_is_refused(tmp_path):
