@@ -22,6 +22,21 @@ def size_type(text: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def count_type(minimum: int):
+    """argparse type of an integer flag that must be >= ``minimum`` (a batch size >= 1, workers >= 0)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
 def _dilation(text: str):
     try:
         return parse_dilation(text)
