@@ -19,6 +19,8 @@ from . import tasks as task_registry
 from .data import KINDS
 from .data.bad_samples import ON_BAD_SAMPLE
 from .errors import ConfigError  # re-exported: the CLI, the trainer and the sweeps raise it from here
+from .fields import check_value, field_types
+from .jsonfile import loads_object
 from .models import ModelKnobs
 from .optim import OPTIMIZERS
 from .weighting import GRAD_MODES, METHODS, NAMES as WEIGHTING_NAMES, build as build_weighting
@@ -193,31 +195,47 @@ class Config(ModelKnobs):
         """A Config from its dict (:meth:`to_dict`, a config.json, a sweep's fields); the legacy fields
         (:func:`legacy_fields`) of the run's tasks go into ``task_options`` / ``task_weights``, those
         of other tasks are dropped (they had no effect)."""
+        data = _from_legacy(cls.check_fields(data))
+        data["task_weights"] = check_value("task_weights", data["task_weights"], field_types(cls)["task_weights"])
+        return cls(**data)
+
+    @classmethod
+    def check_fields(cls, data: Mapping[str, Any]) -> Dict[str, Any]:
+        """``data`` (Config fields; legacy fields pass through) with every value checked against its
+        field's type: numbers as text converted, ``"F,T,T"`` / ``"64x128"`` / ``"semseg,depth"`` text
+        parsed for dilation / size / tasks; ConfigError naming the field otherwise (or an unknown field)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a config must be an object of fields, got {type(data).__name__}")
         unknown = sorted(set(data) - set(accepted_fields()))
         if unknown:
             raise ConfigError(f"unknown config fields {unknown}; valid fields: {', '.join(accepted_fields())}")
-        data = _from_legacy(dict(data))
-        if "dilation" in data:
-            data["dilation"] = tuple(bool(x) for x in data["dilation"])
-        if data.get("size") is not None:
-            data["size"] = tuple(int(x) for x in data["size"])
-        if "tasks" in data:
-            data["tasks"] = tuple(data["tasks"])
-        return cls(**data)
+        types = field_types(cls)
+        out = dict(data)
+        for name, value in data.items():
+            if name not in types:  # a legacy field: checked as its task's option / weight
+                continue
+            if isinstance(value, str) and name in _TEXT_FORMS:
+                try:
+                    value = _TEXT_FORMS[name](value)
+                except ValueError as e:  # its message names the field (flag)
+                    raise ConfigError(str(e)) from None
+            out[name] = check_value(name, value, types[name])
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Config":
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, where: str = "config.json") -> "Config":
+        """A Config from JSON text (a config.json); errors name ``where``."""
+        return cls.from_dict(loads_object(text, where))
 
 
 def _from_legacy(data: Dict[str, Any]) -> Dict[str, Any]:
     """``data`` with its legacy fields moved into ``task_options`` / ``task_weights`` (see
     :meth:`Config.from_dict`); a legacy field and a differing generic value is a ConfigError."""
     run_tasks = tuple(data.get("tasks", task_registry.DEFAULT_TASKS))
-    weights = dict(data.get("task_weights") or {})
+    weights = dict(data.get("task_weights") or {})  # both type-checked (Config.check_fields)
     options = {t: dict(o) for t, o in (data.get("task_options") or {}).items()}
     for legacy, (task, option) in legacy_fields().items():
         if legacy not in data:
@@ -258,3 +276,7 @@ def parse_dilation(text: str) -> Tuple[bool, bool, bool]:
     if len(parts) != 3 or any(p not in truthy | falsy for p in parts):
         raise ConfigError(f"--dilation must be three comma-separated flags like F,F,T (layer2,layer3,layer4), got {text!r}")
     return tuple(p in truthy for p in parts)  # type: ignore[return-value]
+
+
+_TEXT_FORMS = {"dilation": parse_dilation, "size": lambda t: parse_size(t, "size"),
+               "tasks": task_registry.parse_tasks}  # fields also given as text, parsed

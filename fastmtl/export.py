@@ -10,10 +10,13 @@ their final prediction. The model is rebuilt with the reference (unfused) module
 needs neither Triton nor fastmtl to run.
 
 ONNX: opset :data:`ONNX_OPSET`, TorchScript-based exporter, dynamic axes ``batch``, ``height``
-and ``width`` on the input and every output.
+and ``width`` on the input and every output (each task's class / channel axis is static). The target
+(``--out``) is checked before the checkpoint is loaded, and the file is written next to it and
+renamed onto it when complete.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import List, Sequence, Tuple
@@ -62,10 +65,33 @@ def export(checkpoint: str, out: str, fmt: str) -> Path:
     """Write the checkpoint's :class:`DeployModel` to ``out`` as ``fmt`` (onnx | torchscript)."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format: unknown value {fmt!r}; valid choices: {', '.join(FORMATS)}")
-    model, (h, w) = deploy_model(checkpoint)
-    example = torch.randn(1, 3, h, w)
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_target(path)
+    model, (h, w) = deploy_model(checkpoint)
+    partial = path.with_name(f".{path.name}.partial")  # renamed onto --out once complete: nothing partial left
+    try:
+        _write(model, h, w, partial, fmt)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def check_target(path: Path) -> None:
+    """OSError naming ``--out`` when ``path`` cannot take the exported file: a directory, a missing
+    or non-folder parent, a folder that cannot be written."""
+    if path.is_dir():
+        raise IsADirectoryError(f"--out {path}: is a directory; give a file name, e.g. {path / 'model.onnx'}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"--out {path}: the folder {parent} does not exist (or is not a folder)")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PermissionError(f"--out {path}: cannot write there (permission denied)")
+
+
+def _write(model: DeployModel, h: int, w: int, path: Path, fmt: str) -> None:
+    """``model`` traced on a ``(1, 3, h, w)`` input, saved to ``path`` as ``fmt``."""
+    example = torch.randn(1, 3, h, w)
     with torch.no_grad(), warnings.catch_warnings():
         # the shape checks and same-size shortcuts are Python branches: traced once, they hold for
         # every input size that is a multiple of the model's size_multiple
@@ -82,5 +108,4 @@ def export(checkpoint: str, out: str, fmt: str) -> Path:
             axes = {0: "batch", 2: "height", 3: "width"}
             torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
                               input_names=INPUT_NAMES, output_names=model.output_names,
-                              dynamic_axes={name: axes for name in INPUT_NAMES + model.output_names})
-    return path
+                              dynamic_axes={name: dict(axes) for name in INPUT_NAMES + model.output_names})

@@ -42,6 +42,17 @@ def collect_images(inputs: Sequence[str]) -> List[Path]:
     return files
 
 
+def check_distinct_outputs(files: Sequence[Path]) -> None:
+    """ValueError naming the clashing inputs when two of ``files`` would write the same outputs
+    (the outputs are named by the input's stem: ``a/x.png`` and ``b/x.png``, or ``x.png`` and ``x.jpg``)."""
+    first: Dict[str, Path] = {}
+    for f in files:
+        if f.stem in first and first[f.stem].resolve() != f.resolve():
+            raise ValueError(f"predict: inputs {first[f.stem]} and {f} would write the same outputs "
+                             f"({f.stem}_*); predict them into separate --out folders or rename one")
+        first.setdefault(f.stem, f)
+
+
 def load_image(path: Path) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)`` of an image file or an ``.npy`` float image (see the module)."""
     if path.suffix.lower() == ".npy":
@@ -75,7 +86,10 @@ def predict(checkpoint: str, inputs: Iterable[str], out_dir: str, device: str = 
     NYUv2's 13 classes...), ``{name}_semseg.png`` the dataset's colours; depth:
     ``{name}_depth.npy`` float32 ``(H, W)`` metres, ``{name}_depth.png`` colour map; normals:
     ``{name}_normals.npy`` float32 ``(H, W, 3)`` unit vectors, ``{name}_normals.png`` in the
-    dataset encoding ``(n + 1) * 127.5``), and ``{name}_panel.png`` (input | each task's picture)."""
+    dataset encoding ``(n + 1) * 127.5``), and ``{name}_panel.png`` (input | each task's picture).
+    Two inputs with one ``{name}`` are refused before anything is written (:func:`check_distinct_outputs`)."""
+    files = list(dict.fromkeys(p.resolve() for p in collect_images(list(inputs))))  # one input named twice: once
+    check_distinct_outputs(files)
     ckpt = load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(ckpt)
     tasks = checkpoint_tasks(ckpt, cfg)
@@ -83,7 +97,7 @@ def predict(checkpoint: str, inputs: Iterable[str], out_dir: str, device: str = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: List[Path] = []
-    for path in collect_images(list(inputs)):
+    for path in files:
         rgb = load_image(path)
         results = predict_tasks(model, rgb, tasks, device)
         pictures = [rgb]

@@ -15,6 +15,7 @@ from fastmtl.data import (
     dataset_info,
     open_dataset,
 )
+from fastmtl.data import npy as npy_module
 from fastmtl.tasks.depth import DepthNormalizer
 from fastmtl.transforms import crop, pad_to, random_hflip, random_scale, train_transform
 
@@ -205,3 +206,29 @@ def test_missing_folder_is_a_structural_error(nyu):
     (root / "val" / "normal").rmdir()
     with pytest.raises(FileNotFoundError, match=r"missing folder .*val/normal"):
         open_dataset(root, "val", "nyuv2", on_bad_sample="skip")
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_npy_header_claiming_more_than_the_file_holds_is_refused_before_allocating(nyu, policy, monkeypatch):
+    root, _ = nyu
+    path = root / "train" / "depth" / "1.npy"
+    header = {"descr": "<f4", "fortran_order": False, "shape": (1 << 20, 1 << 20, 1 << 10)}  # 4 PiB
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(b"\0" * 64)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("np.load called on a file whose header claims more than it holds")
+
+    monkeypatch.setattr(np, "load", no_load)
+    with pytest.raises(BadSampleError, match=r"depth: the \.npy header claims a float32 array of shape "
+                                             r"\(1048576, 1048576, 1024\) .* but the file holds 64 bytes"):
+        npy_module.load_npy(path, "depth", 1)
+    monkeypatch.undo()
+    ds = open_dataset(root, "train", "nyuv2", on_bad_sample=policy)
+    if policy == "error":
+        with pytest.raises(BadSampleError, match=str(path)):
+            ds[1]
+    else:
+        with pytest.warns(BadSampleWarning, match="the .npy header claims"):
+            assert ds[1] is None

@@ -2,6 +2,7 @@
 import io
 import json
 import math
+import os
 import pickle
 import re
 import warnings
@@ -429,6 +430,33 @@ def test_symlink_outside_the_root_is_refused(tmp_path, policy):
     assert SegDepthFolder(root, "train", on_bad_sample=policy)[1]["semseg"].shape == (H, W)
 
 
+def _symlink_loop(path):
+    path.unlink()
+    path.symlink_to(path.name)  # points at itself
+
+
+def _unreadable(path):
+    path.chmod(0)
+
+
+@pytest.mark.parametrize("policy", ON_BAD_SAMPLE)
+@pytest.mark.parametrize("break_it", [_symlink_loop, _unreadable])
+def test_symlink_loop_or_unreadable_entry_is_a_bad_sample_named_by_its_path(tmp_path, policy, break_it):
+    root = write_mini(tmp_path / "m", n=3)
+    path = root / "train/semseg/1.png"
+    break_it(path)
+    if break_it is _unreadable and os.access(path, os.R_OK):
+        pytest.skip("running as root: a chmod 000 file stays readable")
+    ds = SegDepthFolder(root, "train", on_bad_sample=policy)  # listing the folder is fine
+    assert len(ds) == 3 and ds[0]["semseg"].shape == (H, W)
+    if policy == "error":
+        with pytest.raises(BadSampleError, match=re.escape(str(path))):
+            ds[1]
+    else:
+        with pytest.warns(BadSampleWarning, match=re.escape(str(path))):
+            assert ds[1] is None
+
+
 def test_split_or_meta_symlinked_outside_is_refused(tmp_path):
     root = write_mini(tmp_path / "m", n=1)
     elsewhere = write_mini(tmp_path / "other", split="val", n=1)
@@ -457,11 +485,11 @@ def test_valid_synthetic_meta_gives_info(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("{not json", "is not valid JSON"),
+    ("{not json", "not valid JSON"),
     ('{"format": "fastmtl-synthetic", "depth_range": [1, NaN]}', "non-standard JSON constant NaN"),
     ('{"format": "fastmtl-synthetic", "format": "x"}', "duplicate key 'format'"),
-    ('["fastmtl-synthetic"]', "must hold a JSON object, got list"),
-    (b"\xff\xfe{}", "is not valid JSON"),
+    ('["fastmtl-synthetic"]', "must be a JSON object {...}, got list"),
+    (b"\xff\xfe{}", "not valid JSON"),
 ])
 def test_malformed_meta_json_is_named(tmp_path, text, message):
     root = write_synth(tmp_path / "s")

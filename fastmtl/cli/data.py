@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import ConfigError
-from .flags import size_type
+from .flags import count_type, size_type
 
 HELP = 'datasets'
 
@@ -14,11 +14,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data_sub.required = True
     q = data_sub.add_parser("synthetic", help="render the procedural street-scene dataset")
     q.add_argument("--out", required=True, metavar="DIR")
-    q.add_argument("--train", type=int, default=2000, help="train images (default 2000)")
-    q.add_argument("--val", type=int, default=250, help="val images (default 250)")
+    q.add_argument("--train", type=count_type(1), default=2000, help="train images (default 2000)")
+    q.add_argument("--val", type=count_type(1), default=250, help="val images (default 250)")
     q.add_argument("--size", type=size_type, default=(128, 256), metavar="HxW", help="image size (default 128x256)")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    q.add_argument("--workers", type=count_type(1), default=None, help="processes (default: all cores)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=run_synthetic)
 

@@ -5,6 +5,7 @@ import argparse
 import json
 
 from ..runtime import resolve_device
+from .flags import count_type
 
 HELP = 'evaluate a checkpoint'
 
@@ -14,8 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, metavar="DIR", help="default: the checkpoint's dataset")
     p.add_argument("--split", default="val", help="split folder to evaluate (default val)")
     p.add_argument("--device", default="auto", help="default: cuda if available")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the run's")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=count_type(1), default=None, help="default: the run's")
+    p.add_argument("--workers", type=count_type(0), default=2)
     p.add_argument("--on-bad-sample", choices=("error", "skip"), default="error", help="as for train")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Dict
 
 from .. import tasks as task_registry
@@ -21,6 +22,21 @@ def size_type(text: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def count_type(minimum: int):
+    """argparse type of an integer flag that must be >= ``minimum`` (a batch size >= 1, workers >= 0)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
 def _dilation(text: str):
     try:
         return parse_dilation(text)
@@ -28,18 +44,11 @@ def _dilation(text: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _tasks(text: str):
-    try:
-        return task_registry.parse_tasks(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The model knobs the report varies (defaults: the report's best recipe)."""
     d = Config()
     g = p.add_argument_group("model")
-    g.add_argument("--tasks", type=_tasks, default=SUPPRESS, metavar="LIST",
+    g.add_argument("--tasks", default=SUPPRESS, metavar="LIST",  # parsed by Config.check_fields: one-line errors
                    help=f"comma-separated tasks, one head each: {', '.join(task_registry.names())} "
                         f"(default {','.join(d.tasks)})")
     g.add_argument("--model", default=SUPPRESS, help=f"joint | branched | distill | distill_allconnect (default {d.model})")
@@ -141,12 +150,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """A validated Config from the flags that were given over ``--config FILE`` if any (else defaults)."""
     base: Dict = {}
     if getattr(args, "config", None):
+        where = f"--config {args.config}"
         try:
-            base = Config.from_json(open(args.config).read()).to_dict()
+            text = Path(args.config).read_text(encoding="utf-8")
         except OSError as e:
-            raise ConfigError(f"--config {args.config}: cannot be read ({e.strerror or e})") from None
-        except ValueError as e:  # bad JSON or unknown fields
-            raise ConfigError(f"--config {args.config}: {e}") from None
+            raise ConfigError(f"{where}: cannot be read ({e.strerror or e})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where}: not UTF-8 text (not a config.json)") from None
+        try:
+            base = Config.from_json(text, where).to_dict()
+        except ValueError as e:  # bad JSON (names the file already), a wrongly typed or unknown field
+            raise ConfigError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
     return Config.from_dict(merge_fields(base, given_config_fields(args))).validate()
 
 

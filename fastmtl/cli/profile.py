@@ -6,7 +6,7 @@ import json
 
 from ..config import ConfigError
 from ..runtime import resolve_device
-from .flags import add_model_args, config_from_args, size_type
+from .flags import add_model_args, config_from_args, count_type, size_type
 
 HELP = 'parameters, GMACs and throughput of a model'
 
@@ -14,11 +14,11 @@ HELP = 'parameters, GMACs and throughput of a model'
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--size", dest="profile_size", type=size_type, default=(256, 256), metavar="HxW", help="input size (default 256x256)")
-    p.add_argument("--num-classes", type=int, default=19, help="semantic classes (default 19)")
-    p.add_argument("--depth", type=int, default=0, metavar="N", help="per-module breakdown N levels deep")
+    p.add_argument("--num-classes", type=count_type(1), default=19, help="semantic classes (default 19)")
+    p.add_argument("--depth", type=count_type(0), default=0, metavar="N", help="per-module breakdown N levels deep")
     p.add_argument("--throughput", action="store_true", help="also measure forward and train-step images/s")
     p.add_argument("--device", default="auto", help="device for --throughput (default: cuda if available)")
-    p.add_argument("--batch-size", type=int, default=2, help="batch for --throughput (default 2)")
+    p.add_argument("--batch-size", type=count_type(1), default=2, help="batch for --throughput (default 2)")
     p.add_argument("--amp", choices=("bf16", "fp16", "off"), default="off", help="autocast for --throughput")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=False, help="fused Triton modules")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "report-hparams) or a sweep folder to continue")
     p.add_argument("--out", default=None, metavar="DIR", help="sweep folder (default sweeps/NAME)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (one GPU each on a multi-GPU machine; default 1)")
-    p.add_argument("--print-commands", action="store_true", help="print one fastmtl train command per run not done; run nothing")
+    p.add_argument("--print-commands", action="store_true", help="print one fastmtl train command per run not done; train nothing (the sweep folder and its "
+                   "sweep.json are written, so `fastmtl sweep DIR` continues it)")
     p.add_argument("--report-only", action="store_true", help="write the table, CSV, JSON and plot of the runs "
                    "finished so far; run nothing")
     p.add_argument("--steps", type=int, default=None, help="--max-steps of every run")

@@ -28,7 +28,6 @@ converts it to metres with Cityscapes' typical camera: ``depth = 0.209313 m * 22
 from __future__ import annotations
 
 import functools
-import json
 import math
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
@@ -38,6 +37,7 @@ import torch
 
 from .bad_samples import BadSampleDataset, BadSampleError, check_policy
 from .classes import CLASS_COLORS, CLASS_NAMES, IGNORE_INDEX
+from ..jsonfile import loads_object
 from .images import decode_image, read_labels, read_rgb
 from .info import DatasetInfo, split_depth_stats
 from .listing import Layout, check_split_name, complete_indices, inside
@@ -134,7 +134,7 @@ def _classes_of(root, classes: Optional[int]) -> Tuple[str, int]:
 def read_camera(path: Path, index: Optional[int]) -> Tuple[float, float]:
     """``(baseline m, fx px)`` of a Cityscapes camera json, or :class:`BadSampleError`."""
     try:
-        cam = json.loads(path.read_text(encoding="utf-8"))
+        cam = loads_object(path.read_text(encoding="utf-8"), "camera json")
         baseline, fx = cam["extrinsic"]["baseline"], cam["intrinsic"]["fx"]
     except OSError as err:
         raise BadSampleError(f"camera: cannot read ({err})", path, index) from None

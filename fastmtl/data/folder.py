@@ -38,7 +38,6 @@ still be class ids or the ignore value).
 from __future__ import annotations
 
 import functools
-import json
 import math
 import random
 import warnings
@@ -57,6 +56,7 @@ from .bad_samples import (
     collate_skip_bad,
 )
 from .classes import CLASS_COLORS, CLASS_NAMES, IGNORE_INDEX
+from ..jsonfile import loads_object
 from .images import decode_image, read_labels, read_rgb
 from .info import DatasetInfo
 from .listing import Layout, check_split_name, complete_indices, inside, list_split
@@ -127,13 +127,10 @@ def read_meta(root) -> Optional[dict]:
     if not inside(path, root.resolve()):
         raise ValueError(f"{path} resolves outside the dataset root {root} (symlink); refused")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant,
-                          object_pairs_hook=_no_duplicate_keys)
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError and the hooks above
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")
-    return meta
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    return loads_object(text, str(path), parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
 
 
 def _is_number(x) -> bool:

@@ -38,6 +38,16 @@ def inside(path: Path, root_resolved: Path) -> bool:
     return path.resolve() == root_resolved or path.resolve().is_relative_to(root_resolved)
 
 
+def _resolvable(path: Path) -> bool:
+    """Whether ``path`` resolves: False for a symlink loop (which points nowhere, so not outside the
+    root; the sample's reader then refuses the file by its path, as a bad sample)."""
+    try:
+        path.resolve()
+    except (RuntimeError, OSError):  # RuntimeError up to Python 3.12, OSError (ELOOP) from 3.13
+        return False
+    return True
+
+
 def check_split_name(split) -> None:
     if (not isinstance(split, str) or split in ("", ".", "..")
             or any(c in split for c in ("/", "\\", "\0", os.sep)) or Path(split).name != split):
@@ -49,7 +59,8 @@ def list_folder(folder: Path, accepted: Tuple[str, ...], root_resolved: Path):
     """``({index: [paths]}, {index: [wrong-extension names]})`` of one subfolder.
 
     Only numbered names with an extension in ``accepted`` count; a matching entry that is a
-    symlink resolving outside the root is an error (any policy)."""
+    symlink resolving outside the root is an error (any policy); a symlink loop or an unreadable
+    file is listed, and is a bad sample (named by its path, under ``--on-bad-sample``) when read."""
     found: Dict[int, List[Path]] = {}
     wrong_ext: Dict[int, List[str]] = {}
     with os.scandir(folder) as entries:
@@ -62,7 +73,7 @@ def list_folder(folder: Path, accepted: Tuple[str, ...], root_resolved: Path):
                 wrong_ext.setdefault(i, []).append(entry.name)
                 continue
             path = folder / entry.name
-            if entry.is_symlink() and not inside(path, root_resolved):
+            if entry.is_symlink() and _resolvable(path) and not inside(path, root_resolved):
                 raise BadSampleError(f"symlink resolves outside the dataset root "
                                      f"{root_resolved} (to {path.resolve()}); refused", path, i)
             found.setdefault(i, []).append(path)

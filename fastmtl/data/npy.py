@@ -17,6 +17,8 @@ dtype, finite values, ranges) and converted to fastmtl's sample dict:
 """
 from __future__ import annotations
 
+import math
+import os
 import zipfile
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -32,13 +34,41 @@ VOID = -1  # the void label of the .npy copies
 RGB_TOLERANCE = 1e-3  # float images may stray this far outside [0, 1] (resampling round-off)
 
 
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0,
+                   (3, 0): np.lib.format.read_array_header_2_0}  # 3.0: 2.0 with a UTF-8 header
+
+
+def check_npy_size(path: Path, sub: str, index: Optional[int]) -> None:
+    """:class:`BadSampleError` when ``path``'s ``.npy`` header claims more data than the file holds
+    (read before ``np.load`` allocates the array); files that are not ``.npy`` (an ``.npz``
+    archive, garbage) are left to ``np.load``'s message."""
+    with open(path, "rb") as f:
+        if f.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
+            return
+        f.seek(0)
+        version = np.lib.format.read_magic(f)
+        if version not in _HEADER_READERS:
+            return
+        shape, _, dtype = _HEADER_READERS[version](f)
+        if dtype.hasobject:  # pickled objects: np.load(allow_pickle=False) refuses them
+            return
+        claimed = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+        held = os.fstat(f.fileno()).st_size - f.tell()
+    if claimed > held:
+        raise BadSampleError(f"{sub}: the .npy header claims a {dtype} array of shape {shape} "
+                             f"({claimed} bytes) but the file holds {held} bytes of data (truncated "
+                             f"or corrupt)", path, index)
+
+
 def load_npy(path: Path, sub: str, index: Optional[int]) -> np.ndarray:
-    """The array in ``path`` (``allow_pickle=False``), or :class:`BadSampleError`."""
+    """The array in ``path`` (``allow_pickle=False``; its header's size checked against the file
+    first), or :class:`BadSampleError`."""
     try:
+        check_npy_size(path, sub, index)
         arr = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise BadSampleError(f"{sub}: file not found", path, index) from None
-    except MemoryError:
+    except (MemoryError, BadSampleError):
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise BadSampleError(f"{sub}: not a readable .npy array ({type(err).__name__}: {err})",

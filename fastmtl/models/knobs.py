@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple
 
 from ..errors import ConfigError
+from ..fields import check_value, field_types
 from ..layers import ATTENTION_INITS
 from .encoder import DILATION_STYLES, ENCODERS
 from .zoo import MODEL_NAMES
@@ -39,9 +40,8 @@ class ModelKnobs:
         unknown = sorted(set(fields) - set(known))
         if unknown:
             raise ConfigError(f"unknown model fields {unknown}; valid fields: {', '.join(known)}")
-        data = dict(fields)
-        if "dilation" in data:
-            data["dilation"] = tuple(bool(x) for x in data["dilation"])
+        types = field_types(ModelKnobs)
+        data = {name: check_value(name, value, types[name]) for name, value in fields.items()}
         return cls(**data).validate_model()
 
     @property

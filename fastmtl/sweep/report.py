@@ -4,7 +4,8 @@ CSV, JSON and a PNG plot of the ladder (drawn with Pillow).
 Metrics are each finished run's ``summary.json`` ``final_all`` (every task metric of the final
 evaluation) and ``images_per_second`` (steady-state training throughput); the per-class IoU
 (``iou_per_class``) is aggregated the same way into a second table (thin classes, boundaries:
-where most ablations act). std is the sample standard deviation (0 for one seed). Params and GMACs are
+where most ablations act). std is the sample standard deviation (0 for one seed,
+where the tables show the mean alone). Params and GMACs are
 :mod:`fastmtl.perf.profile`'s counts for the variant's model at its training crop size.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from fastmtl.config import Config
 from fastmtl.models import build_model
@@ -45,8 +46,8 @@ def collect(sweep: Sweep) -> Dict[str, Any]:
         points += done
         row: Dict[str, Any] = {"variant": name, "seeds": [d["seed"] for d in done], "of_seeds": len(runs)}
         if done:
-            keys = list(done[0]["metrics"])
-            row["metrics"] = {k: _mean_std([d["metrics"][k] for d in done]) for k in keys}
+            keys = list(dict.fromkeys(k for d in done for k in d["metrics"]))  # a metric some run lacks: over the others
+            row["metrics"] = {k: _mean_std([d["metrics"][k] for d in done if k in d["metrics"]]) for k in keys}
             classes = list(done[0]["iou_per_class"])
             if classes:
                 row["iou_per_class"] = {c: _mean_std([d["iou_per_class"][c] for d in done]) for c in classes}
@@ -88,10 +89,15 @@ def markdown_table(results: Dict[str, Any]) -> str:
     for v in results["variants"]:
         m = v.get("metrics", {})
         cells = [v["variant"], f"{len(v['seeds'])}/{v['of_seeds']}"]
-        cells += [f"{m[c]['mean']:.2f} ± {m[c]['std']:.2f}" if c in m else "—" for c in cols]
+        cells += [_mean_pm_std(m[c], len(v["seeds"]), 2) if c in m else "—" for c in cols]
         cells += [f"{v['params'] / 1e6:.2f}" if "params" in v else "—", f"{v['gmacs']:.3f}" if "gmacs" in v else "—"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _mean_pm_std(stat: Dict[str, float], seeds: int, digits: int) -> str:
+    """``40.12 ± 0.31``; the mean alone for one seed (its spread is undefined)."""
+    return f"{stat['mean']:.{digits}f}" + (f" ± {stat['std']:.{digits}f}" if seeds > 1 else "")
 
 
 def class_table(results: Dict[str, Any]) -> str:
@@ -106,7 +112,7 @@ def class_table(results: Dict[str, Any]) -> str:
     lines = ["| variant | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 1)]
     for v in results["variants"]:
         m = v.get("iou_per_class", {})
-        cells = [f"{m[c]['mean']:.1f} ± {m[c]['std']:.1f}" if c in m else "—" for c in classes]
+        cells = [_mean_pm_std(m[c], len(v["seeds"]), 1) if c in m else "—" for c in classes]
         lines.append("| " + " | ".join([v["variant"]] + cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -141,12 +147,15 @@ def write_report(results: Dict[str, Any], folder: Path) -> Dict[str, Path]:
 # the plot
 
 
-def plot_ladder(results: Dict[str, Any], path: Path, metrics: Tuple[str, ...] = HEADLINE) -> None:
-    """One panel per metric, one horizontal bar per variant (mean) with a +- std whisker."""
+def plot_ladder(results: Dict[str, Any], path: Path, metrics: Optional[Tuple[str, ...]] = None) -> None:
+    """One panel per metric (default: the :data:`HEADLINE` metrics the runs have, e.g. no SI-logRMSE
+    without depth), one horizontal bar per variant (mean) with a +- std whisker."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
     rows = results["variants"]
+    if metrics is None:
+        metrics = tuple(k for k in HEADLINE if any(k in r.get("metrics", {}) for r in rows)) or HEADLINE
     label_w = 8 + 7 * max([len(r["variant"]) for r in rows] + [8])
     panel_w, row_h, top = 260, 22, 40
     width = label_w + panel_w * len(metrics) + 20

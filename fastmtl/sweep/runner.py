@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from fastmtl import rundir
-from fastmtl.config import Config, ConfigError, accepted_fields, format_dilation, parse_dilation, parse_size
+from fastmtl.config import Config, ConfigError, accepted_fields, format_dilation
+from fastmtl.jsonfile import MAX_DEPTH, check_depth, loads_object, value_depth
 
 SWEEP_FILE = "sweep.json"
 TOGGLES = ("aspp", "skip", "se", "compile", "fused", "channels_last")  # --x / --no-x flags
@@ -94,19 +95,25 @@ def read_sweep_file(path: Path) -> Dict[str, Any]:
         text = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"sweep file {path}: cannot be read ({e.strerror or e})") from None
+    where = f"sweep file {path}"
     try:
-        if path.suffix == ".toml":
-            import tomllib  # Python >= 3.11
+        if path.suffix != ".toml":
+            return loads_object(text.decode("utf-8"), where)
+        import tomllib  # Python >= 3.11
 
-            data = tomllib.loads(text.decode())
-        else:
-            data = json.loads(text)
+        data = tomllib.loads(text.decode("utf-8"))
     except ImportError:
-        raise ConfigError(f"sweep file {path}: TOML needs Python >= 3.11; write it as JSON") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigError(f"sweep file {path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"sweep file {path}: the top level must be an object with 'base', 'variants' or 'grid', 'seeds'")
+        raise ConfigError(f"{where}: TOML needs Python >= 3.11; write it as JSON") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep; refused") from None
+    except ValueError as e:  # loads_object's one line, TOMLDecodeError
+        raise ConfigError(str(e) if str(e).startswith(where) else f"{where}: not valid TOML ({e})") from None
+    try:
+        check_depth(value_depth(data), where)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return data
 
 
@@ -115,7 +122,7 @@ def normalise_fields(fields: Any, where: str) -> Dict[str, Any]:
     if not isinstance(fields, dict):
         raise ConfigError(f"{where}: must be an object of config fields, got {type(fields).__name__}")
     known = set(accepted_fields())
-    out: Dict[str, Any] = {}
+    named: Dict[str, Any] = {}
     for key, value in fields.items():
         name = str(key).replace("-", "_")
         if name in SWEEP_OWNED:
@@ -123,12 +130,11 @@ def normalise_fields(fields: Any, where: str) -> Dict[str, Any]:
                               f"{' (use the top-level seeds list)' if name == 'seed' else ''}")
         if name not in known:
             raise ConfigError(f"{where}: unknown config field {key!r}; valid fields: {', '.join(sorted(known - set(SWEEP_OWNED)))}")
-        if name == "dilation" and isinstance(value, str):
-            value = list(parse_dilation(value))
-        if name == "size" and isinstance(value, str):
-            value = list(parse_size(value))
-        out[name] = value
-    return out
+        named[name] = value
+    try:
+        return Config.check_fields(named)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def expand_variants(spec: Dict[str, Any], where: str) -> List[Tuple[str, Dict[str, Any]]]:
@@ -136,11 +142,15 @@ def expand_variants(spec: Dict[str, Any], where: str) -> List[Tuple[str, Dict[st
     if "variants" in spec and "grid" in spec:
         raise ConfigError(f"{where}: give either 'variants' or 'grid', not both")
     if "grid" in spec:
-        grid = normalise_fields(spec["grid"], f"{where}: grid")
-        for key, values in grid.items():
+        if not isinstance(spec["grid"], dict):
+            raise ConfigError(f"{where}: grid must be an object {{field: [values]}}, got {type(spec['grid']).__name__}")
+        grid: Dict[str, List[Any]] = {}
+        for key, values in spec["grid"].items():
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{where}: grid {key!r} must be a non-empty list of values")
-            grid[key] = [normalise_fields({key: v}, f"{where}: grid")[key] for v in values]
+            checked = [normalise_fields({key: v}, f"{where}: grid") for v in values]
+            name = next(iter(checked[0]))  # the field's name (- -> _)
+            grid[name] = [c[name] for c in checked]
         keys = list(grid)
         combos = product(*(grid[k] for k in keys))
         return [(",".join(f"{k}={_show(v)}" for k, v in zip(keys, c)), dict(zip(keys, c))) for c in combos]
@@ -240,7 +250,9 @@ def open_sweep(source: str, out: Optional[str], overrides: Dict[str, Any], built
 
 
 def to_flags(fields: Dict[str, Any]) -> List[str]:
-    """``fastmtl train`` flags that give exactly ``fields`` (None: the default, no flag)."""
+    """``fastmtl train`` flags that give exactly ``fields`` (checked values, :meth:`Config.check_fields`;
+    None: the default, no flag): toggles as ``--x`` / ``--no-x``, lists as ``a,b``, dicts one
+    ``--task-weight`` / ``--task-opt`` / ``--weighting-opt`` per entry."""
     flags: List[str] = []
     for name, value in fields.items():
         flag = "--" + name.replace("_", "-")
@@ -253,17 +265,24 @@ def to_flags(fields: Dict[str, Any]) -> List[str]:
         elif name == "size":
             flags += [flag, f"{value[0]}x{value[1]}"]
         elif name == "weighting_opts":
-            for k, v in value.items():
-                flags += ["--weighting-opt", f"{k}={v}"]
+            flags += [a for k, v in value.items() for a in ("--weighting-opt", f"{k}={_text(v)}")]
         elif name == "task_weights":
-            for task, w in value.items():
-                flags += ["--task-weight", f"{task}={w}"]
+            flags += [a for task, w in value.items() for a in ("--task-weight", f"{task}={_text(w)}")]
         elif name == "task_options":
-            for task, options in value.items():
-                flags += [a for k, v in options.items() for a in ("--task-opt", f"{task}.{k}={v}")]
+            flags += [a for task, options in value.items() for k, v in options.items()
+                      for a in ("--task-opt", f"{task}.{k}={_text(v)}")]
         else:
-            flags += [flag, str(value)]
+            flags += [flag, _text(value)]
     return flags
+
+
+def _text(value: Any) -> str:
+    """A field's value as the text of its flag: lists ``a,b``, booleans ``true`` / ``false``."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(_text(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def user_command(point: Point) -> str:
@@ -334,8 +353,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, echo: Callable[[str], None] = print) 
             head = f"[{finished}/{total}] {p.label}{' (' + how + ')' if how else ''}"
             if rc == 0 and p.state() == "done":
                 final = json.loads((p.run_dir / "summary.json").read_text())["final"]
-                echo(f"{head}: mIoU {final['miou']:.2f}  SI-logRMSE {final['si_log_rmse']:.2f}  "
-                     f"multitask {final['multitask']:.2f}  ({seconds:.0f} s)")
+                echo(f"{head}: {_headline(final)}  ({seconds:.0f} s)")
             else:
                 failed.append(p)
                 echo(f"{head}: FAILED (exit {rc}); see {p.run_dir / 'train.log'}")
@@ -346,13 +364,24 @@ def run_sweep(sweep: Sweep, jobs: int = 1, echo: Callable[[str], None] = print) 
 
 
 def _slug(name: str) -> str:
+    """A variant name as one safe folder name: letters, digits and ``. _ = -`` only (a slash, space,
+    comma... becomes ``_``), never ``.``/``..`` or hidden (no leading dot), never empty, at most 100
+    characters."""
     keep = "".join(c if c.isalnum() or c in "._=-" else "_" for c in name.replace("+", "plus").strip())
-    return keep.strip("_") or "variant"
+    return keep[:100].strip("._") or "variant"
+
+
+def _headline(final: Dict[str, Any]) -> str:
+    """``mIoU 40.12  SI-logRMSE 30.50  multitask 5.00``: a run's summary ``final`` (its tasks' headline
+    metrics and the multitask score), whichever tasks it has."""
+    labels = {"miou": "mIoU", "si_log_rmse": "SI-logRMSE"}
+    return "  ".join(f"{labels.get(k, k)} {v:.2f}" for k, v in final.items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, list) and len(value) == 3 and all(isinstance(v, bool) for v in value):
+    if isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(v, bool) for v in value):
         return format_dilation(value)
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
         return "x".join(map(str, value))
-    return str(value)
+    return _text(value)
