@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Union
 
@@ -76,11 +77,26 @@ def load_error_reason(error: Exception) -> str:
     return f"not a torch.save file: {type(error).__name__}: {(lines[0] if lines else '')[:160]}"
 
 
+def run_checkpoint(folder: Path) -> Path:
+    """The checkpoint of run directory ``folder``: ``best.pt``, else (with a warning: the run has not
+    been evaluated yet) ``last.pt``; neither is an error saying the run has not finished and what exists."""
+    if (folder / "best.pt").is_file():
+        return folder / "best.pt"
+    if (folder / "last.pt").is_file():
+        warnings.warn(f"{folder}: no best.pt (the run has not finished an evaluation yet); using its last.pt")
+        return folder / "last.pt"
+    held = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    what = f"it holds {', '.join(held[:5])}{' ...' if len(held) > 5 else ''}" if held else "it is empty"
+    raise FileNotFoundError(f"--checkpoint {folder}: no best.pt or last.pt: the run there has not finished or "
+                            f"saved a checkpoint yet ({what})")
+
+
 def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
-    """Load a fastmtl checkpoint on CPU with ``weights_only=True`` (a pickle that would run code is refused)."""
+    """Load a fastmtl checkpoint on CPU with ``weights_only=True`` (a pickle that would run code is refused);
+    a directory means its :func:`run_checkpoint`."""
     path = Path(path)
     if path.is_dir():
-        path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
+        path = run_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(f"--checkpoint: no such file: {path}")
     try:

@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .jsonfiles import read_jsonl
 from .tasks import DEFAULT_TASKS, get
 
 AT = ("final", "best")
@@ -59,8 +60,10 @@ def load_run(run_dir: str, at: str = "final") -> Dict:
         record = summary.get("final_all")
     else:
         step = (summary.get("best") or {}).get("step")
-        records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()] \
-            if (path / "metrics.jsonl").is_file() else []
+        try:  # a last line torn by a crash is dropped with a warning
+            records = read_jsonl(path / "metrics.jsonl") if (path / "metrics.jsonl").is_file() else []
+        except ValueError as e:
+            raise CompareError(str(e)) from None
         record = next((r for r in records if r.get("step") == step), None)
     if not isinstance(record, dict):
         raise CompareError(f"{path}: no {at} metrics in {'summary.json' if at == 'final' else 'metrics.jsonl'}")

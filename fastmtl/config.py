@@ -101,6 +101,9 @@ class Config(ModelKnobs):
     amp: str = "auto"  # auto: bf16 on CUDA, off on CPU
     channels_last: bool = False
     eval_every: Optional[int] = None  # steps between evaluations; None: once per epoch
+    # last.pt is also saved at each evaluation and on Ctrl-C (fastmtl/train.py)
+    checkpoint_every: Optional[int] = None  # steps between last.pt saves; None: by time only
+    checkpoint_minutes: float = 2.0  # save last.pt when this much training time has passed since the last save; 0: off
     quiet: bool = False
 
     def validate(self) -> "Config":
@@ -129,6 +132,10 @@ class Config(ModelKnobs):
             raise ConfigError(f"--max-steps must be > 0, got {self.max_steps}")
         if self.eval_every is not None and self.eval_every <= 0:
             raise ConfigError(f"--eval-every must be > 0, got {self.eval_every}")
+        if self.checkpoint_every is not None and self.checkpoint_every <= 0:
+            raise ConfigError(f"--checkpoint-every must be > 0, got {self.checkpoint_every}")
+        if not 0 <= self.checkpoint_minutes < float("inf"):
+            raise ConfigError(f"--checkpoint-minutes must be a number >= 0, got {self.checkpoint_minutes}")
         stride = self.output_stride
         h, w = self.size if self.size is not None else (stride, stride)
         if h <= 0 or w <= 0 or h % stride or w % stride:

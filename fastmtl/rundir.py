@@ -4,8 +4,10 @@ resume that leaves it as an uninterrupted run would.
 - :func:`run_dir_lock`: ``DIR/.lock`` created with ``O_CREAT | O_EXCL`` holding ``PID host``;
   removed on exit. A lock whose process is gone (same host, PID not alive: a SIGKILL) is stale
   and taken over.
-- :func:`prepare_new_run`: a directory that already holds a run is refused (naming ``--resume``
-  and ``--overwrite``) or, with ``overwrite``, cleared of that run's files.
+- :func:`check_new_run`: a directory that already holds a run is refused (naming ``--resume``
+  and ``--overwrite``, or only ``--overwrite`` when it has no checkpoint) or, with ``overwrite``,
+  its files are listed for :func:`remove_files`, called once every input of the new run is checked.
+- :func:`created_dirs` / :func:`remove_empty_dirs`: a failed run leaves no empty folder it created.
 - :func:`rewind`: on resume from the checkpoint of step ``S``, drop what the interrupted process
   wrote after ``S``: checkpoint temp files, ``metrics.jsonl`` lines with ``step > S`` and
   TensorBoard events with ``step > S`` (each event file rewritten), so no step appears twice.
@@ -22,6 +24,7 @@ from typing import Dict, Iterator, List, Tuple
 from .checkpoint import load_checkpoint
 from .restore import checkpoint_config
 from .config import Config, ConfigError, _flag
+from .jsonfiles import read_jsonl, write_text_atomic
 
 LOCK_NAME = ".lock"
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "last.pt", "best.pt")
@@ -86,21 +89,56 @@ def run_files(out: Path) -> List[Path]:
 
 
 def temp_files(out: Path) -> List[Path]:
-    """Checkpoint temp files (``.last.pt.XXXX.tmp``) a killed process left behind."""
-    return sorted(p for p in out.glob(".*.pt.*.tmp"))
+    """Temp files of atomic writes (``.last.pt.XXXX.tmp``, ``.summary.json.XXXX.tmp``) a killed process left behind."""
+    return sorted(p for p in out.glob(".*.tmp"))
 
 
-def prepare_new_run(out: Path, overwrite: bool) -> None:
-    """Refuse to start a run over another one, or (``overwrite``) delete the old run's files."""
+def _names(paths: List[Path], most: int = 3) -> str:
+    return ", ".join(p.name for p in paths[:most]) + (" ..." if len(paths) > most else "")
+
+
+def restart_command(out: Path) -> str:
+    """The command that starts the run in ``out`` over (from its config.json when it has one)."""
+    if (out / "config.json").is_file():
+        return f"fastmtl train --config {out / 'config.json'} --out {out} --overwrite"
+    return f"fastmtl train --out {out} --overwrite (and the run's flags)"
+
+
+def check_new_run(out: Path, overwrite: bool) -> List[Path]:
+    """Refuse to start a run over another one; with ``overwrite``, the old run's files (for
+    :func:`remove_files` once the new run's inputs are all checked)."""
     existing = run_files(out)
-    if not existing:
-        return
-    if not overwrite:
-        names = ", ".join(p.name for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
-        raise ConfigError(f"--out {out} already holds a run ({names}): continue it with --resume {out}, "
+    if existing and not overwrite:
+        if not (out / "last.pt").is_file():
+            raise ConfigError(f"--out {out} holds a run that has no checkpoint ({_names(existing)}), so there is "
+                              f"nothing to resume; start over with: {restart_command(out)}, or choose another --out")
+        raise ConfigError(f"--out {out} already holds a run ({_names(existing)}): continue it with --resume {out}, "
                           f"replace it with --overwrite, or choose another --out")
-    for p in existing:
-        p.unlink()
+    return existing
+
+
+def remove_files(paths: List[Path]) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
+
+
+def created_dirs(out: Path) -> List[Path]:
+    """The folders that creating ``out`` would create, deepest first."""
+    missing = []
+    for d in [out, *out.parents]:
+        if d.exists():
+            break
+        missing.append(d)
+    return missing
+
+
+def remove_empty_dirs(dirs: List[Path]) -> None:
+    """Remove each of ``dirs`` (deepest first) that exists and is empty."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:  # not empty (or already gone): keep it and its parents
+            return
 
 
 def rewind(out: Path, step: int) -> None:
@@ -109,9 +147,8 @@ def rewind(out: Path, step: int) -> None:
         p.unlink()
     metrics = out / "metrics.jsonl"
     if metrics.exists():
-        kept = [line for line in metrics.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        _replace_text(metrics, "".join(line + "\n" for line in kept))
+        kept = [r for r in read_jsonl(metrics) if r.get("step", 0) <= step]
+        write_text_atomic(metrics, "".join(json.dumps(r) + "\n" for r in kept))
     for events in sorted(p for p in out.iterdir() if p.name.startswith(EVENTS_PREFIX)):
         truncate_events(events, step)
 
@@ -136,12 +173,6 @@ def truncate_events(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def check_output_dir(out: Path) -> None:
     """Fail before any training time is spent if ``out`` cannot hold checkpoints."""
     try:
@@ -158,8 +189,12 @@ def resume_checkpoint(resume: str, overrides: Dict) -> Tuple[Dict, Config]:
     (only :data:`RESUME_OVERRIDES`; a new ``epochs`` replaces a ``max_steps`` limit)."""
     path = Path(resume) / "last.pt"
     if not path.is_file():
-        raise ConfigError(f"--resume {resume}: no checkpoint {path} to resume from"
-                          f"{' (a new run starts with --out ' + resume + ')' if Path(resume).is_dir() else ''}")
+        if not Path(resume).is_dir():
+            raise ConfigError(f"--resume {resume}: no such run directory")
+        files = run_files(Path(resume))
+        hint = (f"the run there stopped before it saved one (it holds {_names(files)}); start it over with: "
+                f"{restart_command(Path(resume))}" if files else f"a new run starts with --out {resume}")
+        raise ConfigError(f"--resume {resume}: no checkpoint {path} to resume from; {hint}")
     refused = sorted(set(overrides) - set(RESUME_OVERRIDES))
     if refused:
         raise ConfigError(f"--resume uses the run's own config; only {', '.join(map(_flag, RESUME_OVERRIDES))} "

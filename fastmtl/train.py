@@ -6,14 +6,16 @@ exact resume, TensorBoard, metrics.jsonl and summary.json. One run directory hol
     config.json     the configuration that ran (budget, device, amp and fused resolved)
     metrics.jsonl   one JSON line per evaluation
     summary.json    {"best", "final", "baselines", "images_per_second" (steady state), "warmup_seconds", ...}
-    last.pt         everything needed to resume (optimizer, scheduler, scaler, RNG)
+    last.pt         everything needed to resume (optimizer, scheduler, scaler, RNG); saved at every
+                    evaluation, every ``checkpoint_every`` steps / ``checkpoint_minutes`` of training, and on Ctrl-C
     best.pt         the best model by multitask score, without resume state (for eval/predict/export)
     events.*        TensorBoard (losses, metrics, LR, input / prediction / ground-truth images, depth histograms)
     .lock           while a process trains into the directory (see :mod:`fastmtl.rundir`)
 
 Exact resume: the data order and every augmentation are functions of (seed, epoch, sample
 index) (:class:`fastmtl.data.order.ResumableBatchSampler`), so a resumed run sees the same
-batches; model, optimizer, scheduler, scaler and RNG state come from ``last.pt``. Run-directory
+batches; model, optimizer, scheduler, scaler and RNG state come from ``last.pt`` (saved between two
+steps only: the first Ctrl-C asks the loop to stop after the current step and save). Run-directory
 policy (lock, no silent overwrite, rewind on resume) is :mod:`fastmtl.rundir`; device, budget and
 precision are :mod:`fastmtl.runtime`.
 """
@@ -23,9 +25,13 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -38,6 +44,7 @@ from .config import Config, ConfigError
 from .data.order import ResumableBatchSampler, SeededTransform
 from .errors import TrainingDiverged
 from .evaluate import evaluate_tasks
+from .jsonfiles import read_json, write_json_atomic, write_text_atomic
 from .losses import last_prediction
 from .rundir import check_output_dir
 from .runtime import Runtime, resolve_config, setup_runtime
@@ -84,7 +91,8 @@ class Run:
     """One training run: built from a config (new) or from a run directory (resume).
 
     The caller holds the run directory's lock (:func:`train`); building a Run writes nothing
-    except, for a new run with ``overwrite``, deleting the previous run's files.
+    except, for a new run with ``overwrite``, deleting the previous run's files, once every input
+    (data root, dataset, tasks, model) has been checked by building everything else.
     """
 
     def __init__(self, cfg: Optional[Config], resume: Optional[str] = None, overwrite: bool = False,
@@ -95,13 +103,14 @@ class Run:
         self.rt = setup_runtime(cfg)
         self.cfg = cfg = resolve_config(cfg, self.rt)
         self.out = Path(cfg.out)
-        if ckpt is None and self.rt.is_main:
-            rundir.prepare_new_run(self.out, overwrite)
+        replaced = rundir.check_new_run(self.out, overwrite) if ckpt is None and self.rt.is_main else []
         torch.manual_seed(cfg.seed)
 
         root = Path(cfg.data_root) if cfg.data_root else self._default_data_root()
         if not root.is_dir():
             raise ConfigError(f"--data-root {root}: no such directory")
+        if cfg.data_root:  # stored absolute: eval / predict / --resume may run from another folder
+            cfg.data_root = str(root.resolve())
         self.info, train_set, val_set = make_datasets(cfg, root)
         self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, root, train_set, val_set, self.rt)
         self.steps_per_epoch = len(self.sampler)
@@ -113,11 +122,15 @@ class Run:
         self.step, self.best, self.skipped_samples = 0, None, 0
         self.timing = {"wall_seconds": 0.0, "eval_seconds": 0.0, "warmup_seconds": 0.0, "warmup_steps": 0,
                        "warmup_images": 0, "steady_seconds": 0.0, "steady_images": 0}
+        self.saved_step: Optional[int] = None  # the step of the last.pt in self.out, None: none exists
         if ckpt is not None:
             self._restore(ckpt)
+            self.saved_step = self.step
             if self.rt.is_main:
                 rundir.rewind(self.out, self.step)
+        rundir.remove_files(replaced)  # every input is checked: the old run may go
         self.writer = None
+        self._stop_requested = False
 
     def _default_data_root(self) -> Path:
         """The built-in synthetic set in the user cache, generated once (by rank 0)."""
@@ -161,6 +174,53 @@ class Run:
         torch.set_rng_state(ckpt["rng"]["torch"])
         if "cuda" in ckpt["rng"] and self.rt.device.type == "cuda":
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.rt.device)
+
+    def _save_last(self, metrics: Optional[Dict] = None) -> None:
+        """Save ``last.pt`` (on rank 0) and restart the checkpoint clock."""
+        if self.rt.is_main:
+            self._tick()
+            save_atomic(self.checkpoint(metrics), self.out / "last.pt")
+        self.saved_step, self._saved_at = self.step, time.time()
+
+    def _checkpoint_due(self) -> bool:
+        """A ``last.pt`` save is due by steps (``checkpoint_every``) or time (``checkpoint_minutes``)."""
+        every, minutes = self.cfg.checkpoint_every, self.cfg.checkpoint_minutes
+        return bool((every and self.step % every == 0)
+                    or (minutes and time.time() - self._saved_at >= 60 * minutes))
+
+    def latest_checkpoint(self) -> str:
+        """Which checkpoint exists and the command that continues from it (or starts over)."""
+        if self.saved_step is not None and (self.out / "last.pt").is_file():
+            return (f"the last good checkpoint is {self.out / 'last.pt'} (step {self.saved_step}); "
+                    f"resume with: fastmtl train --resume {self.out}")
+        return f"no checkpoint exists (none was saved yet); start over with: {rundir.restart_command(self.out)}"
+
+    @contextmanager
+    def _first_sigint_stops(self) -> Iterator[None]:
+        """The first Ctrl-C (SIGINT) asks the loop to stop after the current step and save; a second
+        one interrupts at once. Only in the main thread (where Python delivers signals)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def request_stop(signum, frame):
+            self._stop_requested = True
+            signal.signal(signal.SIGINT, previous)
+            self.log("Ctrl-C: stopping after this step to save last.pt (Ctrl-C again stops at once, saving nothing)")
+
+        signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _interrupted(self) -> KeyboardInterrupt:
+        """Save ``last.pt`` of the current step (if not saved yet); the interruption saying so."""
+        if self.saved_step != self.step:
+            self._save_last()
+        return KeyboardInterrupt(f"saved {self.out / 'last.pt'} at step {self.step} of {self.total_steps}; "
+                                 f"resume with: fastmtl train --resume {self.out}")
 
     # -- logging ----------------------------------------------------------------------------
 
@@ -209,17 +269,42 @@ class Run:
 
         cfg, rt = self.cfg, self.rt
         if rt.is_main:
-            (self.out / "config.json").write_text(cfg.to_json())
-        eval_every = cfg.eval_every or self.steps_per_epoch
+            write_text_atomic(self.out / "config.json", cfg.to_json())
         bar = tqdm(total=self.total_steps, initial=self.step, disable=cfg.quiet or not rt.is_main,
                    desc="train", unit="step", dynamic_ncols=True)
+        self._wall_mark = self._saved_at = time.time()
+        try:
+            with self._first_sigint_stops():
+                last_metrics = self._loop(bar, stop_after)
+        except KeyboardInterrupt as e:
+            if e.args:  # _interrupted: saved, says so
+                raise
+            raise KeyboardInterrupt(f"nothing saved at step {self.step}; {self.latest_checkpoint()}") from None
+        finally:
+            bar.close()
+        self._tick()
+        summary = None
+        if rt.is_main and self.step >= self.total_steps:
+            summary = self._write_summary(last_metrics)
+        if self.writer is not None:
+            self.writer.close()
+        if rt.distributed:
+            dist.barrier()
+        return summary
+
+    def _loop(self, bar, stop_after: Optional[int]) -> Optional[Dict]:
+        """The steps to the end (or ``stop_after``); the last evaluation's metrics (None if none ran)."""
+        cfg, rt = self.cfg, self.rt
+        eval_every = cfg.eval_every or self.steps_per_epoch
         bad_steps, segment_steps, last_metrics = 0, 0, None
-        self._wall_mark = step_start = time.time()
+        step_start = time.time()
         self.model.train()
         while self.step < self.total_steps and (stop_after is None or self.step < stop_after):
             epoch, start_batch = divmod(self.step, self.steps_per_epoch)
             self.sampler.set_epoch(epoch, start_batch)
             for batch in self.train_loader:
+                if self._stop_requested:  # between two steps: everything is consistent
+                    raise self._interrupted()
                 self.skipped_samples += batch["skipped"]
                 # what --on-bad-sample skip left of the batch may be too small: ASPP's pooling BN needs 2
                 left = batch["rgb"].shape[0] if "rgb" in batch else 0
@@ -232,7 +317,7 @@ class Run:
                     self.log(f"step {self.step}: non-finite loss, step skipped ({bad_steps} in a row)")
                     if bad_steps >= MAX_BAD_STEPS:
                         raise TrainingDiverged(f"training diverged: {bad_steps} non-finite losses in a row at step "
-                                           f"{self.step}; the last good checkpoint is {self.out / 'last.pt'}")
+                                               f"{self.step}; {self.latest_checkpoint()}")
                     continue
                 bad_steps = 0
                 self.step += 1
@@ -257,18 +342,12 @@ class Run:
                 if self.step % eval_every == 0 or done:
                     last_metrics = self._evaluate_and_save(epoch)
                     step_start = time.time()
+                elif self._checkpoint_due():
+                    self._save_last()
+                    step_start = time.time()
                 if done:
                     break
-        bar.close()
-        self._tick()
-        summary = None
-        if rt.is_main and self.step >= self.total_steps:
-            summary = self._write_summary(last_metrics)
-        if self.writer is not None:
-            self.writer.close()
-        if rt.distributed:
-            dist.barrier()
-        return summary
+        return last_metrics
 
     def _time_step(self, segment_steps: int, seconds: float, images: int) -> None:
         """Account one step: the first :data:`WARMUP_STEPS` of a segment are warm-up (compilation)."""
@@ -307,8 +386,7 @@ class Run:
                 self.best = {**_headline(self.tasks, metrics), "step": self.step}
                 save_atomic(self.checkpoint(metrics, resume_state=False), self.out / "best.pt")
             self.timing["eval_seconds"] += time.time() - eval_started
-            self._tick()
-            save_atomic(self.checkpoint(metrics), self.out / "last.pt")
+        self._save_last(metrics)
         if self.rt.distributed:
             dist.barrier()
         return metrics
@@ -332,7 +410,7 @@ class Run:
             "weighting": {"method": self.cfg.weighting, "grads": self.cfg.weighting_grads,
                           "final_weights": self.parts.step.weights()},
         }
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json_atomic(self.out / "summary.json", summary)
         baselines = "; ".join(f"{name.replace('_', '-')} {_describe(self.tasks, values, score=False)}"
                               for name, values in summary["baselines"].items())
         self.log(f"final: {_describe(self.tasks, final_metrics)}  | baselines: {baselines}")
@@ -372,15 +450,34 @@ def train(cfg: Optional[Config], resume: Optional[str] = None, stop_after: Optio
     already complete changes nothing and returns its summary.
     """
     out = Path(resume if resume is not None else cfg.out)
+    created = rundir.created_dirs(out)
     check_output_dir(out)
-    with rundir.run_dir_lock(out, enabled=int(os.environ.get("RANK", "0")) == 0):
-        run = Run(cfg, resume, overwrite, resume_overrides)
-        try:
-            if resume is not None and run.step >= run.total_steps and (out / "summary.json").is_file():
-                run.log(f"the run in {out} is complete (step {run.step} of {run.total_steps}); nothing changed. "
-                        f"To train on, pass --resume {out} with a larger --max-steps or --epochs")
-                return json.loads((out / "summary.json").read_text()) if run.rt.is_main else None
-            return run.run(stop_after)
-        finally:
-            if run.rt.distributed and dist.is_initialized():
-                dist.destroy_process_group()
+    try:
+        with rundir.run_dir_lock(out, enabled=int(os.environ.get("RANK", "0")) == 0):
+            run = Run(cfg, resume, overwrite, resume_overrides)
+            try:
+                if resume is not None and run.step >= run.total_steps:
+                    summary = _finished_summary(out)
+                    if summary is not None:
+                        run.log(f"the run in {out} is complete (step {run.step} of {run.total_steps}); nothing "
+                                f"changed. To train on, pass --resume {out} with a larger --max-steps or --epochs")
+                        return summary if run.rt.is_main else None
+                return run.run(stop_after)
+            finally:
+                if run.rt.distributed and dist.is_initialized():
+                    dist.destroy_process_group()
+    except BaseException:
+        rundir.remove_empty_dirs(created)  # a failed run leaves no empty folder it created
+        raise
+
+
+def _finished_summary(out: Path) -> Optional[Dict]:
+    """The summary.json of a finished run; None when it is missing or torn (it is then written anew)."""
+    path = out / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path, "summary.json")
+    except ValueError as e:
+        warnings.warn(f"{e} It is written anew from the final checkpoint.")
+        return None

@@ -103,3 +103,24 @@ def test_single_task_runs_together_are_the_baseline(tmp_path, capsys):
         compare([str(run)], [str(seg), str(seg.parent / "seg")])
     with pytest.raises(CompareError, match="runs have different tasks: .*seg has semseg, .*run has semseg,depth"):
         compare([str(run)], [str(seg)])
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):
+    base = write_run(tmp_path / "base", BASE)
+    run = write_run(tmp_path / "run", BETTER)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "miou": 5')  # a crash while the line was appended
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl: dropped its last line 2, torn"):
+        report = compare([str(run)], str(base), at="best")
+    assert report["runs"][1]["metrics"]["miou"] == 55.0
+    (run / "metrics.jsonl").write_text('{"step": 1, "mi\n' + json.dumps({"step": 4, **BETTER}) + "\n")
+    with pytest.raises(CompareError, match=r"metrics\.jsonl: line 1 is not valid JSON"):
+        compare([str(run)], str(base), at="best")
+
+
+def test_an_empty_summary_is_an_error_naming_the_file(tmp_path):
+    base = write_run(tmp_path / "base", BASE)
+    run = write_run(tmp_path / "run", BETTER)
+    (run / "summary.json").write_text("")
+    with pytest.raises(CompareError, match=rf"{run / 'summary.json'}: not valid JSON"):
+        compare([str(run)], str(base))

@@ -251,3 +251,35 @@ def test_bad_sample_skip_policy_trains_and_counts(data_with_a_broken_image, tmp_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["skipped_train_samples"] >= 1
     assert summary["final"]["step"] == 4
+
+
+def test_divergence_before_the_first_checkpoint_says_none_exists(tiny_data, tmp_path, monkeypatch):
+    import fastmtl.step as step_mod
+
+    real_forward = step_mod.MultiTaskLoss.forward
+
+    def poisoned(self, *args):
+        total, parts = real_forward(self, *args)
+        return total * float("nan"), parts
+
+    monkeypatch.setattr(step_mod.MultiTaskLoss, "forward", poisoned)
+    out = tmp_path / "run"
+    cfg = Config(model="joint", encoder="resnet18", dilation=(False, False, True), data_root=str(tiny_data),
+                 size=(32, 32), batch_size=2, workers=0, max_steps=40, eval_every=20, quiet=True, out=str(out),
+                 device="cpu")
+    with pytest.raises(RuntimeError, match=r"at step 0; no checkpoint exists .*--overwrite") as e:
+        train(cfg)
+    assert "last good checkpoint" not in str(e.value) and not (out / "last.pt").exists()
+
+
+def test_non_finite_predictions_are_left_out_of_tensorboard(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from fastmtl.tasks.depth import DepthNormalizer, DepthTask
+
+    task = DepthTask(DepthNormalizer.from_stats("log", {"log_mean": 1.0, "log_std": 0.5}), (0.5, 80.0))
+    target = torch.rand(2, 1, 8, 8) * 10 + 1
+    with SummaryWriter(str(tmp_path)) as writer:
+        for raw in (torch.full((2, 1, 8, 8), float("nan")), torch.tensor([1.0, float("inf")]).repeat(64).view(2, 1, 8, 8)):
+            with pytest.warns(UserWarning, match="depth/pred_normalized at step 3: .* NaN or inf"):
+                task.log_images(writer, task.decode(raw), raw, target, 3)

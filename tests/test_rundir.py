@@ -1,7 +1,9 @@
 """Run directories: one writer, no silent overwrite, finished runs stay finished, resume rewinds
 what a killed process wrote, best.pt is small, config.json says what ran."""
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from fastmtl.cli import main
 from fastmtl.config import Config, ConfigError
 from fastmtl.rundir import LOCK_NAME
 from fastmtl.runtime import CPU_BUDGET_STEPS, Runtime, resolve_config
-from fastmtl.train import train
+from fastmtl.train import Run, train
 
 import tiny_runs  # tests/ helper
 
@@ -129,6 +131,117 @@ def test_resume_without_a_checkpoint_names_the_flag(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"--resume {tmp_path}: no checkpoint {tmp_path / 'last.pt'}" in err
+
+
+def test_a_run_without_a_checkpoint_gives_the_command_that_works(tmp_path, capsys):
+    run = tmp_path / "run"  # a run stopped before its first save
+    run.mkdir()
+    (run / "config.json").write_text(Config(out=str(run)).to_json())
+    restart = f"fastmtl train --config {run / 'config.json'} --out {run} --overwrite"
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "stopped before it saved one" in err and restart in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "--out", str(run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {run} holds a run that has no checkpoint" in err and restart in err and "--resume" not in err
+    assert main(["eval", "--checkpoint", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "no best.pt or last.pt: the run there has not finished" in err and "config.json" in err
+
+
+@pytest.mark.parametrize("bad", [{"data_root": "missing"}, {"data_root": "empty"}, {"batch_size": 64},
+                                 {"pretrained": "/nonexistent/weights.pth"}])
+def test_overwrite_keeps_the_old_run_until_the_new_one_is_checked(finished_run, tiny_data, tmp_path, bad):
+    out, _ = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = snapshot(copy)
+    (tmp_path / "empty").mkdir()
+    root = tmp_path / bad.pop("data_root") if "data_root" in bad else tiny_data
+    with pytest.raises((ValueError, OSError)):  # what the CLI reports as one line
+        train(tiny_config(root, copy, **bad), overwrite=True)
+    assert snapshot(copy) == before
+
+
+def test_a_failed_train_leaves_no_empty_folder_it_created(tmp_path, capsys):
+    out = tmp_path / "new" / "run"
+    assert main(["train", "--data-root", str(tmp_path / "missing"), "--out", str(out), "--device", "cpu"]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, out, max_steps=4), stop_after=2)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "miou": 1')  # killed while appending
+    with pytest.warns(UserWarning, match="dropped its last line 2, torn"):
+        train(None, resume=str(out))
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [2, 4]
+
+
+def test_a_torn_summary_of_a_finished_run_is_written_anew(finished_run, tmp_path):
+    out, summary = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "summary.json").write_text("")
+    with pytest.warns(UserWarning, match=r"summary\.json: summary\.json is empty"):
+        again = train(None, resume=str(copy))
+    assert json.loads((copy / "summary.json").read_text()) == again
+    assert again["final"] == summary["final"]
+
+
+def test_a_relative_data_root_is_stored_absolute(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_data.parent)
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data.name, out, max_steps=1, eval_every=1))
+    assert json.loads((out / "config.json").read_text())["data_root"] == str(tiny_data.resolve())
+    assert load_checkpoint(out / "last.pt")["config"]["data_root"] == str(tiny_data.resolve())
+
+
+def test_last_pt_by_steps_without_an_evaluation(tiny_data, tmp_path, monkeypatch):
+    real_step, calls = Run.train_step, {"n": 0}
+
+    def crash_at_step_3(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("the machine fell over")
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Run, "train_step", crash_at_step_3)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="fell over"):
+        train(tiny_config(tiny_data, out, max_steps=6, eval_every=100, checkpoint_every=2))
+    assert load_checkpoint(out / "last.pt")["step"] == 2
+    assert not (out / "metrics.jsonl").exists() and not (out / "best.pt").exists()
+    with pytest.warns(UserWarning, match="no best.pt"):
+        assert load_checkpoint(out)["step"] == 2
+
+
+def test_ctrl_c_saves_last_pt_and_the_resume_is_exact(tiny_data, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    train(tiny_config(tiny_data, straight, max_steps=5, eval_every=100))
+    real_step, calls = Run.train_step, {"n": 0}
+
+    def ctrl_c_in_step_3(self, batch):
+        calls["n"] += 1
+        result = real_step(self, batch)
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(Run, "train_step", ctrl_c_in_step_3)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt, match=rf"saved {out / 'last.pt'} at step 3 of 5; resume with: "
+                                               rf"fastmtl train --resume {out}"):
+        train(tiny_config(tiny_data, out, max_steps=5, eval_every=100))
+    assert load_checkpoint(out / "last.pt")["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.setattr(Run, "train_step", real_step)
+    train(None, resume=str(out))
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(out / "last.pt")
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
 
 
 def test_resume_after_a_lost_segment_leaves_the_directory_as_an_uninterrupted_run(tiny_data, tmp_path):

@@ -1,16 +1,25 @@
 """The ``fastmtl`` command: one table of subcommands (:data:`COMMANDS`), each a module of this package
 with its ``HELP``, ``add_arguments(parser)`` and ``run(args)``; :func:`main` parses and runs one and turns
 the errors a user can fix into a one-line message.
+
+Exit codes: 0 success; 2 an error the user can fix (one line: a bad flag, file or path, a diverged
+run); 3 an unexpected error (one line naming the command and the error; the full traceback is in
+the log file the line names: the run directory of ``train`` when it exists, else
+``fastmtl.paths.cache_root() / "logs"``); 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
+import traceback
+from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from .. import __version__
 from ..errors import TrainingDiverged
+from ..paths import cache_root
 from . import bench, compare, data, doctor, evaluate, export, gate, predict, profile, sweep, traffic, train
 
 # The modules the commands import inside their ``run`` only to keep start-up fast (``fastmtl --help``,
@@ -40,6 +49,11 @@ COMMANDS: Dict[str, Command] = {
 }
 
 
+# the flags naming a command's run directory, where its crash log goes (when the directory exists)
+RUN_DIR_FLAGS: Dict[str, Tuple[str, ...]] = {"train": ("resume", "out")}
+EXIT_USER_ERROR, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 2, 3, 130
+
+
 def build_parser(commands: Mapping[str, Command] = COMMANDS) -> argparse.ArgumentParser:
     """The ``fastmtl`` parser: one subcommand per entry of ``commands``."""
     parser = argparse.ArgumentParser(prog="fastmtl", description="Multi-task dense prediction with fused Triton kernels.")
@@ -63,7 +77,40 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except (ValueError, OSError, TrainingDiverged) as e:  # ConfigError, bad files, paths, a diverged run
         print(f"fastmtl {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"fastmtl {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt as e:  # train's says what it saved and how to resume
+        print(f"fastmtl {args.command}: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # the last line of defence: anything else is a bug or an unforeseen failure
+        where = write_crash_log(args, sys.argv[1:] if argv is None else argv)
+        print(f"fastmtl {args.command}: unexpected error: {type(e).__name__}: {_one_line(e)} ({where})",
+              file=sys.stderr)
+        return EXIT_UNEXPECTED
+
+
+def _one_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message, at most 300 characters."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:300] if lines else "(no message)"
+
+
+def crash_log_dirs(args: argparse.Namespace) -> List[Path]:
+    """Where a crash log of ``args.command`` may go, best first: its run directory (if it exists),
+    then ``cache_root() / "logs"``."""
+    dirs = [Path(v) for v in (getattr(args, f, None) for f in RUN_DIR_FLAGS.get(args.command, ())) if v]
+    return [d for d in dirs if d.is_dir()][:1] + [cache_root() / "logs"]
+
+
+def write_crash_log(args: argparse.Namespace, argv: List[str]) -> str:
+    """Write the traceback of the exception being handled to a log file; say where (or why not)."""
+    name = f"crash-{args.command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    text = f"fastmtl {' '.join(argv)}\n\n{traceback.format_exc()}"
+    reasons = []
+    for folder in crash_log_dirs(args):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+            return f"traceback in {folder / name}; please report it"
+        except OSError as e:
+            reasons.append(f"{folder}: {e.strerror or e}")
+    return f"the traceback could not be written: {'; '.join(reasons)}"

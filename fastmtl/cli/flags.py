@@ -203,6 +203,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", default=SUPPRESS, help="auto | bf16 | fp16 | off (default auto: bf16 on CUDA, off on CPU)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=SUPPRESS, help="channels_last memory format")
     g.add_argument("--eval-every", type=int, default=SUPPRESS, metavar="STEPS", help="evaluate every N steps (default: every epoch)")
+    g.add_argument("--checkpoint-every", type=int, default=SUPPRESS, metavar="STEPS",
+                   help="also save last.pt every N steps (default: by time, --checkpoint-minutes)")
+    g.add_argument("--checkpoint-minutes", type=float, default=SUPPRESS, metavar="M",
+                   help=f"save last.pt after M minutes of training since the last save; 0: off (default "
+                        f"{d.checkpoint_minutes}; last.pt is also saved at every evaluation and on Ctrl-C)")
     g.add_argument("--quiet", action="store_true", default=SUPPRESS, help="log lines instead of a progress bar")
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR exactly (its config is used; a larger --max-steps or --epochs "

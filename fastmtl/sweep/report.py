@@ -14,10 +14,12 @@ import csv
 import json
 import math
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from fastmtl.config import Config
+from fastmtl.jsonfiles import read_json
 from fastmtl.models import build_model
 from fastmtl.perf.profile import count_macs, count_params
 from fastmtl.sweep.runner import Sweep
@@ -37,7 +39,11 @@ def collect(sweep: Sweep) -> Dict[str, Any]:
         for p in runs:
             if p.state() != "done":
                 continue
-            s = json.loads((p.run_dir / "summary.json").read_text())
+            try:
+                s = read_json(p.run_dir / "summary.json", "summary.json")
+            except ValueError as e:  # torn by a crash: the point counts as not done
+                warnings.warn(f"{e} Point {p.run_dir.name} is left out of the report.")
+                continue
             metrics = {k: v for k, v in s["final_all"].items() if isinstance(v, (int, float))}
             metrics["images_per_second"] = s["images_per_second"]
             per_class = s["final_all"].get("iou_per_class", {})

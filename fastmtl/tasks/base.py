@@ -19,6 +19,7 @@ height and width first.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -30,6 +31,19 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 
 DEFAULT_WEIGHT = 0.5  # a task's fixed loss weight without --task-weight
+
+
+def add_finite_histogram(writer, tag: str, values: torch.Tensor, step: int) -> None:
+    """A TensorBoard histogram of the finite ``values`` (any shape); non-finite ones are left out with
+    a warning (all of them: no histogram), as TensorBoard refuses them ("The histogram is empty")."""
+    values = values.detach().float().flatten().cpu()
+    finite = values[torch.isfinite(values)]
+    if finite.numel() < values.numel():
+        warnings.warn(f"TensorBoard histogram {tag} at step {step}: {values.numel() - finite.numel()} of "
+                      f"{values.numel()} values are NaN or inf and left out"
+                      f"{'; nothing to draw, skipped' if not finite.numel() else ''}")
+    if finite.numel():
+        writer.add_histogram(tag, finite, step)
 
 
 @dataclass(frozen=True)
@@ -198,6 +212,8 @@ class Task:
                    step: int) -> None:
         """TensorBoard pictures (``val/{name}_pred``, ``val/{name}_gt``) of the first validation batch:
         ``decoded``/``raw`` predictions of its first few images, ``target`` of the whole batch (CPU)."""
+        if decoded.is_floating_point():  # a diverging model's NaN / inf must not end the run here
+            decoded = decoded.nan_to_num(0.0, 0.0, 0.0)
         pred = np.stack([self.picture(self.to_array(d)) for d in decoded])
         writer.add_images(f"val/{self.name}_pred", pred, step, dataformats="NHWC")
         gt = np.stack([self.target_picture(t) for t in target[:len(decoded)]])

@@ -32,7 +32,7 @@ import torch
 from ..kernels.silog import silog
 from ..losses import per_image_masked_mean
 from ..nn.losses import SILogLoss
-from .base import Task, TaskOption
+from .base import Task, TaskOption, add_finite_histogram
 
 DEPTH_LOSSES = ("l1", "l2", "silog")
 DEPTH_MODES = ("linear", "log")
@@ -297,8 +297,8 @@ class DepthTask(Task):
         writer.add_images("val/depth_pred", self._near_is_bright(decoded), step)
         valid = torch.isfinite(target) & (target > 0)
         writer.add_images("val/depth_gt", self._near_is_bright(target[:n].where(valid[:n], torch.nan)), step)
-        writer.add_histogram("depth/target_normalized", self.normalizer.normalize(target[valid]), step)
-        writer.add_histogram("depth/pred_normalized", raw.float().flatten().cpu(), step)
+        add_finite_histogram(writer, "depth/target_normalized", self.normalizer.normalize(target[valid]), step)
+        add_finite_histogram(writer, "depth/pred_normalized", raw, step)
 
     def target_picture(self, target: torch.Tensor) -> np.ndarray:
         return depth_colormap(target[0].numpy(), self.depth_range)
