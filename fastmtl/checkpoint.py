@@ -12,41 +12,29 @@ A checkpoint is a dict of tensors and plain Python data only::
 """
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Union
 
 import torch
 
+from .files import write_atomic
+
 FORMAT = "fastmtl-checkpoint"
 VERSION = 2  # 2: config has dilation_style (version 1 models dilated the torchvision way)
 
 
 def save_atomic(obj: Any, path: Union[str, Path]) -> None:
-    """``torch.save`` to ``path`` so that a crash at any moment leaves either the old file or the new one."""
+    """``torch.save`` to ``path`` so that a crash at any moment leaves either the old file or the new
+    one (:func:`fastmtl.files.write_atomic`); a failed write is one OSError naming the file and the
+    free space."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a short write (full disk) as RuntimeError
-            raise OSError(f"could not write checkpoint {path}: {_first_line(e)} "
-                          f"({_free_space(path.parent)}; the previous {path.name}, if any, is intact)") from e
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        write_atomic(path, lambda f: torch.save(obj, f), binary=True)
+    except (OSError, RuntimeError) as e:  # torch.save reports a short write (full disk) as RuntimeError
+        raise OSError(f"could not write checkpoint {path}: {_first_line(e)} "
+                      f"({_free_space(path.parent)}; the previous {path.name}, if any, is intact)") from e
 
 
 def _message_lines(error: Exception) -> list:

@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .jsonfiles import read_jsonl
+from .files import read_jsonl
 from .tasks import DEFAULT_TASKS, get
 
 AT = ("final", "best")

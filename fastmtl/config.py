@@ -20,7 +20,7 @@ from .data import KINDS
 from .data.bad_samples import ON_BAD_SAMPLE
 from .errors import ConfigError  # re-exported: the CLI, the trainer and the sweeps raise it from here
 from .fields import check_value, field_types
-from .jsonfile import loads_object
+from .files import loads_object
 from .models import ModelKnobs
 from .optim import OPTIMIZERS
 from .weighting import GRAD_MODES, METHODS, NAMES as WEIGHTING_NAMES, build as build_weighting

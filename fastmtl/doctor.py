@@ -11,7 +11,9 @@ a section whose dict has ``"ok": False`` makes the command exit 1. Sections:
   channels_last, on the CUDA device (or on the CPU through the interpreter when
   ``TRITON_INTERPRET=1``; else skipped): per check ``ok``, ``fallback`` (with the error) or
   ``skipped`` (with the reason). It runs whatever ``FASTMTL_SELFCHECK`` says;
-* ``gate``: the compile gate's verdict (:func:`gate_section`) for this GPU's target (sm_90 off GPU).
+* ``gate`` (only with ``gate=True``, ``fastmtl doctor --gate``): the compile gate's verdict
+  (:func:`gate_section`) for this GPU's target (sm_90 off GPU). Off by default: on a cold cache it
+  compiles every kernel specialisation, which takes minutes (:data:`GATE_COLD_NOTE`).
 
 To add a section write a function returning a dict and append ``(name, function)`` to
 :data:`SECTIONS`; the text output prints any section's scalar fields, :data:`FORMATTERS` may
@@ -32,6 +34,8 @@ from .perf.aot.archs import ARCHS
 from .perf.aot.gate import run_gate
 
 DTYPES = (torch.bfloat16, torch.float32)
+GATE_COLD_NOTE = ("compiles every kernel specialisation for this GPU's target: on a cold cache about 5 to 20 "
+                  "minutes on 2 CPU cores (progress on stderr), then cached (seconds)")
 
 
 def device_section() -> Dict:
@@ -100,7 +104,7 @@ def ops_section() -> Dict:
             "ok": not fallbacks, "fallback_ops": fallbacks, "checks": rows}
 
 
-def gate_section() -> Dict:
+def gate_section(progress: bool = False) -> Dict:
     """The compile gate (:mod:`fastmtl.perf.aot.gate`) for this GPU's target (sm_90 without a GPU, or
     for a GPU the gate has no target for): every specialisation the fused ops launch at the
     bench's ``full`` shapes compiles, without spills. Results are cached (``$FASTMTL_CACHE/aot``)."""
@@ -111,7 +115,7 @@ def gate_section() -> Dict:
         major, minor = torch.cuda.get_device_capability()
         cc = major * 10 + minor if major * 10 + minor in ARCHS else cc
     try:
-        report = run_gate(archs=(cc,), workers=max(1, min(8, os.cpu_count() or 1)))
+        report = run_gate(archs=(cc,), workers=max(1, min(8, os.cpu_count() or 1)), progress=progress)
     except Exception as e:  # a launcher that fails while its launches are captured is a finding
         return {"ok": False, "arch": ARCHS[cc].name, "error": f"{type(e).__name__}: {e}"}
     return {"ok": report["ok"], "arch": ARCHS[cc].name, "specialisations": len(report["rows"]),
@@ -128,13 +132,18 @@ SECTIONS: List[Tuple[str, Callable[[], Dict]]] = [
 ]
 
 
-def collect() -> Dict:
-    """The whole report: ``{"schema", "date", "ok", <section name>: <section dict>, ...}``."""
+def collect(gate: bool = False, progress: bool = False) -> Dict:
+    """The whole report: ``{"schema", "date", "ok", <section name>: <section dict>, ...}``; the ``gate``
+    section runs only with ``gate`` (``progress``: the compiler's progress bar on stderr)."""
     report: Dict = {"schema": "fastmtl-doctor/1",
                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     for name, section in SECTIONS:
+        if name == "gate":
+            report[name] = section(progress) if gate else {"ok": None, "skipped": f"run fastmtl doctor --gate: it "
+                                                                                 f"{GATE_COLD_NOTE}"}
+            continue
         report[name] = section()
-    report["ok"] = all(report[name].get("ok", True) for name, _ in SECTIONS)
+    report["ok"] = all(report[name].get("ok", True) is not False for name, _ in SECTIONS)
     return report
 
 

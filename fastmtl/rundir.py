@@ -24,7 +24,7 @@ from typing import Dict, Iterator, List, Tuple
 from .checkpoint import load_checkpoint
 from .restore import checkpoint_config
 from .config import Config, ConfigError, _flag
-from .jsonfiles import read_jsonl, write_text_atomic
+from .files import read_jsonl, write_text_atomic
 
 LOCK_NAME = ".lock"
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "last.pt", "best.pt")

@@ -44,7 +44,7 @@ from .config import Config, ConfigError
 from .data.order import ResumableBatchSampler, SeededTransform
 from .errors import TrainingDiverged
 from .evaluate import evaluate_tasks
-from .jsonfiles import read_json, write_json_atomic, write_text_atomic
+from .files import read_json, write_json_atomic, write_text_atomic
 from .losses import last_prediction
 from .rundir import check_output_dir
 from .runtime import Runtime, resolve_config, setup_runtime

@@ -12,7 +12,7 @@ from fastmtl.config import Config, ConfigError
 from fastmtl.data.cityscapes import read_camera
 from fastmtl.data.bad_samples import BadSampleError
 from fastmtl.data.folder import read_meta
-from fastmtl.jsonfile import MAX_DEPTH, nesting_depth
+from fastmtl.files import MAX_DEPTH, nesting_depth
 from fastmtl.models import ModelKnobs
 from fastmtl.sweep.builtin import builtin_sweep
 from fastmtl.sweep.report import markdown_table, plot_ladder

@@ -17,13 +17,13 @@ def _fresh_verdicts():
     selfcheck.reset()
 
 
-def _doctor_json(capsys):
-    rc = main(["doctor", "--json"])
+def _doctor_json(capsys, *flags):
+    rc = main(["doctor", "--json", *flags])
     return rc, json.loads(capsys.readouterr().out)
 
 
 def test_json_report_runs_every_check_under_the_interpreter(triton_mode, capsys):
-    rc, report = _doctor_json(capsys)
+    rc, report = _doctor_json(capsys, "--gate")
     assert rc == 0 and report["ok"] and report["schema"] == "fastmtl-doctor/1"
     assert report["versions"]["torch"] == torch.__version__
     assert report["kernels"]["FASTMTL_KERNELS"] == "triton" and report["kernels"]["TRITON_INTERPRET"] is True
@@ -49,8 +49,8 @@ def test_a_failing_compile_gate_exits_1(triton_mode, monkeypatch, capsys):
         report["rows"][0].update(ok=False, error="forced compiler error")
         return dict(report, ok=False, errors=1)
 
-    monkeypatch.setattr(gate, "run_gate", one_error)
-    rc, report = _doctor_json(capsys)
+    monkeypatch.setattr(doctor, "run_gate", one_error)
+    rc, report = _doctor_json(capsys, "--gate")
     assert rc == 1 and not report["ok"] and report["gate"]["ok"] is False and report["gate"]["errors"] == 1
     assert report["ops"]["ok"]
 
@@ -68,10 +68,22 @@ def test_a_failing_kernel_is_reported_and_exits_1(triton_mode, monkeypatch, caps
         else:
             assert c["status"] == "ok"
     selfcheck.reset()
-    assert main(["doctor"]) == 1
+    assert main(["doctor", "--gate"]) == 1
     text = capsys.readouterr().out
     # the gate captures the launches of the same broken launcher: a finding too
     assert "FALLBACK: sigmoid_gate" in text and "verdict: NOT OK (ops, gate)" in text
+
+
+def test_the_gate_runs_only_when_asked(monkeypatch, capsys):
+    def no_gate(*args, **kwargs):
+        raise AssertionError("the gate ran without --gate")
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(doctor, "run_gate", no_gate)
+    rc, report = _doctor_json(capsys)
+    assert rc == 0 and report["gate"]["ok"] is None and "fastmtl doctor --gate" in report["gate"]["skipped"]
+    assert main(["doctor"]) == 0
+    assert "minutes" in capsys.readouterr().out
 
 
 def test_without_cuda_or_interpreter_the_checks_are_skipped(monkeypatch, capsys):

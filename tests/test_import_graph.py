@@ -20,7 +20,7 @@ PACKAGE = Path(fastmtl.__file__).parent
 
 # lowest first; a name stands for the module and everything below it
 LAYERS: Tuple[Tuple[str, ...], ...] = (
-    ("fastmtl", "fastmtl.errors", "fastmtl.paths", "fastmtl.checkpoint", "fastmtl.jsonfiles"),
+    ("fastmtl", "fastmtl.errors", "fastmtl.paths", "fastmtl.files", "fastmtl.fields", "fastmtl.checkpoint"),
     ("fastmtl.kernels",),
     ("fastmtl.layers", "fastmtl.nn"),
     ("fastmtl.models", "fastmtl.data", "fastmtl.weighting"),

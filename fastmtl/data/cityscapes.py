@@ -37,7 +37,7 @@ import torch
 
 from .bad_samples import BadSampleDataset, BadSampleError, check_policy
 from .classes import CLASS_COLORS, CLASS_NAMES, IGNORE_INDEX
-from ..jsonfile import loads_object
+from ..files import loads_object
 from .images import decode_image, read_labels, read_rgb
 from .info import DatasetInfo, split_depth_stats
 from .listing import Layout, check_split_name, complete_indices, inside

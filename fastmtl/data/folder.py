@@ -56,7 +56,7 @@ from .bad_samples import (
     collate_skip_bad,
 )
 from .classes import CLASS_COLORS, CLASS_NAMES, IGNORE_INDEX
-from ..jsonfile import loads_object
+from ..files import loads_object
 from .images import decode_image, read_labels, read_rgb
 from .info import DatasetInfo
 from .listing import Layout, check_split_name, complete_indices, inside, list_split

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from fastmtl.config import Config
-from fastmtl.jsonfiles import read_json
+from fastmtl.files import read_json
 from fastmtl.models import build_model
 from fastmtl.perf.profile import count_macs, count_params
 from fastmtl.sweep.runner import Sweep

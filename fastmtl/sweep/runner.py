@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from fastmtl import rundir
 from fastmtl.config import Config, ConfigError, accepted_fields, format_dilation
-from fastmtl.jsonfile import MAX_DEPTH, check_depth, loads_object, value_depth
+from fastmtl.files import MAX_DEPTH, check_depth, loads_object, value_depth
 
 SWEEP_FILE = "sweep.json"
 TOGGLES = ("aspp", "skip", "se", "compile", "fused", "channels_last")  # --x / --no-x flags
