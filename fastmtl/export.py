@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -109,3 +109,18 @@ def _write(model: DeployModel, h: int, w: int, path: Path, fmt: str) -> None:
             torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
                               input_names=INPUT_NAMES, output_names=model.output_names,
                               dynamic_axes={name: dict(axes) for name in INPUT_NAMES + model.output_names})
+            _declare_channels(path, {t.name: t.channels for t in model.tasks})
+
+
+def _declare_channels(path: Path, channels: Dict[str, int]) -> None:
+    """Give each output of the ONNX file at ``path`` its static channel count: the TorchScript-based
+    exporter's shape inference can name the class axes of different tasks with one shared symbol,
+    which would declare them equal and variable."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    for output in graph.graph.output:
+        dim = output.type.tensor_type.shape.dim[1]
+        dim.ClearField("dim_param")
+        dim.dim_value = channels[output.name]
+    onnx.save(graph, str(path))

@@ -314,9 +314,10 @@ class Run:
                 loss, parts = self.train_step(batch)
                 if math.isnan(loss):
                     bad_steps += 1
-                    self.log(f"step {self.step}: non-finite loss, step skipped ({bad_steps} in a row)")
+                    self.log(f"step {self.step}: non-finite loss, task weight or gradient, step skipped "
+                             f"({bad_steps} in a row)")
                     if bad_steps >= MAX_BAD_STEPS:
-                        raise TrainingDiverged(f"training diverged: {bad_steps} non-finite losses in a row at step "
+                        raise TrainingDiverged(f"training diverged: {bad_steps} non-finite steps in a row at step "
                                                f"{self.step}; {self.latest_checkpoint()}")
                     continue
                 bad_steps = 0

@@ -201,11 +201,28 @@ def test_cli_bench_table_names_what_was_not_timed(capsys):
     (["--ops", "conv"], "--ops: unknown value 'conv'"),
     (["--modes", "sideways"], "--modes: unknown value"),
     (["--impls", "cuda_graph"], "--impls: unknown value"),
-    (["--size", "huge"], "--size must be one of small, full"),
+    (["--size", "huge"], "--size must be one of tiny, small, full"),
 ])
 def test_cli_bench_rejects_bad_values(capsys, argv, message):
     assert main(["bench", "--device", "cpu", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_rows_above_the_copy_bandwidth_are_flagged(capsys):
+    assert main(["bench", "--json", "--ops", "silog", "--modes", "forward", "--impls", "eager", "--size", "tiny",
+                 "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (row,) = [r for r in report["rows"] if r["ms"] is not None]
+    row["copy_fraction"] = 0.5
+    assert "WARNING" not in op_report.format_report(report)
+    row["copy_fraction"] = 1.5
+    assert "WARNING: 1 rows above 100 % of the copy bandwidth" in op_report.format_report(report)
+
+
+def test_cli_bench_rejects_a_step_count_below_one(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--models", "default", "--steps", "0"])
+    assert "--steps: must be >= 1" in capsys.readouterr().err
 
 
 def test_a_failing_row_is_reported_and_the_run_goes_on(monkeypatch):

@@ -15,8 +15,8 @@ from fastmtl.data.folder import read_meta
 from fastmtl.files import MAX_DEPTH, nesting_depth
 from fastmtl.models import ModelKnobs
 from fastmtl.sweep.builtin import builtin_sweep
-from fastmtl.sweep.report import markdown_table, plot_ladder
-from fastmtl.sweep.runner import _headline, build_sweep, open_sweep, read_sweep_file
+from fastmtl.sweep.report import collect, markdown_table, plot_ladder
+from fastmtl.sweep.runner import _headline, _read_summary, build_sweep, open_sweep, read_sweep_file
 
 DEEP = "[" * 100_000 + "]" * 100_000  # a RecursionError in json.loads
 
@@ -176,3 +176,21 @@ def test_deep_camera_json_is_a_bad_sample(tmp_path):
     path.write_text("[1]")
     with pytest.raises(BadSampleError, match="top level must be a JSON object"):
         read_camera(path, 0)
+
+
+def test_a_torn_summary_leaves_the_point_out_with_a_warning(tmp_path):
+    sweep = build_sweep({"variants": [{"name": "a", "set": {"model": "joint"}}], "seeds": [0]}, tmp_path / "s", "test")
+    (point,) = sweep.points
+    point.run_dir.mkdir(parents=True)
+    (point.run_dir / "summary.json").write_text('{"final": {"miou": 4')  # a crash mid-write
+    with pytest.warns(UserWarning, match="summary.json.*left out of the report"):
+        results = collect(sweep)
+    assert results["points"] == [] and "metrics" not in results["variants"][0]
+    with pytest.warns(UserWarning, match="summary.json"):
+        assert _read_summary(point) is None
+
+
+def test_a_deep_sweep_set_value_is_refused_naming_the_flag(tmp_path, capsys):
+    deep = "[" * 200 + "]" * 200
+    rc = main(["sweep", "report-ladder", "--out", str(tmp_path / "s"), "--print-commands", "--set", f"tasks={deep}"])
+    assert rc == 2 and f"--set tasks: nested more than {MAX_DEPTH} levels deep" in capsys.readouterr().err

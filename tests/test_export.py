@@ -42,6 +42,9 @@ def test_onnx_equals_eager_in_onnxruntime(run_dir, tmp_path, capsys):
     graph = onnx.load(str(path))
     assert graph.opset_import[0].version == 17
     assert [i.name for i in graph.graph.input] == ["rgb"] and [o.name for o in graph.graph.output] == ["semseg", "depth"]
+    # only batch, height and width are dynamic: each task's channel axis is declared with its size
+    declared = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.graph.output}
+    assert declared == {"semseg": ["batch", 19, "height", "width"], "depth": ["batch", 1, "height", "width"]}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for n, h, w in INPUTS:
         x = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(h))

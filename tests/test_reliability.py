@@ -223,7 +223,7 @@ def test_non_finite_loss_skips_steps_then_stops_keeping_the_last_good_checkpoint
     cfg = Config(model="joint", encoder="resnet18", dilation=(False, False, True), data_root=str(tiny_data),
                  size=(32, 32), batch_size=2, workers=0, max_steps=40, eval_every=2, quiet=True, out=str(out),
                  device="cpu")
-    with pytest.raises(RuntimeError, match=r"diverged: 10 non-finite losses in a row at step 2.*last\.pt"):
+    with pytest.raises(RuntimeError, match=r"diverged: 10 non-finite steps in a row at step 2.*last\.pt"):
         train(cfg)
     good = load_checkpoint(out / "last.pt")
     assert good["step"] == 2

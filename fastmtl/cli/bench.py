@@ -7,6 +7,7 @@ import sys
 
 from ..models import MODEL_NAMES
 from ..runtime import resolve_device
+from .flags import count_type
 
 HELP = 'time the fused ops against eager and torch.compile references'
 
@@ -16,8 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modes", default="forward,backward,full", help="comma-separated passes (default: all three)")
     p.add_argument("--impls", default=None, metavar="LIST",
                    help="eager,compile,fused,fused_compile (default: all on CUDA, eager on CPU; fused rows need CUDA)")
-    p.add_argument("--size", dest="bench_size", default=None, metavar="small|full",
-                   help="full: batch 8 at 256x512 (default on CUDA); small: batch 2 at 64x128 (default on CPU)")
+    p.add_argument("--size", dest="bench_size", default=None, metavar="tiny|small|full",
+                   help="full: batch 8 at 256x512 (default on CUDA); small: batch 2 at 64x128 (default on CPU); "
+                        "tiny: a few programs per launch (the tests' size)")
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="activation dtype (default auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--device", default="auto", help="default: cuda if available")
@@ -25,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="time whole models instead of the ops: comma-separated model names or 'default' "
                         "(images/s and peak CUDA memory per --impls; --size tiny|small|full)")
     p.add_argument("--phases", default="train", metavar="LIST", help="with --models: train,inference (default train)")
-    p.add_argument("--steps", type=int, default=None, help="with --models: timed calls per row (default 10 on CUDA, 3 on CPU)")
+    p.add_argument("--steps", type=count_type(1), default=None, help="with --models: timed calls per row (default 10 on CUDA, 3 on CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -7,6 +7,7 @@ import sys
 from typing import Dict
 
 from ..config import ConfigError
+from ..files import check_depth, nesting_depth
 from .flags import size_type
 
 HELP = 'many train runs from a sweep file (or a built-in sweep), resumable; one table'
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         key, eq, value = item.partition("=")
         if not eq:
             raise ConfigError(f"--set {item!r}: must look like KEY=VALUE (a JSON value or text), e.g. lr=3e-4")
+        check_depth(nesting_depth(value), f"--set {key.strip()}")
         try:
             overrides[key.strip()] = json.loads(value)
         except ValueError:

@@ -18,9 +18,8 @@ MODES = ("forward", "backward", "full")
 
 IMPLS = ("eager", "compile", "fused", "fused_compile")
 
-SIZES = ("small", "full")  # "tiny" is accepted too (tests), not advertised
+SIZES = ("tiny", "small", "full")  # tiny: a few programs per launch (CPU interpreter, tests)
 
-ALL_SIZES = ("tiny",) + SIZES
 
 BYTE_FORMULAS = {
     "se_scale": "fwd 3*E*s + Wt, bwd 5*E*s + 2*Wt  (E = N*C*H*W, Wt = fp32 fc weights + biases)",
@@ -141,7 +140,7 @@ def cases(op: str, size: str) -> List[Case]:
     """The benchmarked shapes of ``op`` at ``size`` (``tiny``, ``small`` or ``full``)."""
     if op not in OPS:
         raise ConfigError(f"unknown op {op!r}; valid ops: {', '.join(OPS)}")
-    if size not in ALL_SIZES:
+    if size not in SIZES:
         raise ConfigError(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
     if size == "tiny":
         return {

@@ -56,7 +56,7 @@ from fastmtl.kernels.sigmoid_gate import sigmoid_gate_reference
 from fastmtl.kernels.silog import silog_stats_reference
 from fastmtl.runtime import AMP_DTYPES, amp_dtype_for
 
-from .cases import (ALL_SIZES, BYTE_FORMULAS, IMPLS, MODES, OPS, SIZES, Case, InputSet, randn, bytes_moved, cases,
+from .cases import (BYTE_FORMULAS, IMPLS, MODES, OPS, SIZES, Case, InputSet, randn, bytes_moved, cases,
                     default_impls, flops, make_inputs, set_bytes, skip_reason)
 from .report import add_derived
 from .timing import (COPY_BYTES, CPU_TIMING_NOTE, CUDA_TIMING_NOTE, copy_bandwidth, device_cache_bytes, device_name,
@@ -196,7 +196,7 @@ def run_bench(opts: BenchOptions) -> Dict:
     appear as rows with ``ms = None`` and ``skipped`` saying why."""
     device = torch.device(opts.device)
     size = opts.size or ("full" if device.type == "cuda" else "small")
-    if size not in ALL_SIZES:
+    if size not in SIZES:
         raise ConfigError(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
     dtype = resolve_dtype(opts.dtype, device)
     explicit = opts.impls is not None

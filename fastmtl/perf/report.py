@@ -94,6 +94,11 @@ def format_report(report: Dict) -> str:
         for r in rows:
             if r.get("error"):
                 lines.append(f"   FAILED: {r['case']} {r['mode']} {r['impl']}: {r['error']}")
+        over = [r for r in timed if (r["copy_fraction"] or 0) > 1.0]
+        if over:
+            lines.append(f"   WARNING: {len(over)} rows above 100 % of the copy bandwidth: the copy was measured "
+                         "slower than it can run (a loaded machine, or inputs that stay in cache); compare those "
+                         "rows with each other only")
         if any(r.get("rel_err_ok") is False for r in rows):
             lines.append("   ! rel err above the rounding tolerance of the dtype: check the kernel before trusting its time")
     return "\n".join(lines)

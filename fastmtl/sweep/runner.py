@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import product
@@ -35,7 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from fastmtl import rundir
 from fastmtl.config import Config, ConfigError, accepted_fields, format_dilation
-from fastmtl.files import MAX_DEPTH, check_depth, loads_object, value_depth
+from fastmtl.files import MAX_DEPTH, check_depth, loads_object, read_json, value_depth
 
 SWEEP_FILE = "sweep.json"
 TOGGLES = ("aspp", "skip", "se", "compile", "fused", "channels_last")  # --x / --no-x flags
@@ -319,6 +320,15 @@ def run_point(point: Point, env: Dict[str, str]) -> Tuple[int, float]:
     return rc, time.time() - started
 
 
+def _read_summary(p: "Point") -> Optional[Dict[str, Any]]:
+    """The finished point's ``summary.json``, or None (with a warning) when it is empty or torn."""
+    try:
+        return read_json(p.run_dir / "summary.json", "the run's summary")
+    except ValueError as e:
+        warnings.warn(str(e), stacklevel=2)
+        return None
+
+
 def run_sweep(sweep: Sweep, jobs: int = 1, echo: Callable[[str], None] = print) -> List[Point]:
     """Run every point that is not done (``jobs`` at a time); one progress line per point.
     Returns the points that failed (their ``train.log`` says why)."""
@@ -351,9 +361,9 @@ def run_sweep(sweep: Sweep, jobs: int = 1, echo: Callable[[str], None] = print) 
         with lock:
             finished += 1
             head = f"[{finished}/{total}] {p.label}{' (' + how + ')' if how else ''}"
-            if rc == 0 and p.state() == "done":
-                final = json.loads((p.run_dir / "summary.json").read_text())["final"]
-                echo(f"{head}: {_headline(final)}  ({seconds:.0f} s)")
+            summary = _read_summary(p) if rc == 0 and p.state() == "done" else None
+            if summary is not None:
+                echo(f"{head}: {_headline(summary['final'])}  ({seconds:.0f} s)")
             else:
                 failed.append(p)
                 echo(f"{head}: FAILED (exit {rc}); see {p.run_dir / 'train.log'}")
