@@ -7,15 +7,18 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..nn import fuse
+from .base import MultiTaskModel
+from .cross_stitch import CrossStitchModel
 from .encoder import ENCODERS, Encoder, load_pretrained
 from .heads import DecoderAllScale, DecoderDeepLabV3p, DecoderDistill
 from .knobs import ModelKnobs
-from .zoo import MODEL_NAMES, MODELS, BranchedModel, DistillAllConnectModel, DistillModel, JointModel, MultiTaskModel
+from .mtan import MTANModel
+from .zoo import MODEL_NAMES, MODELS, BranchedModel, DistillAllConnectModel, DistillModel, JointModel
 
 __all__ = [
     "ENCODERS", "MODEL_NAMES", "MODELS", "Encoder", "load_pretrained", "DecoderAllScale", "DecoderDeepLabV3p",
     "DecoderDistill", "MultiTaskModel", "JointModel", "BranchedModel",
-    "DistillModel", "DistillAllConnectModel", "ModelKnobs", "build_model",
+    "DistillModel", "DistillAllConnectModel", "MTANModel", "CrossStitchModel", "ModelKnobs", "build_model",
 ]
 
 

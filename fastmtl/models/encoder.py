@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 import urllib.request
-from typing import Dict, Optional, Sequence, Type, Union
+from typing import Dict, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -206,13 +206,22 @@ class Encoder(nn.Module):
             if zero_init_residual and isinstance(m, (BasicBlock, Bottleneck)):
                 nn.init.zeros_(m.last_bn().weight)
 
+    @property
+    def layers(self) -> Tuple[nn.Sequential, nn.Sequential, nn.Sequential, nn.Sequential]:
+        """``(layer1, layer2, layer3, layer4)``, at scales ``layer_scales``."""
+        return self.layer1, self.layer2, self.layer3, self.layer4
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1/bn1/relu: ``(N, 3, H, W)`` -> ``(N, 64, H/2, W/2)`` (scale 2, before the max-pool)."""
+        return self.relu(self.bn1(self.conv1(x)))
+
     def forward(self, x: torch.Tensor) -> Dict[int, torch.Tensor]:
         """``x (N, 3, H, W)`` -> ``{scale: (N, C_scale, H/scale, W/scale)}``."""
         features = {1: x}
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.stem(x)
         features[2] = x
         x = self.maxpool(x)
-        for scale, layer in zip(self.layer_scales, (self.layer1, self.layer2, self.layer3, self.layer4)):
+        for scale, layer in zip(self.layer_scales, self.layers):
             x = layer(x)
             features[scale] = x
         return features
