@@ -4,13 +4,16 @@ A run is a run directory of ``fastmtl train`` (``config.json``, ``summary.json``
 for ``--at best``). Its metrics are ``summary.json``'s ``final_all`` (``--at final``, the default)
 or the ``metrics.jsonl`` record of its best step (``--at best``).
 
-Δm (Maninis et al. 2019; the form of MTAN / CAGrad / Nash-MTL tables) over the ``K`` metrics of
-the tasks' :attr:`~fastmtl.tasks.Task.delta_m_metrics` (LibMTL's NYUv2 set: semseg mIoU, pixel
-accuracy; depth abs err, rel err; normals mean, median, % < 11.25, 22.5, 30)::
+Δm (Maninis et al. 2019; LibMTL's sign) over the ``K`` metrics of the tasks'
+:attr:`~fastmtl.tasks.Task.delta_m_metrics` (LibMTL's NYUv2 set: semseg mIoU, pixel accuracy;
+depth abs err, rel err; normals mean, median, % < 11.25, 22.5, 30)::
 
     Δm = 100 / K * sum_k (-1)^l_k * (M_k - B_k) / B_k,   l_k = 1 when lower is better
 
-with ``B`` the baseline's metrics, so a better run has Δm > 0. The baseline is one run with the
+with ``B`` the baseline's metrics, so a better run has Δm > 0 (``delta_m_sign="higher-better"``,
+the default). The MTAN, CAGrad, Nash-MTL and FAMO tables print the opposite sign, ``Δm% ↓``
+(``l_k = 1`` when *higher* is better: a better run has Δm < 0); ``delta_m_sign="lower-better"``
+(``--delta-m-sign lower-better``) reports that, ``-Δm``. The baseline is one run with the
 same tasks, or several runs that together have each task once (single-task runs, the usual
 baseline of Maninis et al.), each giving its own tasks' metrics. ``delta_m_per_task`` is
 LibMTL's ``count_improvement`` (``LibMTL/utils.py``): the same terms averaged per task first, then
@@ -27,6 +30,7 @@ from .files import read_jsonl
 from .tasks import DEFAULT_TASKS, get
 
 AT = ("final", "best")
+DELTA_M_SIGNS = {"higher-better": 1.0, "lower-better": -1.0}  # Maninis / LibMTL; MTAN / CAGrad / Nash-MTL / FAMO
 
 
 class CompareError(ValueError):
@@ -129,12 +133,16 @@ def combined_baseline(bases: Sequence[Dict], label: str) -> Dict:
     return {"dir": label, "tasks": tuple(owner), "dataset": bases[0]["dataset"], "metrics": metrics}
 
 
-def compare(run_dirs: Sequence[str], baseline_dirs, at: str = "final") -> Dict:
+def compare(run_dirs: Sequence[str], baseline_dirs, at: str = "final", delta_m_sign: str = "higher-better") -> Dict:
     """The comparison report (what ``--json`` prints): tasks, dataset, the metrics that count in Δm
-    with their directions, and per run its metrics, ``delta_m``, ``delta_m_per_task``.
+    with their directions, ``delta_m_sign``, and per run its metrics, ``delta_m``, ``delta_m_per_task``
+    (with the sign ``delta_m_sign`` names: ``higher-better`` or ``lower-better``, see the module docstring).
 
     ``baseline_dirs``: one run directory (with the runs' tasks), or several that together have
     each of the runs' tasks once (e.g. one single-task run per task: the usual Δm baseline)."""
+    if delta_m_sign not in DELTA_M_SIGNS:
+        raise CompareError(f"--delta-m-sign: unknown value {delta_m_sign!r}; valid choices: {', '.join(DELTA_M_SIGNS)}")
+    sign = DELTA_M_SIGNS[delta_m_sign]
     baseline_dirs = [baseline_dirs] if isinstance(baseline_dirs, (str, Path)) else list(baseline_dirs)
     bases = [load_run(d, at) for d in baseline_dirs]
     is_base = {Path(d).resolve() for d in baseline_dirs}
@@ -154,13 +162,14 @@ def compare(run_dirs: Sequence[str], baseline_dirs, at: str = "final") -> Dict:
     for label, run in zip([base_label] + labels[len(bases):], runs):
         dm, dm_tasks, why = delta_m(run["metrics"], base["metrics"], counted)
         entry = {"label": label, "dir": run["dir"], "baseline": run is base, "metrics": run["metrics"],
-                 "delta_m": dm, "delta_m_per_task": dm_tasks}
+                 "delta_m": None if dm is None else sign * dm + 0.0,
+                 "delta_m_per_task": None if dm_tasks is None else sign * dm_tasks + 0.0}
         if why:
             entry["delta_m_missing"] = why
         report_runs.append(entry)
     return {"at": at, "tasks": [t.name for t in tasks], "dataset": list(base["dataset"]),
             "baseline": base_label, "baseline_dirs": [b["dir"] for b in bases], "delta_m_metrics": counted,
-            "runs": report_runs}
+            "delta_m_sign": delta_m_sign, "runs": report_runs}
 
 
 def metric_rows(report: Dict) -> List[Tuple[str, str, str, int]]:
@@ -195,8 +204,9 @@ def format_table(report: Dict) -> str:
     out = [line("metric", "", labels)]
     for name, (task, m, arrow, _) in zip(names, rows):
         out.append(line(name, arrow, [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "-" for r in report["runs"]]))
+    arrow = "↓" if report.get("delta_m_sign") == "lower-better" else "↑"
     for key, title in (("delta_m", "Δm % (metrics)"), ("delta_m_per_task", "Δm % (per task)")):
-        out.append(line(title, "↑", [f"{r[key]:+.2f}" if r[key] is not None else "n/a" for r in report["runs"]]))
+        out.append(line(title, arrow, [f"{r[key]:+.2f}" if r[key] is not None else "n/a" for r in report["runs"]]))
     notes = [f"{r['label']}: no Δm, {r['delta_m_missing']}" for r in report["runs"] if "delta_m_missing" in r]
     dataset = report["dataset"]
     out.append("")

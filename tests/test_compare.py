@@ -124,3 +124,21 @@ def test_an_empty_summary_is_an_error_naming_the_file(tmp_path):
     (run / "summary.json").write_text("")
     with pytest.raises(CompareError, match=rf"{run / 'summary.json'}: not valid JSON"):
         compare([str(run)], str(base))
+
+
+def test_delta_m_sign_lower_better_is_the_nash_mtl_tables(tmp_path, capsys):
+    # Nash-MTL / CAGrad / FAMO: Δm% = 100/K sum_k (-1)^{higher better} (M - B) / B, lower is better
+    base, run = write_run(tmp_path / "base", BASE), write_run(tmp_path / "run", BETTER)
+    by_hand = 100 * (-(55 - 50) / 50 - (84 - 80) / 80 + (0.4 - 0.5) / 0.5 + (0.25 - 0.25) / 0.25) / 4  # -8.75
+    assert main(["compare", str(run), "--baseline", str(base), "--delta-m-sign", "lower-better", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["delta_m_sign"] == "lower-better"
+    assert report["runs"][1]["delta_m"] == pytest.approx(by_hand) and by_hand < 0
+    assert report["runs"][0]["delta_m"] == 0.0
+    assert main(["compare", str(run), "--baseline", str(base), "--delta-m-sign", "lower-better"]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("Δm % (metrics)"))
+    assert "↓" in row and "↑" not in row and f"{by_hand:+.2f}" in row
+    assert compare([str(run)], str(base))["runs"][1]["delta_m"] == pytest.approx(-by_hand)  # the default sign
+    with pytest.raises(CompareError, match="--delta-m-sign"):
+        compare([str(run)], str(base), delta_m_sign="up")

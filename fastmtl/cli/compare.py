@@ -14,12 +14,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(e.g. single-task runs)")
     p.add_argument("--at", choices=("final", "best"), default="final",
                    help="the final evaluation (default) or each run's best step (metrics.jsonl)")
+    p.add_argument("--delta-m-sign", choices=("higher-better", "lower-better"), default="higher-better",
+                   help="higher-better (default; Maninis / LibMTL: a better run has Δm > 0) or lower-better "
+                        "(Δm %% ↓ of the MTAN, CAGrad, Nash-MTL and FAMO tables)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..compare import compare, format_table
 
-    report = compare(args.runs, args.baseline, args.at)
+    report = compare(args.runs, args.baseline, args.at, args.delta_m_sign)
     print(json.dumps(report) if args.json else format_table(report))
     return 0
