@@ -3,9 +3,33 @@ headline metric, signed so that higher is better, summed; for semseg + depth ``m
 Each task's own metrics live with it in :mod:`fastmtl.tasks`."""
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Callable, Dict, List, Mapping
 
 import torch
+
+METRIC_STYLES = ("libmtl", "mtan")
+MTAN_BATCH_SIZE = 2  # the evaluation batch size of the MTAN and Nash-MTL code
+
+
+class BatchMeanMeter:
+    """``--metric-style mtan``: each batch's metrics from a fresh ``make_meter()``, averaged over the
+    batches unweighted (the MTAN / Nash-MTL code's ``avg_cost += cost / test_batch``), instead of
+    one meter over every pixel of the split (``libmtl``). Same ``update``/``compute`` as the meter.
+    """
+
+    def __init__(self, make_meter: Callable[[], object]):
+        self.make_meter = make_meter
+        self.batches: List[Dict[str, float]] = []
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        meter = self.make_meter()
+        meter.update(prediction, target)
+        self.batches.append(meter.compute())
+
+    def compute(self) -> Dict[str, float]:
+        if not self.batches:
+            return self.make_meter().compute()
+        return {k: sum(b[k] for b in self.batches) / len(self.batches) for k in self.batches[0]}
 
 
 class TasksMeter:

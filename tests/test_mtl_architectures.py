@@ -113,13 +113,22 @@ def data_root(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ARCHS)
-def test_train_eval_export(name, data_root, tmp_path):
+def test_train_eval_export(name, data_root, tmp_path, capsys):
+    import json
+
     import onnxruntime as ort
 
     out = tmp_path / "run"
     train(tiny_config(data_root, out, model=name, max_steps=1, eval_every=1))
     metrics = evaluate_checkpoint(str(out), str(data_root), workers=0)
     assert np.isfinite(metrics["multitask"]) and "si_log_rmse" in metrics
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--data-root", str(data_root), "--workers", "0",
+                 "--metric-style", "mtan", "--json"]) == 0
+    captured = capsys.readouterr()
+    mtan = json.loads(captured.out)
+    assert mtan["miou"] == pytest.approx(metrics["miou"])  # semseg: one confusion matrix either way
+    assert "eval" not in captured.err  # no progress bar off a terminal
     path = tmp_path / "model.onnx"
     assert main(["export", "--checkpoint", str(out), "--format", "onnx", "--out", str(path)]) == 0
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -1,9 +1,10 @@
-"""``fastmtl eval``: every metric of a checkpoint on a split."""
+"""``fastmtl eval``: every metric of a checkpoint on a split (a progress bar only on a terminal)."""
 from __future__ import annotations
 
 import argparse
 import json
 
+from ..metrics import METRIC_STYLES
 from ..runtime import resolve_device
 from .flags import count_type
 
@@ -18,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=count_type(1), default=None, help="default: the run's")
     p.add_argument("--workers", type=count_type(0), default=2)
     p.add_argument("--on-bad-sample", choices=("error", "skip"), default="error", help="as for train")
+    p.add_argument("--metric-style", choices=METRIC_STYLES, default="libmtl",
+                   help="libmtl (default, as training: over every pixel of the split) or mtan (per-batch means "
+                        "averaged, as the MTAN / Nash-MTL code; batch size 2 unless --batch-size)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -25,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data_root, args.split, str(resolve_device(args.device)),
-                                  workers=args.workers, batch_size=args.batch_size, on_bad_sample=args.on_bad_sample)
+                                  workers=args.workers, batch_size=args.batch_size, on_bad_sample=args.on_bad_sample, metric_style=args.metric_style)
     if args.json:
         print(json.dumps(metrics))
         return 0

@@ -103,6 +103,9 @@ class Task:
             ``weight_semseg``, flag ``--weight-semseg``), or None.
         state_key: the checkpoint key under which :meth:`state` is saved (e.g. ``normalizer``), or
             None for a task with no state beyond its options.
+        whole_split_in_mtan_style: under ``--metric-style mtan`` the meter still accumulates over
+            the whole split (semseg: the MTAN code's confusion matrix) instead of averaging
+            per-batch values (:class:`fastmtl.metrics.BatchMeanMeter`).
     """
 
     name: ClassVar[str]
@@ -114,6 +117,7 @@ class Task:
     options: ClassVar[Tuple[TaskOption, ...]] = ()
     legacy_weight: ClassVar[Optional[str]] = None
     state_key: ClassVar[Optional[str]] = None
+    whole_split_in_mtan_style: ClassVar[bool] = False
 
     @classmethod
     def option(cls, name: str) -> TaskOption:

@@ -81,6 +81,7 @@ class SemsegTask(Task):
     headline = "miou"
     metric_directions = {"miou": +1, "pixel_acc": +1}
     delta_m_metrics = ("miou", "pixel_acc")
+    whole_split_in_mtan_style = True  # MTAN / Nash-MTL's ConfMatrix accumulates over the split
     legacy_weight = "weight_semseg"
 
     def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX,
