@@ -2,7 +2,9 @@
 
 A run is a run directory of ``fastmtl train`` (``config.json``, ``summary.json``; ``metrics.jsonl``
 for ``--at best``). Its metrics are ``summary.json``'s ``final_all`` (``--at final``, the default)
-or the ``metrics.jsonl`` record of its best step (``--at best``).
+or the ``metrics.jsonl`` record of its best step (``--at best``). With ``--metric-style mtan``
+the metrics are recomputed instead, MTAN / Nash-MTL style (:mod:`fastmtl.evaluate`), from the run's
+``last.pt`` (``--at final``) or ``best.pt`` (``--at best``) on its validation split.
 
 Δm (Maninis et al. 2019; LibMTL's sign) over the ``K`` metrics of the tasks'
 :attr:`~fastmtl.tasks.Task.delta_m_metrics` (LibMTL's NYUv2 set: semseg mIoU, pixel accuracy;
@@ -26,7 +28,9 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .evaluate import evaluate_checkpoint
 from .files import read_jsonl
+from .metrics import METRIC_STYLES
 from .tasks import DEFAULT_TASKS, get
 
 AT = ("final", "best")
@@ -46,10 +50,21 @@ def _read_json(path: Path, what: str):
         raise CompareError(f"{path}: not valid JSON ({e}); is {what} complete?") from None
 
 
-def load_run(run_dir: str, at: str = "final") -> Dict:
-    """``{"dir", "tasks", "dataset", "metrics"}`` of one run directory (scalar metrics only)."""
+def recomputed_metrics(path: Path, at: str, metric_style: str, device: str) -> Dict:
+    """The run's metrics evaluated again in ``metric_style`` from ``last.pt`` (final) or ``best.pt`` (best)."""
+    checkpoint = path / ("last.pt" if at == "final" else "best.pt")
+    if not checkpoint.is_file():
+        raise CompareError(f"{path}: no {checkpoint.name} to evaluate with --metric-style {metric_style}")
+    return evaluate_checkpoint(str(checkpoint), device=device, workers=0, metric_style=metric_style)
+
+
+def load_run(run_dir: str, at: str = "final", metric_style: str = "libmtl", device: str = "cpu") -> Dict:
+    """``{"dir", "tasks", "dataset", "metrics"}`` of one run directory (scalar metrics only); with
+    ``metric_style="mtan"`` evaluated again from its checkpoint on ``device``."""
     if at not in AT:
         raise CompareError(f"--at: unknown value {at!r}; valid choices: {', '.join(AT)}")
+    if metric_style not in METRIC_STYLES:
+        raise CompareError(f"--metric-style: unknown value {metric_style!r}; valid choices: {', '.join(METRIC_STYLES)}")
     path = Path(run_dir)
     if not path.is_dir():
         raise CompareError(f"{path}: no such run directory")
@@ -60,7 +75,9 @@ def load_run(run_dir: str, at: str = "final") -> Dict:
                            f"--resume it)")
     config = _read_json(path / "config.json", "the run's config")
     summary = _read_json(path / "summary.json", "the run's summary")
-    if at == "final":
+    if metric_style != "libmtl":
+        record = recomputed_metrics(path, at, metric_style, device)
+    elif at == "final":
         record = summary.get("final_all")
     else:
         step = (summary.get("best") or {}).get("step")
@@ -133,10 +150,12 @@ def combined_baseline(bases: Sequence[Dict], label: str) -> Dict:
     return {"dir": label, "tasks": tuple(owner), "dataset": bases[0]["dataset"], "metrics": metrics}
 
 
-def compare(run_dirs: Sequence[str], baseline_dirs, at: str = "final", delta_m_sign: str = "higher-better") -> Dict:
+def compare(run_dirs: Sequence[str], baseline_dirs, at: str = "final", delta_m_sign: str = "higher-better",
+            metric_style: str = "libmtl", device: str = "cpu") -> Dict:
     """The comparison report (what ``--json`` prints): tasks, dataset, the metrics that count in Δm
     with their directions, ``delta_m_sign``, and per run its metrics, ``delta_m``, ``delta_m_per_task``
     (with the sign ``delta_m_sign`` names: ``higher-better`` or ``lower-better``, see the module docstring).
+    ``metric_style``: ``libmtl`` (the runs' recorded metrics) or ``mtan`` (evaluated again on ``device``).
 
     ``baseline_dirs``: one run directory (with the runs' tasks), or several that together have
     each of the runs' tasks once (e.g. one single-task run per task: the usual Δm baseline)."""
@@ -144,13 +163,13 @@ def compare(run_dirs: Sequence[str], baseline_dirs, at: str = "final", delta_m_s
         raise CompareError(f"--delta-m-sign: unknown value {delta_m_sign!r}; valid choices: {', '.join(DELTA_M_SIGNS)}")
     sign = DELTA_M_SIGNS[delta_m_sign]
     baseline_dirs = [baseline_dirs] if isinstance(baseline_dirs, (str, Path)) else list(baseline_dirs)
-    bases = [load_run(d, at) for d in baseline_dirs]
+    bases = [load_run(d, at, metric_style, device) for d in baseline_dirs]
     is_base = {Path(d).resolve() for d in baseline_dirs}
     others = [d for d in run_dirs if Path(d).resolve() not in is_base]
     labels = _labels(baseline_dirs + others)
     base_label = " + ".join(labels[:len(bases)])
     base = bases[0] if len(bases) == 1 else combined_baseline(bases, base_label)
-    runs = [base] + [load_run(d, at) for d in others]
+    runs = [base] + [load_run(d, at, metric_style, device) for d in others]
     for run in runs[1:]:
         if set(run["tasks"]) != set(base["tasks"]):
             raise CompareError(f"runs have different tasks: {base['dir']} has {','.join(base['tasks'])}, "
@@ -167,7 +186,7 @@ def compare(run_dirs: Sequence[str], baseline_dirs, at: str = "final", delta_m_s
         if why:
             entry["delta_m_missing"] = why
         report_runs.append(entry)
-    return {"at": at, "tasks": [t.name for t in tasks], "dataset": list(base["dataset"]),
+    return {"at": at, "metric_style": metric_style, "tasks": [t.name for t in tasks], "dataset": list(base["dataset"]),
             "baseline": base_label, "baseline_dirs": [b["dir"] for b in bases], "delta_m_metrics": counted,
             "delta_m_sign": delta_m_sign, "runs": report_runs}
 
@@ -210,7 +229,8 @@ def format_table(report: Dict) -> str:
     notes = [f"{r['label']}: no Δm, {r['delta_m_missing']}" for r in report["runs"] if "delta_m_missing" in r]
     dataset = report["dataset"]
     out.append("")
-    out.append(f"{report['at']} metrics; tasks {','.join(report['tasks'])}; dataset {dataset[0]} ({dataset[1]}); "
+    style = f" ({report['metric_style']} style)" if report.get("metric_style", "libmtl") != "libmtl" else ""
+    out.append(f"{report['at']} metrics{style}; tasks {','.join(report['tasks'])}; dataset {dataset[0]} ({dataset[1]}); "
                f"* = counts in Δm (LibMTL's metrics), baseline {report['baseline']}")
     out += notes
     return "\n".join(out)

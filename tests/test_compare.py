@@ -142,3 +142,13 @@ def test_delta_m_sign_lower_better_is_the_nash_mtl_tables(tmp_path, capsys):
     assert compare([str(run)], str(base))["runs"][1]["delta_m"] == pytest.approx(-by_hand)  # the default sign
     with pytest.raises(CompareError, match="--delta-m-sign"):
         compare([str(run)], str(base), delta_m_sign="up")
+
+
+def test_metric_style_mtan_needs_the_runs_checkpoint(tmp_path):
+    base, run = write_run(tmp_path / "base", BASE), write_run(tmp_path / "run", BETTER)
+    with pytest.raises(CompareError, match=r"base: no last.pt to evaluate with --metric-style mtan"):
+        compare([str(run)], str(base), metric_style="mtan")
+    with pytest.raises(CompareError, match=r"no best.pt"):
+        compare([str(run)], str(base), at="best", metric_style="mtan")
+    with pytest.raises(CompareError, match="--metric-style: unknown value 'nash'"):
+        compare([str(run)], str(base), metric_style="nash")

@@ -1,17 +1,22 @@
 """``--metric-style libmtl|mtan`` against hand computations, and ``fastmtl eval``'s progress bar only
 on a terminal."""
 import io
+import json
 import sys
 
 import pytest
 import torch
 
+from fastmtl.cli import main
+from fastmtl.data.synthetic import generate_dataset
 from fastmtl.errors import ConfigError
-from fastmtl.evaluate import evaluate_tasks, tasks_meter
+from fastmtl.evaluate import evaluate_checkpoint, evaluate_tasks, tasks_meter
 from fastmtl.metrics import BatchMeanMeter
 from fastmtl.tasks.depth import DepthMeter
 from fastmtl.tasks.normals import NormalsMeter
 from fastmtl.tasks.semseg import SemsegMeter, SemsegTask
+from fastmtl.train import train
+from tiny_runs import one_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 # two batches of depth (N, 1, H, W): batch 1 has 2 valid pixels, batch 2 has 4 (0 = invalid)
 TARGETS = [torch.tensor([[[[10.0, 20.0, 0.0]]]]), torch.tensor([[[[10.0, 10.0, 10.0, 10.0]]]])]
@@ -109,3 +114,23 @@ def test_progress_bar_only_on_a_terminal(tty, monkeypatch):
     monkeypatch.setattr(sys, "stderr", err2)
     evaluate_tasks(Replay(PREDS), batches(), [DepthIdentity()], torch.device("cpu"), progress=False)
     assert err2.getvalue() == ""
+
+
+@pytest.mark.slow
+def test_compare_in_mtan_style_evaluates_each_runs_checkpoint(tmp_path, capsys):
+    root = tmp_path / "synthetic"
+    generate_dataset(root, train=4, val=3, size=(64, 64), seed=3, workers=1, progress=False)
+    runs = [tmp_path / name for name in ("joint", "branched")]
+    for run in runs:
+        train(tiny_config(root, run, model=run.name, max_steps=1, eval_every=1))
+    capsys.readouterr()
+    assert main(["compare", str(runs[1]), "--baseline", str(runs[0]), "--metric-style", "mtan", "--device", "cpu",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["metric_style"] == "mtan"
+    want = evaluate_checkpoint(str(runs[1] / "last.pt"), workers=0, metric_style="mtan")
+    got = report["runs"][1]["metrics"]
+    assert got["si_log_rmse"] == pytest.approx(want["si_log_rmse"]) and got["abs_err"] == pytest.approx(want["abs_err"])
+    # 3 validation images at batch size 2: the per-batch average differs from the recorded one
+    recorded = json.loads((runs[1] / "summary.json").read_text())["final_all"]
+    assert got["abs_err"] != pytest.approx(recorded["abs_err"], rel=1e-9)
