@@ -1,6 +1,8 @@
 """``--model mtan`` and ``--model cross_stitch``: shapes for 1-3 tasks, parameter counts by hand
 (LibMTL's constructions), gradients to every task, state_dict round trip, a tiny train -> eval ->
 ONNX export run, and gradient balancing on the shared representation."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -146,3 +148,13 @@ def test_gradient_balancing_on_the_shared_representation(name, data_root, tmp_pa
     summary = train(tiny_config(data_root, tmp_path / "run", model=name, max_steps=1, eval_every=1,
                                 weighting="pcgrad", weighting_grads="rep"))
     assert np.isfinite(summary["final_all"]["multitask"])
+
+
+def test_the_architectures_sweep_file_parses(tmp_path, capsys):
+    sweep = Path(__file__).resolve().parents[1] / "benchmarks" / "architectures" / "sweep.json"
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "s"), "--print-commands"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    assert len(commands) == 6 * 3  # six variants, three seeds
+    models = [c.split("--model ")[1].split()[0] for c in commands]
+    assert {m: models.count(m) for m in set(models)} == {"branched": 9, "joint": 3, "mtan": 3, "cross_stitch": 3}
+    assert sum("--tasks semseg,depth" in c for c in commands) == 12
