@@ -27,7 +27,9 @@ def desc(n):
 
 def model(name, n, **kw):
     torch.manual_seed(0)
-    return build_model(dict(model=name, encoder="resnet18", dilation=kw.pop("dilation", DIL), se=False, **kw), desc(n))
+    fields = dict(model=name, encoder="resnet18", dilation=DIL, se=False)
+    fields.update(kw)
+    return build_model(fields, desc(n))
 
 
 def count(m):
@@ -158,3 +160,23 @@ def test_the_architectures_sweep_file_parses(tmp_path, capsys):
     models = [c.split("--model ")[1].split()[0] for c in commands]
     assert {m: models.count(m) for m in set(models)} == {"branched": 9, "joint": 3, "mtan": 3, "cross_stitch": 3}
     assert sum("--tasks semseg,depth" in c for c in commands) == 12
+
+
+@pytest.mark.parametrize("name,params_m", [("mtan", 37.88), ("cross_stitch", 52.25)])
+def test_docs_table_params(name, params_m):
+    m = build_model(dict(model=name, encoder="resnet34", dilation=DIL, se=False), {"semseg": 19, "depth": 1})
+    assert count(m) / 1e6 == pytest.approx(params_m, abs=0.005)  # docs/models.md's table
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_fused_equals_eager(name):
+    eager = model(name, 2, se=True).eval()
+    torch.manual_seed(0)
+    fused = build_model(dict(model=name, encoder="resnet18", dilation=DIL, se=True), desc(2), fused=True).eval()
+    fused.load_state_dict(eager.state_dict())
+    assert any(type(m).__name__.startswith("Fused") for m in fused.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = eager(x), fused(x)
+    for t in desc(2):
+        torch.testing.assert_close(a[t], b[t])
