@@ -219,12 +219,6 @@ def test_rows_above_the_copy_bandwidth_are_flagged(capsys):
     assert "WARNING: 1 rows above 100 % of the copy bandwidth" in op_report.format_report(report)
 
 
-def test_cli_bench_rejects_a_step_count_below_one(capsys):
-    with pytest.raises(SystemExit):
-        main(["bench", "--models", "default", "--steps", "0"])
-    assert "--steps: must be >= 1" in capsys.readouterr().err
-
-
 def test_a_failing_row_is_reported_and_the_run_goes_on(monkeypatch):
     real = op_bench.OpRunner
 

@@ -7,7 +7,6 @@ import sys
 
 from ..models import MODEL_NAMES
 from ..runtime import resolve_device
-from .flags import count_type
 
 HELP = 'time the fused ops against eager and torch.compile references'
 
@@ -27,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="time whole models instead of the ops: comma-separated model names or 'default' "
                         "(images/s and peak CUDA memory per --impls; --size tiny|small|full)")
     p.add_argument("--phases", default="train", metavar="LIST", help="with --models: train,inference (default train)")
-    p.add_argument("--steps", type=count_type(1), default=None, help="with --models: timed calls per row (default 10 on CUDA, 3 on CPU)")
+    p.add_argument("--steps", type=int, default=None, help="with --models: timed calls per row (default 10 on CUDA, 3 on CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
