@@ -106,7 +106,7 @@ step_install() {
      ! "$PY" -c "import fastmtl.kernels"; then
     echo "pip install failed: importing fastmtl through a PYTHONPATH shim of the tree instead"
     mkdir -p "$STAGE/shim/fastmtl"
-    ln -sf "$REPO"/fastmtl/* "$STAGE/shim/fastmtl/" && ln -sfn "$REPO/kernels" "$STAGE/shim/fastmtl/kernels"
+    ln -sf "$REPO"/fastmtl/* "$STAGE/shim/fastmtl/"
     export PYTHONPATH="$STAGE/shim${PYTHONPATH:+:$PYTHONPATH}"
   fi
   "$PY" -c "import fastmtl, fastmtl.kernels; print('fastmtl from', fastmtl.__file__)"
