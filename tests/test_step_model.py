@@ -60,3 +60,11 @@ def test_cli_json(capsys):
 def test_cli_bad_size_names_the_flag(capsys):
     assert main(["traffic", "--step", "default", "--size", "32by64"]) != 0
     assert "--size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("group", sorted(BUDGET["groups"]))
+def test_eager_group_bytes_and_launches_within_budget(report, group):
+    got = {g["group"]: g for g in report["groups"]}[group]
+    for key in ("bytes", "launches"):
+        assert got[key] <= BUDGET["groups"][group][key] * (1 + BUDGET["tolerance"]), (
+            f"eager {group} {key}: {got[key]} > budget {BUDGET['groups'][group][key]} (benchmarks/step_model/budget.json)")

@@ -33,11 +33,13 @@ SYNC_OPS = {"_local_scalar_dense", "nonzero", "is_nonzero", "item"}
 LOWER_PRECISION = {torch.conv2d, F.conv2d, F.linear, torch.matmul, torch.mm, torch.bmm, torch.addmm,
                    torch.baddbmm, torch.conv_transpose2d}
 """CUDA autocast's lower-precision list (the ones this model can call): float inputs to bf16."""
-FP32 = {torch._C._nn.upsample_bilinear2d, torch._C._nn.upsample_nearest2d, torch._C._nn.l1_loss,
+FP32 = {F.interpolate, F.l1_loss, F.mse_loss, F.smooth_l1_loss, F.huber_loss, F.nll_loss, F.log_softmax, F.softmax,
+        F.cross_entropy, torch._C._nn.upsample_bilinear2d, torch._C._nn.upsample_nearest2d, torch._C._nn.l1_loss,
         torch._C._nn.mse_loss, torch._C._nn.smooth_l1_loss, torch._C._nn.huber_loss, torch._C._nn.nll_loss2d,
         torch._C._nn.nll_loss, torch._C._nn.nll_loss_nd, torch.log_softmax, torch.softmax, torch.exp, torch.log,
         torch.pow, torch.rsqrt, torch.sum, torch.prod, torch.cumsum, torch.norm}
-"""CUDA autocast's fp32 list (those this model can call): bf16 inputs to fp32."""
+"""CUDA autocast's fp32 list (those this model can call): bf16 inputs to fp32. The Python functions
+that wrap them (``F.interpolate``, ``F.l1_loss``, ...) are listed too: a mode sees only the outer call."""
 
 
 @dataclass
@@ -92,13 +94,11 @@ class _AutocastRules(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if torch.is_autocast_enabled("cuda"):
+        if torch.is_autocast_enabled("cuda"):  # the cache lives as long as the mode: one traced step
             if func in LOWER_PRECISION:
                 args, kwargs = self._cast(args, kwargs, torch.float32, torch.get_autocast_dtype("cuda"))
             elif func in FP32:
                 args, kwargs = self._cast(args, kwargs, torch.get_autocast_dtype("cuda"), torch.float32)
-        else:
-            self.weight_cache.clear()
         return func(*args, **kwargs)
 
 
