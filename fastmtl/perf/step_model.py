@@ -3,7 +3,7 @@
 measurement: time of a kernel = max(FLOPs / peak, bytes / bandwidth) + launch cost.
 
 Scenarios: ``eager`` (every aten op one kernel), ``compile`` (Inductor-like: each run of
-consecutive non-conv ops of one phase is one kernel that reads its outside inputs and writes only
+consecutive non-conv ops of the forward, loss or backward is one kernel that reads its outside inputs and writes only
 what is read later), ``fused`` / ``fused_compile`` (the same with fastmtl's fused ops in the model),
 ``fused_compile_graphs`` (the latter replayed as one CUDA graph: one launch per step)."""
 from __future__ import annotations
@@ -28,7 +28,8 @@ class Gpu:
 GPUS = {"h200": Gpu("H200", 790e12, 4.3e12, 4e-6), "h100": Gpu("H100 SXM", 790e12, 3.35e12, 4e-6)}
 SCENARIOS = ("eager", "compile", "fused", "fused_compile", "fused_compile_graphs")
 UNFUSABLE = {"convolution", "convolution_backward", "mm", "addmm", "bmm"}
-"""Ops a compiler leaves as library calls (cuDNN / cuBLAS); fused ops are barriers too."""
+"""Ops a compiler leaves as library calls (cuDNN / cuBLAS); fused ops are barriers too, and the
+optimizer phase stays eager (``--compile`` compiles the model and the loss, not the optimizer)."""
 
 
 @dataclass
@@ -46,7 +47,7 @@ def _eager(ops: List[OpRecord]) -> List[Kernel]:
 
 
 def _compiled(ops: List[OpRecord]) -> List[Kernel]:
-    """Runs of consecutive fusable ops of one phase become one kernel; its bytes: the storages it
+    """Runs of consecutive fusable ops of one phase (forward, loss, backward) become one kernel; its bytes: the storages it
     reads that it did not write, and those it writes that a later op outside it reads (or nobody:
     a result such as a gradient or a parameter)."""
     last_read: Dict[int, int] = {}
@@ -69,9 +70,10 @@ def _compiled(ops: List[OpRecord]) -> List[Kernel]:
         run.clear()
 
     for i, o in enumerate(ops):
-        if o.name in UNFUSABLE or o.name.startswith("fastmtl::") or (run and run[-1][1].phase != o.phase):
+        barrier = o.name in UNFUSABLE or o.name.startswith("fastmtl::") or o.phase == "optimizer"
+        if barrier or (run and run[-1][1].phase != o.phase):
             close()
-        if o.name in UNFUSABLE or o.name.startswith("fastmtl::"):
+        if barrier:
             kernels.append(Kernel(o.group, o.flops, o.bytes, o.launches))
         else:
             run.append((i, o))
@@ -125,7 +127,8 @@ def step_model(model: str = "default", gpu: str = "h200", batch: int = 8, size: 
     return {"kind": "MODEL (roofline, not measured)", "model": model, "gpu": g.name, "batch": batch,
             "size": list(size), "layout": "channels_last" if channels_last else "nchw", "amp": "bf16",
             "peak_flops": g.flops, "bandwidth": g.bandwidth, "launch_us": g.launch_s * 1e6,
-            "scenarios": scenarios, "host_syncs": plain.host_syncs, "host_syncs_fused": fused.host_syncs,
+            "scenarios": scenarios, "host_syncs": plain.host_syncs, "host_sync_ops": plain.sync_ops,
+            "host_syncs_fused": fused.host_syncs,
             "groups": _groups(kernels["eager"], g), "groups_fused": _groups(kernels["fused"], g)}
 
 

@@ -92,7 +92,8 @@ class GroupNamer:
 
     @contextlib.contextmanager
     def hooks(self, tracer, loss_fn: nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[None]:
-        """Module paths in the forward; ``tracer.phase`` switched to loss / backward / optimizer."""
+        """Module paths in the forward; ``tracer.phase`` switched to forward / loss / optimizer (the
+        tracer itself sees the backward begin and end)."""
         names = {m: n for n, m in self.model.named_modules()}
 
         def enter(module, _args):
@@ -108,7 +109,6 @@ class GroupNamer:
 
         def loss_leave(_m, _args, _out):
             self.stack.pop()
-            tracer.phase = "backward"
 
         def opt_enter(_opt, _args, _kwargs):
             tracer.phase = "optimizer"

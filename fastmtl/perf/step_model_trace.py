@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from torch.utils import _foreach_utils as foreach_utils
 from torch.utils.flop_counter import flop_registry
 
 from fastmtl.config import Config
@@ -27,6 +28,9 @@ from fastmtl.perf.inputs import random_batch, synthetic_info
 from fastmtl.runtime import Runtime
 from fastmtl.step import build_step
 
+FOREACH_DEVICES = tuple(foreach_utils._get_foreach_kernels_supported_devices())
+"""Devices with foreach kernels; the trace adds ``meta`` (its tensors stand for CUDA ones), so the
+optimizer and the gradient-norm check take their CUDA (foreach) paths."""
 SYNC_OPS = {"_local_scalar_dense", "nonzero", "is_nonzero", "item"}
 """aten ops that read a device value on the host (a device-to-host sync)."""
 
@@ -111,19 +115,23 @@ class _Tracer(TorchDispatchMode):
         self.harness, self.group_of = harness, group_of
         self.trace = StepTrace()
         self.phase = "forward"
+        self.alive: List[torch.UntypedStorage] = []  # every result's storage: no address (storage id) is reused
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         base = func.__name__.split(".")[0]
         if base in SYNC_OPS and args[0].is_cuda:  # a CPU scalar (e.g. Adam's step count) is no device sync
             self.trace.host_syncs += 1
-            self.trace.sync_ops.append(base)
+            self.trace.sync_ops.append(f"{base} ({self.phase})")
             if base == "nonzero":
                 return torch.empty((args[0].numel(), args[0].dim()), dtype=torch.long, device="meta")
             return True if args[0].dtype == torch.bool else 1
+        if _same_device_copy(func, args, kwargs):  # ``.to("cuda")`` of a "CUDA" tensor: no copy on a GPU
+            return func(*args, **kwargs)
         start = len(self.harness.timeline.events)
         out = func(*args, **kwargs)
         events = self.harness.timeline.events[start:]
+        self.alive += [t.untyped_storage() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         launches, reads, writes = 0, [], []
         for e in events:
             if isinstance(e, Launch):
@@ -133,6 +141,10 @@ class _Tracer(TorchDispatchMode):
                 launches += 1
                 reads += [t for i, t in enumerate(e.inputs) if i not in e.written_only]
                 writes += list(e.outputs) + [e.inputs[i] for i in e.written_only]
+        if not launches and _writes_in_place(func):  # e.g. _foreach_mul_ (no tensor result, so a "meta" event)
+            reads, writes = _in_place_tensors(func, args, kwargs)
+            launches = 1 if writes else 0
+            reads, writes = [self.harness.info(t) for t in reads], [self.harness.info(t) for t in writes]
         nbytes = sum(t.nbytes for t in reads + writes)
         if launches:
             packet = func.overloadpacket
@@ -151,6 +163,33 @@ class _Tracer(TorchDispatchMode):
         return out
 
 
+def _same_device_copy(func, args, kwargs) -> bool:
+    """A ``_to_copy`` to CUDA of a fake-CUDA tensor, dtype unchanged: on a GPU ``.to`` returns the
+    tensor itself (on the fake device it copies: meta tensors move to the "cuda" meta device)."""
+    if func is not torch.ops.aten._to_copy.default or kwargs.get("device") is None:
+        return False
+    x = args[0]
+    return (torch.device(kwargs["device"]).type == "cuda" and x.is_cuda
+            and kwargs.get("dtype") in (None, x.dtype) and kwargs.get("memory_format") is None)
+
+
+def _writes_in_place(func) -> bool:
+    return any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
+
+
+def _in_place_tensors(func, args, kwargs) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """``(read, written)`` device tensors of an op that writes its arguments in place; tensors on
+    the CPU (e.g. Adam's step counts) are the host's work, not a kernel's."""
+    reads, writes = [], []
+    values = list(args) + [kwargs.get(a.name) for a in func._schema.arguments[len(args):]]
+    for a, v in zip(func._schema.arguments, values):
+        tensors = [t for t in tree_flatten(v)[0] if isinstance(t, torch.Tensor) and t.is_cuda]
+        reads += tensors
+        if a.alias_info is not None and a.alias_info.is_write:
+            writes += tensors
+    return reads, writes
+
+
 def _model_config(model: str, channels_last: bool, fused: bool) -> Config:
     cfg = Config(channels_last=channels_last, fused=fused)
     return cfg if model == "default" else replace(cfg, model=model)
@@ -162,7 +201,8 @@ def trace_step(model: str = "default", batch: int = 8, size: Tuple[int, int] = (
     ``(H, W)``, bf16 autocast, on the fake CUDA device of compute capability ``arch``."""
     cfg = _model_config(model, channels_last, fused)
     cuda = torch.device("cuda", 0)
-    patched = [(torch.cuda, "is_available", lambda: True), (torch.cuda, "is_bf16_supported", lambda *a, **k: True)]
+    patched = [(torch.cuda, "is_available", lambda: True), (torch.cuda, "is_bf16_supported", lambda *a, **k: True),
+               (foreach_utils, "_get_foreach_kernels_supported_devices", lambda: [*FOREACH_DEVICES, "meta"])]
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patched]
     try:
         for obj, name, value in patched:
@@ -173,13 +213,17 @@ def trace_step(model: str = "default", batch: int = 8, size: Tuple[int, int] = (
             parts = build_step(cfg, info, Runtime(cuda, amp_dtype=torch.bfloat16), 1_000_000, 100)
             rgb, targets = random_batch(cfg.tasks, info, batch, size, "cpu", 0)  # then moved: fake device tensors
             rgb, targets = rgb.to(cuda), {k: v.to(cuda) for k, v in targets.items()}
+            rgb = rgb.contiguous(memory_format=parts.step.memory_format)
             namer = GroupNamer(parts.model)
             tracer = _Tracer(harness, namer)
             with contextlib.ExitStack() as stack:
                 stack.enter_context(namer.hooks(tracer, parts.loss_fn, parts.optimizer))
-                stack.enter_context(_AutocastRules(namer))
+                rules = stack.enter_context(_AutocastRules(namer))
                 stack.enter_context(tracer)
-                parts.step.run(rgb.contiguous(memory_format=parts.step.memory_format), targets)
+                parts.step.run(rgb, targets)  # the first step creates the optimizer's state: not a typical step
+                tracer.trace, tracer.phase = StepTrace(), "forward"
+                rules.weight_cache.clear()  # autocast's cache lives for one autocast region
+                parts.step.run(rgb, targets)
     finally:
         for obj, name, value in saved:
             setattr(obj, name, value)
