@@ -8,6 +8,7 @@ import torch
 
 from fastmtl.cli import main
 from fastmtl.perf.step_model import SCENARIOS, step_model
+from fastmtl.perf.step_model_groups import GROUPS
 from fastmtl.perf.step_model_trace import trace_step
 
 BUDGET = json.loads((Path(__file__).parents[1] / "benchmarks" / "step_model" / "budget.json").read_text())
@@ -27,6 +28,7 @@ def test_report_is_labelled_a_model_with_every_scenario(report):
     groups = {g["group"] for g in report["groups"]}
     assert {"backbone convs", "ASPP", "decoder convs", "attention", "norm", "casts", "optimizer", "losses"} <= groups
     assert any(g["group"].startswith("fused ") for g in report["groups_fused"])
+    assert all(g["group"] in GROUPS or g["group"].startswith("fused ") for g in report["groups_fused"])
 
 
 def test_host_syncs_within_budget(report):
@@ -57,9 +59,11 @@ def test_cli_json(capsys):
     assert {"scenarios", "host_syncs", "groups"} <= set(out) and "MODEL" in out["kind"]
 
 
-def test_cli_bad_size_names_the_flag(capsys):
-    assert main(["traffic", "--step", "default", "--size", "32by64"]) != 0
-    assert "--size" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, flag", [(["--size", "32by64"], "--size"), (["--batch", "1"], "--batch"),
+                                        (["--markdown"], "--markdown"), (["--step", "nosuch"], "--step")])
+def test_cli_bad_input_names_the_flag(capsys, argv, flag):
+    assert main(["traffic", "--step", "default", *argv]) != 0
+    assert flag in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("group", sorted(BUDGET["groups"]))

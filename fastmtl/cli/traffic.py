@@ -42,6 +42,9 @@ def _hw(text: str) -> tuple:
 def run_step_model(args: argparse.Namespace) -> int:
     from ..perf.step_model import format_step_model, step_model
 
+    for flag, value in (("--op", args.op), ("--variants", args.variants), ("--markdown", args.markdown)):
+        if value:
+            raise ConfigError(f"{flag} is for the per-op traffic model, not --step")
     if args.step not in ("default",) + tuple(MODEL_NAMES):
         raise ConfigError(f"--step must be 'default' or one of {', '.join(MODEL_NAMES)}, got {args.step!r}")
     if args.batch < 2:

@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from torch.utils import _foreach_utils as foreach_utils
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
 from fastmtl.config import Config
 from fastmtl.data.classes import NUM_CLASSES
 from fastmtl.perf.aot.harness import Launch, TorchOp, fake_cuda
-from fastmtl.perf.step_model_groups import GroupNamer
 from fastmtl.perf.inputs import random_batch, synthetic_info
+from fastmtl.perf.step_model_groups import GroupNamer
 from fastmtl.runtime import Runtime
 from fastmtl.step import build_step
 
@@ -93,12 +93,12 @@ class _AutocastRules(TorchFunctionMode):
                 return self.weight_cache[key]
             return t.to(dst)
 
-        flat_args = [cast(a) if not isinstance(a, (list, tuple)) else type(a)(map(cast, a)) for a in args]
-        return flat_args, {k: cast(v) for k, v in kwargs.items()}
+        cast_args = [cast(a) if not isinstance(a, (list, tuple)) else type(a)(map(cast, a)) for a in args]
+        return cast_args, {k: cast(v) for k, v in kwargs.items()}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if torch.is_autocast_enabled("cuda"):  # the cache lives as long as the mode: one traced step
+        if torch.is_autocast_enabled("cuda"):  # (trace_step clears the cache between steps)
             if func in LOWER_PRECISION:
                 args, kwargs = self._cast(args, kwargs, torch.float32, torch.get_autocast_dtype("cuda"))
             elif func in FP32:
@@ -197,8 +197,9 @@ def _model_config(model: str, channels_last: bool, fused: bool) -> Config:
 
 def trace_step(model: str = "default", batch: int = 8, size: Tuple[int, int] = (256, 512), channels_last: bool = True,
                fused: bool = False, arch: int = 90) -> StepTrace:
-    """Trace one train step of ``model`` (a zoo name or ``default``) at ``batch`` images of ``size``
-    ``(H, W)``, bf16 autocast, on the fake CUDA device of compute capability ``arch``."""
+    """Trace one train step of ``model`` (a zoo name or ``default``; ``fused``: with fastmtl's fused
+    ops) at ``batch`` images of ``size`` ``(H, W)``, bf16 autocast, on the fake CUDA device of compute
+    capability ``arch``: the second step of the run (the first creates the optimizer's state)."""
     cfg = _model_config(model, channels_last, fused)
     cuda = torch.device("cuda", 0)
     patched = [(torch.cuda, "is_available", lambda: True), (torch.cuda, "is_bf16_supported", lambda *a, **k: True),
