@@ -32,6 +32,10 @@ UNFUSABLE = {"convolution", "convolution_backward", "mm", "addmm", "bmm"}
 optimizer phase stays eager (``--compile`` compiles the model and the loss, not the optimizer)."""
 
 
+CONV_GROUPS = ("backbone convs", "ASPP", "decoder convs", "attention")
+"""The groups whose FLOP-carrying kernels are the convolutions ("bytes outside the convolutions": the rest)."""
+
+
 @dataclass
 class Kernel:
     """One modelled kernel: a traced op, or (compile) a run of them fused."""
@@ -47,9 +51,9 @@ def _eager(ops: List[OpRecord]) -> List[Kernel]:
 
 
 def _compiled(ops: List[OpRecord]) -> List[Kernel]:
-    """Runs of consecutive fusable ops of one phase (forward, loss, backward) become one kernel; its bytes: the storages it
-    reads that it did not write, and those it writes that a later op outside it reads (or nobody:
-    a result such as a gradient or a parameter)."""
+    """Runs of consecutive fusable ops of one phase (forward, loss, backward) become one kernel;
+    its bytes: the storages it reads that it did not write, and those it writes that a later op
+    outside it reads (or nobody: a result such as a gradient or a parameter)."""
     last_read: Dict[int, int] = {}
     for i, o in enumerate(ops):
         for s in o.reads:
@@ -90,9 +94,9 @@ def _sizes(run: List[Tuple[int, OpRecord]]) -> Dict[int, int]:
     return sizes
 
 
-def _time(kernels: List[Kernel], gpu: Gpu, launch_cost: bool) -> float:
-    return sum(max(k.flops / gpu.flops, k.bytes / gpu.bandwidth) + (k.launches * gpu.launch_s if launch_cost else 0)
-               for k in kernels)
+def _kernel_s(k: Kernel, gpu: Gpu, launch_cost: bool = True) -> float:
+    """Seconds of one kernel: max(FLOPs / peak, bytes / bandwidth), plus its launches' cost."""
+    return max(k.flops / gpu.flops, k.bytes / gpu.bandwidth) + (k.launches * gpu.launch_s if launch_cost else 0)
 
 
 def _groups(kernels: List[Kernel], gpu: Gpu) -> List[dict]:
@@ -102,24 +106,26 @@ def _groups(kernels: List[Kernel], gpu: Gpu) -> List[dict]:
         g["flops"] += k.flops
         g["bytes"] += k.bytes
         g["launches"] += k.launches
-        g["ms"] += (max(k.flops / gpu.flops, k.bytes / gpu.bandwidth) + k.launches * gpu.launch_s) * 1e3
+        g["ms"] += _kernel_s(k, gpu) * 1e3
     return sorted(out.values(), key=lambda g: -g["ms"])
 
 
 def _scenario(kernels: List[Kernel], gpu: Gpu, graphs: bool = False) -> dict:
+    """A scenario's totals; ``graphs``: one CUDA-graph replay (one launch) instead of each kernel's."""
     launches = sum(k.launches for k in kernels)
-    ms = (_time(kernels, gpu, launch_cost=not graphs) + (gpu.launch_s if graphs else 0)) * 1e3
-    conv = [k for k in kernels if k.group in ("backbone convs", "ASPP", "decoder convs", "attention") and k.flops]
+    ms = (sum(_kernel_s(k, gpu, launch_cost=not graphs) for k in kernels) + (gpu.launch_s if graphs else 0)) * 1e3
+    total = sum(k.bytes for k in kernels)
+    conv_bytes = sum(k.bytes for k in kernels if k.group in CONV_GROUPS and k.flops)
     return {"ms": round(ms, 3), "launches": launches, "host_launches": 1 if graphs else launches,
-            "bytes": sum(k.bytes for k in kernels), "bytes_outside_convs": sum(k.bytes for k in kernels) - sum(k.bytes for k in conv),
-            "flops": sum(k.flops for k in kernels)}
+            "bytes": total, "bytes_outside_convs": total - conv_bytes, "flops": sum(k.flops for k in kernels)}
 
 
 def step_model(model: str = "default", gpu: str = "h200", batch: int = 8, size: Tuple[int, int] = (256, 512),
                channels_last: bool = True) -> dict:
     """The step MODEL report (JSON-able): scenarios, host syncs, groups (eager, unfused), settings."""
     g = GPUS[gpu]
-    plain, fused = trace_step(model, batch, size, channels_last, fused=False), trace_step(model, batch, size, channels_last, fused=True)
+    plain = trace_step(model, batch, size, channels_last, fused=False)
+    fused = trace_step(model, batch, size, channels_last, fused=True)
     kernels = {"eager": _eager(plain.ops), "compile": _compiled(plain.ops), "fused": _eager(fused.ops),
                "fused_compile": _compiled(fused.ops)}
     scenarios = {name: _scenario(k, g) for name, k in kernels.items()}
