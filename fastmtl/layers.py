@@ -27,9 +27,17 @@ def conv_bn_relu(in_ch: int, out_ch: int, kernel_size: int = 1, dilation: int = 
 
 
 def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize of ``(N, C, h, w)`` to ``(N, C, *size)`` (align_corners=False)."""
+    """Bilinear resize of ``(N, C, h, w)`` to ``(N, C, *size)`` (align_corners=False), in the
+    autocast dtype while autocast is on for ``x``'s device (CUDA autocast would run it in fp32:
+    an fp32 copy of every upsampled tensor, and of the concatenation after it, cast back to bf16);
+    in ``x``'s dtype otherwise. Keeps ``x``'s memory format."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            return F.interpolate(x.to(torch.get_autocast_dtype(device)), size=tuple(size), mode="bilinear",
+                                 align_corners=False)
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 

@@ -1,9 +1,12 @@
-"""``fastmtl traffic``: the memory-traffic model (bytes, launches) of every fused op and pass."""
+"""``fastmtl traffic``: the memory-traffic model (bytes, launches) of every fused op and pass, or
+(``--step MODEL``) the step MODEL of a whole train step (:mod:`fastmtl.perf.step_model`)."""
 from __future__ import annotations
 
 import argparse
 import json
 
+from ..config import ConfigError
+from ..models import MODEL_NAMES
 from .aot_flags import DTYPE_CHOICES, LAYOUT_CHOICES, parse_choices
 
 HELP = 'memory-traffic MODEL (bytes, launches) of every op and pass'
@@ -15,11 +18,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", default="nchw", help="nchw and/or channels_last (default nchw)")
     p.add_argument("--variants", action="store_true",
                    help="also the code paths the bench does not take (no residual, ASPP train, ...)")
+    p.add_argument("--step", default=None, metavar="MODEL",
+                   help="the step MODEL of MODEL's whole train step ('default' or a model name): modelled time per "
+                        "scenario, launches, bytes, groups, host syncs")
+    p.add_argument("--gpu", default="h200", choices=("h100", "h200"), help="with --step: the roofline (default h200)")
+    p.add_argument("--batch", type=int, default=8, help="with --step: images per step, >= 2 (default 8)")
+    p.add_argument("--size", default="256x512", metavar="HxW", help="with --step: image size (default 256x512)")
+    p.add_argument("--nchw", action="store_true", help="with --step: NCHW instead of channels_last")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table (for benchmarks/aot/results.md)")
 
 
+def _hw(text: str) -> tuple:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size must be HxW (e.g. 256x512), got {text!r}") from None
+    if h < 1 or w < 1:
+        raise ConfigError(f"--size must be positive, got {text!r}")
+    return h, w
+
+
+def run_step_model(args: argparse.Namespace) -> int:
+    from ..perf.step_model import format_step_model, step_model
+
+    for flag, value in (("--op", args.op), ("--variants", args.variants), ("--markdown", args.markdown)):
+        if value:
+            raise ConfigError(f"{flag} is for the per-op traffic model, not --step")
+    if args.step not in ("default",) + tuple(MODEL_NAMES):
+        raise ConfigError(f"--step must be 'default' or one of {', '.join(MODEL_NAMES)}, got {args.step!r}")
+    if args.batch < 2:
+        raise ConfigError(f"--batch must be >= 2 (training BatchNorm needs 2 values per channel), got {args.batch}")
+    report = step_model(args.step, args.gpu, args.batch, _hw(args.size), channels_last=not args.nchw)
+    print(json.dumps(report) if args.json else format_step_model(report))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.step is not None:
+        return run_step_model(args)
     from ..perf.cases import OPS
     from ..perf.aot.traffic import format_traffic, run_traffic
 

@@ -1,0 +1,74 @@
+"""The step MODEL (fastmtl.perf.step_model, ``fastmtl traffic --step``) on a tiny step: the trace of
+THE train step, its host syncs and its bytes / launches against benchmarks/step_model/budget.json."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastmtl.cli import main
+from fastmtl.perf.step_model import SCENARIOS, step_model
+from fastmtl.perf.step_model_groups import GROUPS
+from fastmtl.perf.step_model_trace import trace_step
+
+BUDGET = json.loads((Path(__file__).parents[1] / "benchmarks" / "step_model" / "budget.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def report():
+    return step_model(BUDGET["model"], "h200", BUDGET["batch"], tuple(BUDGET["size"]), channels_last=True)
+
+
+def test_report_is_labelled_a_model_with_every_scenario(report):
+    assert "MODEL" in report["kind"]
+    assert tuple(report["scenarios"]) == SCENARIOS
+    assert all(s["ms"] > 0 and s["launches"] > 0 for s in report["scenarios"].values())
+    assert report["scenarios"]["fused_compile_graphs"]["host_launches"] == 1
+    assert report["scenarios"]["compile"]["launches"] < report["scenarios"]["eager"]["launches"]
+    groups = {g["group"] for g in report["groups"]}
+    assert {"backbone convs", "ASPP", "decoder convs", "attention", "norm", "casts", "optimizer", "losses"} <= groups
+    assert any(g["group"].startswith("fused ") for g in report["groups_fused"])
+    assert all(g["group"] in GROUPS or g["group"].startswith("fused ") for g in report["groups_fused"])
+
+
+def test_host_syncs_within_budget(report):
+    assert report["host_syncs"] == BUDGET["host_syncs"]
+    assert report["host_syncs_fused"] == BUDGET["host_syncs"]
+
+
+@pytest.mark.parametrize("scenario", sorted(BUDGET["scenarios"]))
+def test_bytes_and_launches_within_budget(report, scenario):
+    got, budget = report["scenarios"][scenario], BUDGET["scenarios"][scenario]
+    for key in ("bytes", "launches"):
+        assert got[key] <= budget[key] * (1 + BUDGET["tolerance"]), (
+            f"{scenario} {key}: {got[key]} > budget {budget[key]} (benchmarks/step_model/budget.json)")
+
+
+def test_trace_has_every_phase_and_conv_flops():
+    is_available = torch.cuda.is_available
+    trace = trace_step(batch=2, size=(32, 64))
+    assert torch.cuda.is_available is is_available  # the fake device's patches were undone
+    convs = [o for o in trace.ops if o.name == "convolution"]
+    assert convs and all(o.flops > 0 for o in convs)
+    assert {o.phase for o in trace.ops} == {"forward", "loss", "backward", "optimizer"}
+
+
+def test_cli_json(capsys):
+    assert main(["traffic", "--step", "default", "--batch", "2", "--size", "32x64", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"scenarios", "host_syncs", "groups"} <= set(out) and "MODEL" in out["kind"]
+
+
+@pytest.mark.parametrize("argv, flag", [(["--size", "32by64"], "--size"), (["--batch", "1"], "--batch"),
+                                        (["--markdown"], "--markdown"), (["--step", "nosuch"], "--step")])
+def test_cli_bad_input_names_the_flag(capsys, argv, flag):
+    assert main(["traffic", "--step", "default", *argv]) != 0
+    assert flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("group", sorted(BUDGET["groups"]))
+def test_eager_group_bytes_and_launches_within_budget(report, group):
+    got = {g["group"]: g for g in report["groups"]}[group]
+    for key in ("bytes", "launches"):
+        assert got[key] <= BUDGET["groups"][group][key] * (1 + BUDGET["tolerance"]), (
+            f"eager {group} {key}: {got[key]} > budget {BUDGET['groups'][group][key]} (benchmarks/step_model/budget.json)")
