@@ -42,8 +42,8 @@ def host_values(result: StepResult) -> Tuple[float, Dict[str, float]]:
 class SkipCounter:
     """The skipped steps, counted on the device (each :meth:`add` is host-read free) and read at
     logging intervals (:meth:`read`, one host sync). ``counts (3,)`` int64: skipped since the last
-    read, the current run of consecutive skipped steps, the longest run since the last read
-    (a run that goes on across reads counts in full)."""
+    read, the current run of consecutive skipped steps, the longest run that grew since the last
+    read (a run that goes on across reads counts in full)."""
 
     def __init__(self, device: torch.device):
         self.counts = torch.zeros(3, dtype=torch.int64, device=device)
@@ -56,7 +56,7 @@ class SkipCounter:
     def read(self) -> Tuple[int, int]:
         """``(skipped since the last read, longest run of consecutive skipped steps)``; resets the first."""
         skipped, run, longest = self.counts.tolist()
-        self.counts = torch.tensor([0, run, run], dtype=torch.int64, device=self.counts.device)
+        self.counts = torch.tensor([0, run, 0], dtype=torch.int64, device=self.counts.device)
         return skipped, longest
 
 

@@ -128,7 +128,7 @@ class WeightedTrainStep:
         trainer passes one ``{task: target}`` dict). Returns the detached 0-d weighted loss, the
         ``{task: loss}`` tensors and the 0-d bool ``skipped`` (all on the device; read on the host by
         :func:`fastmtl.step.host_values`): a non-finite loss, task weight or gradient, nothing updated.
-        The methods' own finiteness checks (:mod:`fastmtl.weighting.engine`) still read the host."""
+        Gradient methods' finiteness checks (:mod:`fastmtl.weighting.engine`) still read the host."""
         *targets, autocast, optimizer, scaler, scheduler = args
         optimizer.zero_grad(set_to_none=True)
         self.sync.broadcast_(list(self.model.buffers()))
@@ -144,8 +144,11 @@ class WeightedTrainStep:
                 out = self.forward(rgb)
         _, parts = self.loss_fn(out, *targets)
         losses = torch.stack([parts[t].float() for t in self.tasks])
+        bad = torch.zeros((), dtype=torch.bool, device=losses.device)
         if self.grad_mode == "loss":
             result = self.engine.losses_backward(losses, scaler)
+            if result is not None:
+                bad = result[1]
         elif self.grad_mode == "params":
             result = self.engine.params_backward(losses, scaler)
         else:
@@ -155,4 +158,4 @@ class WeightedTrainStep:
         if result is None:  # the method found a non-finite loss, weight or gradient: nothing to update
             scheduler.step()  # as apply_update does: a skipped step is rewound when the trainer reads it
             return total, task_losses, torch.ones((), dtype=torch.bool, device=losses.device)
-        return total, task_losses, apply_update(optimizer, scaler, scheduler, torch.zeros_like(total, dtype=torch.bool))
+        return total, task_losses, apply_update(optimizer, scaler, scheduler, bad)
