@@ -35,7 +35,7 @@ not an fp16 overflow the scaler could recover from. A non-finite gradient behind
 
 Loss methods check on the device, without a host read (:meth:`WeightedBackward.losses_backward`
 returns the flag with the weights), except that a method keeping state from the losses (one that
-overrides ``observe``: DWA, RLW, FAMO, GradNorm, ...) must not see non-finite ones, so for it the
+overrides ``observe``: DWA, RLW, FAMO) must not see non-finite ones, so for it the
 losses are read on the host first. Gradient methods read their checks on the host.
 """
 from __future__ import annotations
