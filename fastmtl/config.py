@@ -98,6 +98,7 @@ class Config(ModelKnobs):
     seed: int = 0
     device: str = "auto"
     compile: bool = False
+    cuda_graphs: bool = False  # torch.compile mode="reduce-overhead" of model and loss (CUDA graphs); CUDA only
     amp: str = "auto"  # auto: bf16 on CUDA, off on CPU
     channels_last: bool = False
     eval_every: Optional[int] = None  # steps between evaluations; None: once per epoch

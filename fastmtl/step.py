@@ -11,7 +11,7 @@ import torch
 import torch._inductor.config as inductor_config
 from torch import nn
 
-from .config import Config
+from .config import Config, ConfigError
 from .losses import MultiTaskLoss
 from .models import build_model
 from .optim import make_optimizer, poly_schedule
@@ -20,30 +20,60 @@ from .tasks import Task, build_tasks, outputs_desc
 from .weighting import Weighting
 from .weighting.training import WeightedTrainStep, apply_update, method_for_run, param_groups
 
-StepResult = Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]  # None: the step was skipped
+@dataclass
+class StepResult:
+    """What one :meth:`TrainStep.run` leaves on the device (no host read made): the detached 0-d
+    weighted ``loss``, the ``{task: loss}`` 0-d tensors and the 0-d bool ``skipped`` (a non-finite
+    loss, task weight or gradient: nothing was updated)."""
+
+    loss: torch.Tensor
+    parts: Dict[str, torch.Tensor]
+    skipped: torch.Tensor
 
 
 def host_values(result: StepResult) -> Tuple[float, Dict[str, float]]:
     """The step's host reads (a device sync): ``(loss, {task: loss})`` as python floats, or
     ``(nan, {})`` for a skipped step."""
-    if result is None:
+    if bool(result.skipped):
         return float("nan"), {}
-    loss, parts = result
-    return loss.item(), {k: v.item() for k, v in parts.items()}
+    return result.loss.item(), {k: v.item() for k, v in result.parts.items()}
+
+
+class SkipCounter:
+    """The skipped steps, counted on the device (each :meth:`add` is host-read free) and read at
+    logging intervals (:meth:`read`, one host sync). ``counts (3,)`` int64: skipped since the last
+    read, the current run of consecutive skipped steps, the longest run that grew since the last
+    read (a run that goes on across reads counts in full)."""
+
+    def __init__(self, device: torch.device):
+        self.counts = torch.zeros(3, dtype=torch.int64, device=device)
+
+    def add(self, skipped: torch.Tensor) -> None:
+        s = skipped.long()
+        run = (self.counts[1] + 1) * s
+        self.counts = torch.stack([self.counts[0] + s, run, torch.maximum(self.counts[2], run)])
+
+    def read(self) -> Tuple[int, int]:
+        """``(skipped since the last read, longest run of consecutive skipped steps)``; resets the first."""
+        skipped, run, longest = self.counts.tolist()
+        self.counts = torch.tensor([0, run, 0], dtype=torch.int64, device=self.counts.device)
+        return skipped, longest
 
 
 class TrainStep:
-    """One optimizer step of a run.
+    """One optimizer step of a run, with no host read (capturable).
 
     ``step(rgb, targets)``: ``rgb (N, 3, H, W)`` float on the run's device (normalised images),
     ``targets {task: tensor}`` on the same device (``semseg (N, H, W)`` int64, ``depth (N, 1, H, W)``
     metres with NaN invalid, ``normals (N, 3, H, W)``). Runs the forward under the run's autocast,
     the loss, the task weighting (:class:`~fastmtl.weighting.training.WeightedTrainStep` for a
     ``--weighting`` method, fixed weights otherwise), the backward through the GradScaler, the
-    optimizer and the scheduler step. Returns ``(loss, {task: loss})`` as python floats (the total
-    is the weighted sum), or ``(nan, {})`` when the step was skipped (nothing updated): a non-finite
-    loss, task weight or gradient (without an fp16 GradScaler; with one, the scaler skips an
-    overflowing step itself and lowers its scale). The host reads are :func:`host_values`.
+    optimizer and the scheduler step. A non-finite loss, task weight or gradient skips the update on
+    the device (:func:`~fastmtl.weighting.training.apply_update`; with an fp16 GradScaler an
+    overflowing gradient is the scaler's own skip). :meth:`run` returns the :class:`StepResult`
+    tensors and counts skipped steps in :attr:`skips`; calling the step returns them read on the
+    host (:func:`host_values`: ``(loss, {task: loss})``, ``(nan, {})`` for a skipped step).
+    :meth:`settle` reads the skip counts at logging intervals.
     """
 
     def __init__(self, forward: Callable, loss_fn: Callable, optimizer: torch.optim.Optimizer,
@@ -54,24 +84,39 @@ class TrainStep:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.weighted = weighted
         self.fixed_weights = dict(fixed_weights or {})
+        self.skips = SkipCounter(rt.device)
 
     def __call__(self, rgb: torch.Tensor, targets: Dict[str, torch.Tensor]) -> Tuple[float, Dict[str, float]]:
-        return host_values(self.run(rgb.contiguous(memory_format=self.memory_format), targets))
+        return host_values(self.run(rgb, targets))
 
     def run(self, rgb: torch.Tensor, targets: Dict[str, torch.Tensor]) -> StepResult:
-        """The step without the host reads of the results (the finiteness checks still read a bool each)."""
+        """The step, without a host read (the fp16 GradScaler's and the gradient methods' own
+        checks aside): the results stay on the device."""
+        rgb = rgb.contiguous(memory_format=self.memory_format)
         if self.weighted is not None:
-            return self.weighted(rgb, targets, self.rt.autocast, self.optimizer, self.scaler, self.scheduler)
-        with self.rt.autocast():
-            out = self.forward(rgb)
-        loss, parts = self.loss_fn(out, targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss).item():
-            return None
-        self.scaler.scale(loss).backward()
-        if not apply_update(self.optimizer, self.scaler, self.scheduler):
-            return None
-        return loss.detach(), {k: v.detach() for k, v in parts.items()}
+            result = StepResult(*self.weighted(rgb, targets, self.rt.autocast, self.optimizer, self.scaler,
+                                               self.scheduler))
+        else:
+            with self.rt.autocast():
+                out = self.forward(rgb)
+            loss, parts = self.loss_fn(out, targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            skipped = apply_update(self.optimizer, self.scaler, self.scheduler, ~torch.isfinite(loss))
+            result = StepResult(loss.detach(), {k: v.detach() for k, v in parts.items()}, skipped)
+        self.skips.add(result.skipped)
+        return result
+
+    def settle(self) -> Tuple[int, int]:
+        """Read the skip counts (one host sync, at logging intervals): ``(steps skipped since the
+        last settle, longest run of consecutive skipped steps)``. The LR schedule stepped on every
+        step; it is rewound by the skipped ones, so it counts the steps that updated (between two
+        reads a skipped step moves the LR on by one step early)."""
+        skipped, longest = self.skips.read()
+        if skipped:
+            self.scheduler.last_epoch -= skipped + 1
+            self.scheduler.step()  # recomputes the groups' lr at the rewound step
+        return skipped, longest
 
     def weights(self) -> Dict[str, float]:
         """The task weights of the last step (a method's) or the fixed ones, by task name."""
@@ -110,6 +155,8 @@ def build_step(cfg: Config, info, rt: Runtime, total_steps: int, steps_per_epoch
     loss with ``cfg.task_weight``, and the DDP / ``torch.compile`` wrappers of ``cfg``. Seed the RNG
     before calling it (the model's initialisation draws from it)."""
     device = rt.device
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"--cuda-graphs needs a CUDA device (this run is on {device.type}); drop the flag")
     tasks = build_tasks(cfg, info)
     model = build_model(cfg, outputs_desc(tasks), fused=cfg.fused).to(device)
     if rt.distributed and device.type == "cuda":
@@ -129,14 +176,16 @@ def build_step(cfg: Config, info, rt: Runtime, total_steps: int, steps_per_epoch
     if rt.distributed and (weighting is None or weighting.kind == "loss"):
         forward = nn.parallel.DistributedDataParallel(
             forward, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
+    if cfg.compile or cfg.cuda_graphs:
         if cfg.fused:
             # Inductor (seen with torch 2.13 on CPU) reorders the backward of the fused attention's
             # conv + channel slices wrongly when optimising for peak memory: gradients come out wrong
             inductor_config.reorder_for_peak_memory = False
-        forward, step_loss = torch.compile(forward), torch.compile(loss_fn)
+        mode = "reduce-overhead" if cfg.cuda_graphs else None  # CUDA graphs of forward and backward
+        forward, step_loss = torch.compile(forward, mode=mode), torch.compile(loss_fn, mode=mode)
     weighted = None if weighting is None else WeightedTrainStep(
-        weighting, model, forward, step_loss, list(cfg.tasks), cfg.weighting_grads, rt.world_size, cfg.compile)
+        weighting, model, forward, step_loss, list(cfg.tasks), cfg.weighting_grads, rt.world_size,
+        cfg.compile or cfg.cuda_graphs)
     step = TrainStep(forward, step_loss, optimizer, scaler, scheduler, rt, cfg.channels_last, weighted,
                      fixed_weights=loss_fn.weights)
     return StepParts(model, forward, tasks, loss_fn, optimizer, scheduler, scaler, weighting, step)

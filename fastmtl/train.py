@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import signal
 import threading
@@ -48,11 +47,13 @@ from .files import read_json, write_json_atomic, write_text_atomic
 from .losses import last_prediction
 from .rundir import check_output_dir
 from .runtime import Runtime, resolve_config, setup_runtime
-from .step import build_step
+from .optim import load_optimizer_state
+from .step import StepResult, build_step, host_values
 from .tasks import check_available, task_states
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
-MAX_BAD_STEPS = 10  # consecutive non-finite losses before training stops
+MAX_BAD_STEPS = 10  # consecutive non-finite steps before training stops (checked when the skip counts are read)
+LOG_EVERY = 10  # steps between host reads of the step's results (loss, skip counts): the step itself reads nothing
 WARMUP_STEPS = 3  # first steps of every (resumed) segment, timed apart: compilation and warm-up
 
 
@@ -163,7 +164,7 @@ class Run:
 
     def _restore(self, ckpt: Dict) -> None:
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(self.optimizer, ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.weighting is not None:
@@ -217,6 +218,7 @@ class Run:
 
     def _interrupted(self) -> KeyboardInterrupt:
         """Save ``last.pt`` of the current step (if not saved yet); the interruption saying so."""
+        self._settle()
         if self.saved_step != self.step:
             self._save_last()
         return KeyboardInterrupt(f"saved {self.out / 'last.pt'} at step {self.step} of {self.total_steps}; "
@@ -253,11 +255,30 @@ class Run:
 
     # -- loop -------------------------------------------------------------------------------
 
-    def train_step(self, batch) -> Tuple[float, Dict[str, float]]:
-        """One :class:`~fastmtl.step.TrainStep` on a loader batch (moved to the run's device)."""
+    def step_on_device(self, batch) -> StepResult:
+        """One :class:`~fastmtl.step.TrainStep` on a loader batch (moved to the run's device); the
+        results stay on the device (:func:`~fastmtl.step.host_values` reads them)."""
         dev = self.rt.device
         targets = {t: batch[t].to(dev, non_blocking=True) for t in self.cfg.tasks}
-        return self.parts.step(batch["rgb"].to(dev, non_blocking=True), targets)
+        return self.parts.step.run(batch["rgb"].to(dev, non_blocking=True), targets)
+
+    def train_step(self, batch) -> Tuple[float, Dict[str, float]]:
+        """:meth:`step_on_device`, read on the host: ``(loss, {task: loss})``, ``(nan, {})`` if skipped."""
+        return host_values(self.step_on_device(batch))
+
+    def _settle(self) -> int:
+        """Read the step's skip counts (one host sync; at every :data:`LOG_EVERY` steps, evaluation,
+        save and the end): the skipped steps are taken back from ``self.step`` (and the LR
+        schedule) and logged; :data:`MAX_BAD_STEPS` in a row stop the run. Returns the skipped count."""
+        skipped, longest = self.parts.step.settle()
+        if skipped:
+            self.step -= skipped
+            self.log(f"step {self.step}: {skipped} step(s) skipped since the last read: non-finite loss, task "
+                     f"weight or gradient ({longest} in a row at most)")
+            if longest >= MAX_BAD_STEPS:
+                raise TrainingDiverged(f"training diverged: {longest} non-finite steps in a row at step "
+                                       f"{self.step}; {self.latest_checkpoint()}")
+        return skipped
 
     def evaluate(self) -> Dict:
         return evaluate_tasks(self.model, self.val_loader, self.tasks, self.rt.device, self.rt.amp_dtype,
@@ -296,7 +317,7 @@ class Run:
         """The steps to the end (or ``stop_after``); the last evaluation's metrics (None if none ran)."""
         cfg, rt = self.cfg, self.rt
         eval_every = cfg.eval_every or self.steps_per_epoch
-        bad_steps, segment_steps, last_metrics = 0, 0, None
+        segment_steps, last_metrics = 0, None
         step_start = time.time()
         self.model.train()
         while self.step < self.total_steps and (stop_after is None or self.step < stop_after):
@@ -311,27 +332,28 @@ class Run:
                 if left < (2 if cfg.aspp else 1):
                     self.skipped_samples += left
                     continue
-                loss, parts = self.train_step(batch)
-                if math.isnan(loss):
-                    bad_steps += 1
-                    self.log(f"step {self.step}: non-finite loss, task weight or gradient, step skipped "
-                             f"({bad_steps} in a row)")
-                    if bad_steps >= MAX_BAD_STEPS:
-                        raise TrainingDiverged(f"training diverged: {bad_steps} non-finite steps in a row at step "
-                                               f"{self.step}; {self.latest_checkpoint()}")
-                    continue
-                bad_steps = 0
-                self.step += 1
+                result = self.step_on_device(batch)
+                self.step += 1  # a skipped step is taken back when the skip counts are read (_settle)
                 segment_steps += 1
                 step_end = time.time()
                 self._time_step(segment_steps, step_end - step_start, batch["rgb"].shape[0] * rt.world_size)
                 step_start = step_end  # a step's time runs from the end of the previous one (data loading included)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                 if rt.is_main and self.weighting is not None:  # task weights, every step
                     for task, w in self.parts.step.weights().items():
                         self._tensorboard().add_scalar(f"train/weight_{task}", w, self.step)
-                if rt.is_main and self.step % 10 == 0:
+                done = self.step >= self.total_steps or (stop_after is not None and self.step >= stop_after)
+                evaluate = self.step % eval_every == 0 or done
+                save = not evaluate and self._checkpoint_due()
+                if not (evaluate or save or self.step % LOG_EVERY == 0):
+                    continue
+                skipped = self._settle()
+                if skipped:  # the counts were provisional: the checks wait for the steps that updated
+                    bar.update(-skipped)
+                    continue
+                loss, parts = host_values(result)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                if rt.is_main and self.step % LOG_EVERY == 0:
                     writer = self._tensorboard()
                     writer.add_scalar("train/loss", loss, self.step)
                     for k, v in parts.items():
@@ -339,11 +361,10 @@ class Run:
                     writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
                     if cfg.quiet:
                         print(f"step {self.step}/{self.total_steps} loss {loss:.4f}", flush=True)
-                done = self.step >= self.total_steps or (stop_after is not None and self.step >= stop_after)
-                if self.step % eval_every == 0 or done:
+                if evaluate:
                     last_metrics = self._evaluate_and_save(epoch)
                     step_start = time.time()
-                elif self._checkpoint_due():
+                elif save:
                     self._save_last()
                     step_start = time.time()
                 if done:

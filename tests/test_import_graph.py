@@ -20,13 +20,14 @@ PACKAGE = Path(fastmtl.__file__).parent
 
 # lowest first; a name stands for the module and everything below it
 LAYERS: Tuple[Tuple[str, ...], ...] = (
-    ("fastmtl", "fastmtl.errors", "fastmtl.paths", "fastmtl.files", "fastmtl.fields", "fastmtl.checkpoint"),
+    ("fastmtl", "fastmtl.errors", "fastmtl.paths", "fastmtl.files", "fastmtl.fields", "fastmtl.checkpoint",
+     "fastmtl.optim"),
     ("fastmtl.kernels",),
     ("fastmtl.layers", "fastmtl.nn"),
     ("fastmtl.models", "fastmtl.data", "fastmtl.weighting"),
     ("fastmtl.losses", "fastmtl.metrics"),
     ("fastmtl.tasks",),
-    ("fastmtl.transforms", "fastmtl.optim"),
+    ("fastmtl.transforms",),
     ("fastmtl.config",),
     ("fastmtl.runtime",),
     ("fastmtl.restore", "fastmtl.step", "fastmtl.rundir"),

@@ -45,9 +45,10 @@ def test_build_step_is_the_trainers_step(tiny_data, tmp_path, weighting):
 
 
 def test_a_skipped_step_reads_as_nan():
-    loss, parts = fstep.host_values(None)
-    assert loss != loss and parts == {}
-    assert fstep.host_values((torch.tensor(1.5), {"depth": torch.tensor(0.5)})) == (1.5, {"depth": 0.5})
+    parts = {"depth": torch.tensor(0.5)}
+    loss, read = fstep.host_values(fstep.StepResult(torch.tensor(1.5), parts, torch.tensor(True)))
+    assert loss != loss and read == {}
+    assert fstep.host_values(fstep.StepResult(torch.tensor(1.5), parts, torch.tensor(False))) == (1.5, {"depth": 0.5})
 
 
 def test_every_perf_tool_builds_the_step_with_build_step(monkeypatch):

@@ -26,7 +26,7 @@ def train(name, mode, rank, world):
     forward = model
     if world > 1 and method.kind == "loss":
         forward = torch.nn.parallel.DistributedDataParallel(model)  # DDP broadcasts rank 0's init
-    opt = torch.optim.SGD([*model.parameters(), *method.parameters()], lr=0.05)
+    opt = torch.optim.SGD([*model.parameters(), *method.parameters()], lr=0.05, fused=True)
     step = WeightedTrainStep(method, model, forward, toy_loss, ["a", "b"], mode, world_size=world)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     per = GLOBAL_BATCH // world

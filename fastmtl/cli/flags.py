@@ -198,6 +198,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=SUPPRESS, help=f"(default {d.seed})")
     g.add_argument("--device", default=SUPPRESS, help="auto | cpu | cuda | cuda:N (default auto)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=SUPPRESS, help="torch.compile model and loss")
+    g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=SUPPRESS,
+                   help="torch.compile model and loss with mode=reduce-overhead: each step replays CUDA graphs "
+                        "(fused ops inside); CUDA only")
     g.add_argument("--fused", action=argparse.BooleanOptionalAction, default=SUPPRESS,
                    help="fused Triton modules (default: on when the kernels can run on the device)")
     g.add_argument("--amp", default=SUPPRESS, help="auto | bf16 | fp16 | off (default auto: bf16 on CUDA, off on CPU)")

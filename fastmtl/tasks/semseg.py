@@ -23,10 +23,11 @@ from .base import Task
 
 
 def semseg_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-    """Cross-entropy of ``logits (N, C, H, W)`` against ``target (N, H, W)`` int64; 0 if all ignored."""
-    if bool((target != ignore_index).any()):
-        return F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
-    return logits.sum() * 0.0
+    """Cross-entropy of ``logits (N, C, H, W)`` against ``target (N, H, W)`` int64, the mean over
+    the pixels not ``ignore_index``; 0 (and zero gradients) if all are ignored. Computed on the
+    device: the sum over the labelled pixels over their count (at least 1), no host read."""
+    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
+    return total / (target != ignore_index).sum().clamp_min(1)
 
 
 class SemsegMeter:

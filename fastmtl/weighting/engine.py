@@ -32,16 +32,21 @@ Non-finite task weights or coefficients (from finite losses and gradients: a met
 numerics) are reported as ``None`` before anything is written, with or without a scaler: they are
 not an fp16 overflow the scaler could recover from. A non-finite gradient behind finite weights
 (without a scaler) is caught by :func:`fastmtl.weighting.training.apply_update`.
+
+Loss methods check on the device, without a host read (:meth:`WeightedBackward.losses_backward`
+returns the flag with the weights), except that a method keeping state from the losses (one that
+overrides ``observe``: DWA, RLW, FAMO) must not see non-finite ones, so for it the
+losses are read on the host first. Gradient methods read their checks on the host.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .base import Weighting
+from .base import LossWeighting, Weighting
 
 
 class Sync:
@@ -127,20 +132,22 @@ class WeightedBackward:
 
     # -- loss methods --------------------------------------------------------------------------
 
-    def losses_backward(self, losses: torch.Tensor, scaler) -> Optional[torch.Tensor]:
-        """``losses (T,)`` of this rank -> weights ``(T,)`` after one backward, or None if non-finite."""
+    def losses_backward(self, losses: torch.Tensor, scaler) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """``losses (T,)`` of this rank -> ``(weights (T,), bad)`` after one backward; ``bad`` (0-d
+        bool on the device): non-finite losses or weights, the update is to be skipped. None (nothing
+        done) for non-finite losses of a method that keeps state from them (a host read for it only)."""
         global_losses = self.global_losses(losses)
-        if not bool(torch.isfinite(global_losses).all()):
+        finite = torch.isfinite(global_losses).all()
+        if _observes_losses(self.method) and not bool(finite):
             return None
         weights, own = self.method.weights_and_own_grads(global_losses)
-        if not _finite(weights):
-            return None
+        bad = ~(finite & torch.isfinite(weights).all())
         total = (weights.to(losses) * losses).sum()
         scaler.scale(total).backward()
         scale = _scale_of(scaler)
         for p, g in zip(self.own, own):
             p.grad = (g * scale).to(p.dtype)
-        return weights
+        return weights, bad
 
     # -- gradient methods ----------------------------------------------------------------------
 
@@ -245,6 +252,11 @@ class WeightedBackward:
             write_grads(with_grad, self.sync.mean_(flat([p.grad for p in with_grad])))
         self._finish_heads(head_grads, c.to(head_grads))
         return c
+
+
+def _observes_losses(method: Weighting) -> bool:
+    """Whether a loss method keeps state from the losses (overrides ``observe``)."""
+    return type(method).observe is not LossWeighting.observe
 
 
 def _finite(weights: torch.Tensor) -> bool:

@@ -1,5 +1,6 @@
 """The trainer's side of task weighting: the method of a run, its optimizer group, one step, and
-:func:`apply_update`, the optimizer step (skipped on a non-finite gradient) every train step shares.
+:func:`apply_update`, the optimizer step (skipped on the device on a non-finite loss, weight or
+gradient) every train step shares.
 
 :func:`fastmtl.step.build_step` calls :func:`method_for_run` (None for ``--weighting fixed``:
 the step's own path, unchanged), puts :func:`param_groups` into its optimizer, and its
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import get_total_norm
 
+from ..optim import step_unless
 from . import build
 from .base import Weighting
 from .engine import Sync, WeightedBackward, representation, split_parameters
@@ -56,22 +58,30 @@ def allow_repeated_backward() -> None:
     functorch_config.donated_buffer = False
 
 
-def apply_update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, scheduler) -> bool:
-    """The optimizer, scaler and scheduler step on the gradients a backward left in ``.grad``.
+def apply_update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, scheduler,
+                 bad: torch.Tensor) -> torch.Tensor:
+    """The optimizer, scaler and scheduler step on the gradients a backward left in ``.grad``,
+    without a host read. ``bad`` (0-d bool on the device): the loss or a task weight was
+    non-finite. Returns the 0-d bool ``skipped``: ``bad`` or a non-finite gradient; then nothing is
+    updated (the fused optimizer's ``found_inf``, :func:`fastmtl.optim.step_unless`). The
+    scheduler steps either way (the trainer rewinds it by the skipped steps when it reads them,
+    :meth:`fastmtl.step.TrainStep.settle`).
 
-    Without an enabled GradScaler a non-finite gradient (behind a finite loss) must not reach the
-    parameters: nothing is updated, the gradients are cleared and False is returned (the step
-    counts as skipped). An fp16 GradScaler checks the gradients itself: it skips the update and
-    lowers its scale (True: that is the scaler's normal overflow handling)."""
-    if not scaler.is_enabled():
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if grads and not bool(torch.isfinite(get_total_norm(grads, math.inf))):
-            optimizer.zero_grad(set_to_none=True)
-            return False
-    scaler.step(optimizer)
-    scaler.update()
+    An fp16 GradScaler checks the gradients itself: an overflowing step is skipped there and its
+    scale lowered (not counted as skipped, the scaler's normal handling); a ``bad`` step is handed
+    to it as an infinite gradient (so it lowers its scale too) and counted as skipped."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if scaler.is_enabled():
+        if grads:
+            grads[0].add_(torch.where(bad, math.inf, 0.0))
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        if grads:
+            bad = bad | ~torch.isfinite(get_total_norm(grads, math.inf))
+        step_unless(optimizer, bad)
     scheduler.step()
-    return True
+    return bad
 
 
 class WeightedTrainStep:
@@ -112,12 +122,13 @@ class WeightedTrainStep:
         """The last step's task weights by task name."""
         return {t: float(w) for t, w in zip(self.tasks, self.method.last_weights.tolist())}
 
-    def __call__(self, rgb: torch.Tensor, *args) -> Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]:
+    def __call__(self, rgb: torch.Tensor, *args) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
         """``step(rgb, *targets, autocast, optimizer, scaler, scheduler)``: forward, weighted backward,
         optimizer/scaler/scheduler step. ``targets`` are what ``loss_fn`` takes after the outputs (the
-        trainer passes one ``{task: target}`` dict). Returns the detached 0-d weighted loss and
-        ``{task: loss}`` tensors (read on the host by :func:`fastmtl.step.host_values`), or None when
-        the step was skipped: a non-finite loss, task weight or gradient (nothing updated)."""
+        trainer passes one ``{task: target}`` dict). Returns the detached 0-d weighted loss, the
+        ``{task: loss}`` tensors and the 0-d bool ``skipped`` (all on the device; read on the host by
+        :func:`fastmtl.step.host_values`): a non-finite loss, task weight or gradient, nothing updated.
+        Gradient methods' finiteness checks (:mod:`fastmtl.weighting.engine`) still read the host."""
         *targets, autocast, optimizer, scaler, scheduler = args
         optimizer.zero_grad(set_to_none=True)
         self.sync.broadcast_(list(self.model.buffers()))
@@ -133,12 +144,18 @@ class WeightedTrainStep:
                 out = self.forward(rgb)
         _, parts = self.loss_fn(out, *targets)
         losses = torch.stack([parts[t].float() for t in self.tasks])
+        bad = torch.zeros((), dtype=torch.bool, device=losses.device)
         if self.grad_mode == "loss":
             result = self.engine.losses_backward(losses, scaler)
+            if result is not None:
+                bad = result[1]
         elif self.grad_mode == "params":
             result = self.engine.params_backward(losses, scaler)
         else:
             result = self.engine.rep_backward(losses, tensors, leaves, scaler)
-        if result is None or not apply_update(optimizer, scaler, scheduler):
-            return None
-        return (self.method.last_weights.to(losses) * losses.detach()).sum(), {k: v.detach() for k, v in parts.items()}
+        total = (self.method.last_weights.to(losses) * losses.detach()).sum()
+        task_losses = {k: v.detach() for k, v in parts.items()}
+        if result is None:  # the method found a non-finite loss, weight or gradient: nothing to update
+            scheduler.step()  # as apply_update does: a skipped step is rewound when the trainer reads it
+            return total, task_losses, torch.ones((), dtype=torch.bool, device=losses.device)
+        return total, task_losses, apply_update(optimizer, scaler, scheduler, bad)
