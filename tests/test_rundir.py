@@ -200,7 +200,7 @@ def test_a_relative_data_root_is_stored_absolute(tiny_data, tmp_path, monkeypatc
 
 
 def test_last_pt_by_steps_without_an_evaluation(tiny_data, tmp_path, monkeypatch):
-    real_step, calls = Run.train_step, {"n": 0}
+    real_step, calls = Run.step_on_device, {"n": 0}
 
     def crash_at_step_3(self, batch):
         calls["n"] += 1
@@ -208,7 +208,7 @@ def test_last_pt_by_steps_without_an_evaluation(tiny_data, tmp_path, monkeypatch
             raise RuntimeError("the machine fell over")
         return real_step(self, batch)
 
-    monkeypatch.setattr(Run, "train_step", crash_at_step_3)
+    monkeypatch.setattr(Run, "step_on_device", crash_at_step_3)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="fell over"):
         train(tiny_config(tiny_data, out, max_steps=6, eval_every=100, checkpoint_every=2))
@@ -221,7 +221,7 @@ def test_last_pt_by_steps_without_an_evaluation(tiny_data, tmp_path, monkeypatch
 def test_ctrl_c_saves_last_pt_and_the_resume_is_exact(tiny_data, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     train(tiny_config(tiny_data, straight, max_steps=5, eval_every=100))
-    real_step, calls = Run.train_step, {"n": 0}
+    real_step, calls = Run.step_on_device, {"n": 0}
 
     def ctrl_c_in_step_3(self, batch):
         calls["n"] += 1
@@ -230,14 +230,14 @@ def test_ctrl_c_saves_last_pt_and_the_resume_is_exact(tiny_data, tmp_path, monke
             os.kill(os.getpid(), signal.SIGINT)
         return result
 
-    monkeypatch.setattr(Run, "train_step", ctrl_c_in_step_3)
+    monkeypatch.setattr(Run, "step_on_device", ctrl_c_in_step_3)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt, match=rf"saved {out / 'last.pt'} at step 3 of 5; resume with: "
                                                rf"fastmtl train --resume {out}"):
         train(tiny_config(tiny_data, out, max_steps=5, eval_every=100))
     assert load_checkpoint(out / "last.pt")["step"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    monkeypatch.setattr(Run, "train_step", real_step)
+    monkeypatch.setattr(Run, "step_on_device", real_step)
     train(None, resume=str(out))
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(out / "last.pt")
     for k, v in a["model"].items():
