@@ -1,11 +1,13 @@
 """``fastmtl bench --models M --kernel-table``: one profiled CPU train step at size tiny gives a
 consistent top-N table (ops by self CPU time); an impl the device cannot run is listed as skipped."""
 import json
+from types import SimpleNamespace
 
 import pytest
+from torch.autograd import DeviceType
 
 from fastmtl.cli import main
-from fastmtl.perf.kernel_table import TOP
+from fastmtl.perf.kernel_table import TOP, _event_times
 
 
 def test_kernel_table_of_one_cpu_step(capsys):
@@ -32,3 +34,17 @@ def test_kernel_table_text(capsys):
                  "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "== joint@resnet18 nchw fused: not profiled: Triton kernels run on CUDA only" in text
+
+
+def test_cuda_tables_count_only_device_events():
+    """The CUDA path (no GPU here): kernels by their device time; the CPU ops that launched them,
+    which also carry that time, are not counted twice."""
+    def ev(key, kind, dev_us, cpu_us, n=1):  # an averaged profiler event
+        return SimpleNamespace(key=key, device_type=kind, count=n, self_device_time_total=dev_us,
+                               self_cpu_time_total=cpu_us)
+
+    events = [ev("aten::convolution", DeviceType.CPU, 900, 50), ev("sm90_xmma_fprop", DeviceType.CUDA, 900, 0, 3),
+              ev("triton_poi_fused_add", DeviceType.CUDA, 100, 0), ev("cudaLaunchKernel", DeviceType.CPU, 0, 30)]
+    assert _event_times(events, on_cuda=True) == [{"name": "sm90_xmma_fprop", "calls": 3, "total_ms": 0.9},
+                                                  {"name": "triton_poi_fused_add", "calls": 1, "total_ms": 0.1}]
+    assert [r["name"] for r in _event_times(events, on_cuda=False)] == ["aten::convolution", "cudaLaunchKernel"]
