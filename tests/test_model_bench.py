@@ -47,6 +47,8 @@ def test_rows_order_layouts_encoders_and_jsonl(tmp_path, capsys):
     (["--models", "joint@vgg"], "--models: unknown encoder 'vgg' in 'joint@vgg'"),
     (["--models", "default", "--layouts", "nhwc"], "--layouts: unknown value 'nhwc'"),
     (["--models", "default", "--impls", "graphs"], "--impls: unknown value 'graphs'"),
+    (["--kernel-table"], "--kernel-table needs --models"),
+    (["--models", "default", "--rows-jsonl", "/nonexistent-dir/rows.jsonl"], "rows.jsonl"),
     (["--models", "default", "--phases", "eval"], "--phases: unknown value 'eval'"),
     (["--models", "default", "--steps", "0"], "--steps must be >= 1"),
     (["--models", "default", "--size", "huge"], "--size must be one of tiny, small, full"),

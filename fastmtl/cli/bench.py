@@ -46,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.models:
         return _bench_models(args)
+    for flag, value in (("--kernel-table", args.kernel_table), ("--rows-jsonl", args.rows_jsonl)):
+        if value:
+            raise ConfigError(f"{flag} needs --models (it is about whole train steps)")
     opts = BenchOptions(ops=parse_list(args.ops, OPS, "ops"), modes=parse_list(args.modes, MODES, "modes"),
                         impls=parse_list(args.impls, IMPLS, "impls") if args.impls else None,
                         size=args.bench_size, device=str(resolve_device(args.device)), dtype=args.dtype,
