@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
 # The prepared GPU check: one command for a fresh CUDA machine (made for an H200 with torch 2.11 and
 # triton 3.6 preinstalled, no network, this working tree copied in) that installs fastmtl from the
-# tree and runs, each step under its own timeout and within one total time budget:
+# tree and runs, each step under its own timeout and within one total time budget, in the order of
+# what decides (issue 21, item 6):
 #
-#   install          pip install --no-deps --no-build-isolation --no-index -e .  (a PYTHONPATH shim if pip fails)
-#   env              nvidia-smi, python / torch / triton versions, the CUDA device torch sees
-#   doctor           fastmtl doctor --json: the self-check of every fused op (bf16, fp32, NCHW, channels_last)
-#   pytest_core      TRITON_INTERPRET=0 pytest tests/test_kernels_cuda.py without the torch.compile tests
-#   bench_ops        fastmtl bench --size full, every op and pass, eager and fused rows
-#   models           fastmtl bench --models default --phases train: eager and fused (bf16 autocast)
-#   models_compile   the same for --impls compile;  models_fused_compile: --impls fused_compile
-#   pytest_compile   the torch.compile tests of tests/test_kernels_cuda.py
-#   gate             fastmtl gate --json: the compile gate for sm_80/90/100 (the prediction to compare with)
-#   bench_ops_compile  fastmtl bench --size full, the compile and fused_compile rows
+#   install       pip install --no-deps --no-build-isolation --no-index -e .  (a PYTHONPATH shim if pip fails)
+#   env           nvidia-smi, python / torch / triton versions, the CUDA device torch sees
+#   doctor        fastmtl doctor --json: the self-check of every fused op (bf16, fp32, NCHW, channels_last; no gate)
+#   train_step    ONE process: fastmtl bench --models default,joint@resnet18 --phases train, impls eager, compile,
+#                 fused, fused_compile, compile_graphs, fused_compile_graphs, layouts channels_last then nchw,
+#                 size full, 10 steps: images/s and peak memory. The default model's channels_last rows come
+#                 first; every row is appended to train_step.jsonl as it is measured, so a timeout loses
+#                 only the rows it cuts off (the report reads the jsonl when the JSON is missing)
+#   kernel_table  fastmtl bench --models default --kernel-table: the top 25 kernels of one eager and one
+#                 compiled train step (torch.profiler, channels_last)
+#   bench_ops     fastmtl bench --size full, every op and pass, eager, compile, fused and fused_compile in one process
+#   pytest_core   TRITON_INTERPRET=0 pytest tests/test_kernels_cuda.py without the torch.compile tests
+#   pytest_compile  the torch.compile tests of tests/test_kernels_cuda.py
+#   gate          fastmtl gate --json: the compile gate for sm_80/90/100 (the prediction to compare with)
 #
-# A failed step is recorded and the next one runs; a step that would start with less than
-# MIN_STEP_S seconds of the budget left is skipped ("budget"); a step gets min(its timeout, what is
-# left). The steps are in priority order: what a first call cannot fit, a second one runs with
-# --only. Outputs (a few files) in --out DIR (default $OUT):
+# A failed step is recorded and the next one runs. A step whose expected time (its TIMEOUT entry:
+# estimates for an H200 with cold Triton and Inductor caches, not measurements) is more than what is
+# left of the budget is skipped ("budget"), not started. With the default budget (470 s, one
+# 8-minute call) the estimates put install, env and doctor within ~40 s and the default model's
+# channels_last train-step rows within ~4 minutes; train_step is cut at 240 s (its later rows are a
+# second call's job). The steps are in priority order: what a first call cannot fit, a second one
+# runs with --only. Outputs (a few files) in --out DIR (default $OUT):
 #   summary.md      every step's status, exit code, duration and timeout; test counts and failures;
 #                   the doctor verdicts; the bench tables (written after every step, tables at the end)
-#   results.json    every step's JSON output (doctor, bench, models, gate) and the test counts
+#   results.json    every step's JSON output (doctor, train_step, kernel_table, bench_ops, gate) and the test counts
 #   gpu_check.log   every step's full output, in order
+#   train_step.jsonl  the train-step rows, one JSON line each, as measured
 #   pytest_core.xml, pytest_compile.xml   JUnit XML of the two test steps
 # Exit code: 0 when every step that ran passed, 1 otherwise (also when a step was skipped for time).
 #
@@ -35,16 +44,15 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${GPU_CHECK_PYTHON:-python3}"
 OUT_DIR="${OUT:-$REPO/gpu_check_out}"
 BUDGET=470
-MIN_STEP_S=20
 REPORT_RESERVE_S=15
 DRY=0
 ONLY=""
 SKIP=""
-STEPS=(install env doctor pytest_core bench_ops models models_compile models_fused_compile pytest_compile gate bench_ops_compile)
-# seconds per step on an H200 (estimates: cold Triton and Inductor caches; see docs/performance.md)
-declare -A TIMEOUT=([install]=60 [env]=30 [doctor]=120 [pytest_core]=180 [bench_ops]=120 [models]=90
-                    [models_compile]=150 [models_fused_compile]=150 [pytest_compile]=240 [gate]=120
-                    [bench_ops_compile]=300)
+STEPS=(install env doctor train_step kernel_table bench_ops pytest_core pytest_compile gate)
+# seconds per step on an H200 (estimates, not measurements: cold Triton and Inductor caches; see
+# docs/performance.md); a step is started only when its entry fits in what is left of the budget
+declare -A TIMEOUT=([install]=60 [env]=30 [doctor]=60 [train_step]=240 [kernel_table]=150 [bench_ops]=240
+                    [pytest_core]=180 [pytest_compile]=240 [gate]=120)
 COMPILE_TESTS="inductor or compiled_fused_model"
 
 usage() { sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
@@ -99,7 +107,7 @@ step_install() {
   if [ "$DRY" = 1 ]; then
     "$PY" -m pip --version && "$PY" -m pip install --help >/dev/null || return
     "$PY" -c "import setuptools" 2>/dev/null || echo "no setuptools here: a real run would use the PYTHONPATH shim"
-    "$PY" -c "import fastmtl.kernels, fastmtl.doctor, fastmtl.perf.model_bench; print('fastmtl from', fastmtl.__file__)"
+    "$PY" -c "import fastmtl.kernels, fastmtl.doctor, fastmtl.perf.model_bench, fastmtl.perf.kernel_table; print('fastmtl from', fastmtl.__file__)"
     return
   fi
   if ! limited "$PY" -m pip install --no-deps --no-build-isolation --no-index --no-cache-dir -e "$REPO" ||
@@ -129,18 +137,16 @@ step_env() {
 step_doctor() { fastmtl doctor --json >"$STAGE/doctor.json"; }
 step_pytest_core() { pytest_cuda pytest_core -k "not ($COMPILE_TESTS)"; }
 step_pytest_compile() { pytest_cuda pytest_compile -k "$COMPILE_TESTS"; }
-ops() {  # ops NAME IMPLS: every op and pass at size full; the self-check off: time the kernels themselves
+step_train_step() {  # the train step of both models, every impl and layout, in one process
+  fastmtl bench --models default,joint@resnet18 --phases train \
+    --impls eager,compile,fused,fused_compile,compile_graphs,fused_compile_graphs --layouts channels_last,nchw \
+    --size full --steps 10 --json --rows-jsonl "$STAGE/train_step.jsonl" >"$STAGE/train_step.json"
+}
+step_kernel_table() { fastmtl bench --models default --kernel-table --impls eager,compile --layouts channels_last --size full --json >"$STAGE/kernel_table.json"; }
+step_bench_ops() {  # every op and pass at size full, all four impls; the self-check off: time the kernels themselves
   FASTMTL_SELFCHECK=0 fastmtl bench --size full --ops se_scale,sigmoid_gate,aspp,silog --modes forward,backward,full \
-    --impls "$2" --json >"$STAGE/$1.json"
+    --impls eager,compile,fused,fused_compile --json >"$STAGE/bench_ops.json"
 }
-step_bench_ops() { ops bench_ops eager,fused; }
-step_bench_ops_compile() { ops bench_ops_compile compile,fused_compile; }
-models() {  # models NAME IMPLS: the default model's bf16 train step
-  fastmtl bench --models default --phases train --impls "$2" --size full --steps 10 --json >"$STAGE/$1.json"
-}
-step_models() { models models eager,fused; }
-step_models_compile() { models models_compile compile; }
-step_models_fused_compile() { models models_fused_compile fused_compile; }
 step_gate() { fastmtl gate --json --jobs "$(nproc)" >"$STAGE/gate.json"; }
 
 # --------------------------------------------------------------------------- running and recording
@@ -159,13 +165,12 @@ run_step() {
   if [ -n "$ONLY" ] && [[ ",$ONLY,install,env," != *",$name,"* ]]; then return; fi
   if [[ ",$SKIP," == *",$name,"* ]]; then return; fi
   left=$(( BUDGET - REPORT_RESERVE_S - $(elapsed) ))
-  if [ "$DRY" = 0 ] && [ "$left" -lt "$MIN_STEP_S" ]; then
-    echo "=== $name: skipped, ${left}s of the budget left" >>"$LOG"
-    record "$name" budget - 0 "${TIMEOUT[$name]}" "not run: $(( left > 0 ? left : 0 ))s of the ${BUDGET}s budget left"
+  STEP_TIMEOUT=${TIMEOUT[$name]}
+  if [ "$DRY" = 0 ] && [ "$left" -lt "$STEP_TIMEOUT" ]; then
+    echo "=== $name: skipped, expected ${STEP_TIMEOUT}s, ${left}s of the budget left" >>"$LOG"
+    record "$name" budget - 0 "$STEP_TIMEOUT" "not run: expected ${STEP_TIMEOUT}s, $(( left > 0 ? left : 0 ))s of the ${BUDGET}s budget left"
     return
   fi
-  STEP_TIMEOUT=${TIMEOUT[$name]}
-  [ "$DRY" = 0 ] && [ "$left" -lt "$STEP_TIMEOUT" ] && STEP_TIMEOUT=$left
   echo "=== $name (timeout ${STEP_TIMEOUT}s, at $(elapsed)s)" >>"$LOG"
   t0=$(date +%s)
   "step_$name" >"$STAGE/$name.out" 2>&1
@@ -193,7 +198,7 @@ for name in "${STEPS[@]}"; do
   run_step "$name"
 done
 report --tables
-cp "$STAGE"/pytest_*.xml "$OUT_DIR"/ 2>/dev/null
+cp "$STAGE"/pytest_*.xml "$STAGE"/train_step.jsonl "$OUT_DIR"/ 2>/dev/null
 echo "total $(elapsed)s" | tee -a "$LOG"
 cat "$OUT_DIR/summary.md"
 awk -F'\t' '$2 != "ok" { bad = 1 } END { exit bad }' "$STAGE/steps.tsv"

@@ -1,8 +1,9 @@
 """Writes the summary of ``benchmarks/gpu_check.sh``: ``summary.md`` and ``results.json`` in OUT.
 
 Reads the script's stage folder: ``steps.tsv`` (one line per step: name, status, exit code,
-seconds, timeout, note), each step's JSON output (``<step>.json``), ``env.txt`` and the JUnit XML
-of the test steps (``pytest_*.xml``). The step table, the test counts and failures and the
+seconds, timeout, note), each step's JSON output (``<step>.json``; for ``train_step``, when that is
+missing or cut off by the step's timeout, the rows it measured from ``train_step.jsonl``),
+``env.txt`` and the JUnit XML of the test steps (``pytest_*.xml``). The step table, the test counts and failures and the
 doctor's verdicts need only the standard library (the script calls this after every step, so a
 killed run still leaves them); ``--tables`` adds the fastmtl reports (doctor, bench, models) as
 text tables, importing fastmtl (the script's last call).
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 STEP_FIELDS = ("step", "status", "rc", "seconds", "timeout", "note")
-JSON_STEPS = ("doctor", "bench_ops", "models", "models_compile", "models_fused_compile", "gate", "bench_ops_compile")
+JSON_STEPS = ("doctor", "train_step", "kernel_table", "bench_ops", "gate")
+ROWS_JSONL = {"train_step": "train_step.jsonl"}  # steps whose rows also come one JSON line each, as measured
 
 
 def read_steps(stage: Path) -> List[Dict[str, str]]:
@@ -41,6 +43,23 @@ def read_json(path: Path):
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         return {"unparsable": f"{path.name}: {e}"}
+
+
+def read_rows_jsonl(path: Path) -> Optional[Dict]:
+    """A partial ``fastmtl bench --models`` report of the rows in ``path`` (one JSON object a line; a
+    line cut off by a kill is dropped), None when there are none."""
+    if not path.exists():
+        return None
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    if not rows:
+        return None
+    return {"schema": "fastmtl-bench-models/1", "partial": f"{len(rows)} rows from {path.name}: the step's JSON is missing",
+            "rows": rows}
 
 
 def junit_summary(path: Path) -> Optional[Dict]:
@@ -84,12 +103,12 @@ def fastmtl_tables(results: Dict) -> List[str]:
     try:
         from fastmtl.perf.report import format_report
         from fastmtl.doctor import format_report as format_doctor
+        from fastmtl.perf.kernel_table import format_kernel_table
         from fastmtl.perf.model_bench import format_model_report
     except Exception as e:  # the install step failed: the JSON is still in results.json
         return [f"(no tables: fastmtl does not import: {type(e).__name__}: {e})"]
-    formatters = {"doctor": format_doctor, "bench_ops": format_report, "bench_ops_compile": format_report,
-                  "models": format_model_report, "models_compile": format_model_report,
-                  "models_fused_compile": format_model_report}
+    formatters = {"doctor": format_doctor, "train_step": format_model_report, "kernel_table": format_kernel_table,
+                  "bench_ops": format_report}
     lines = []
     for name, fmt in formatters.items():
         data = results["steps"].get(name)
@@ -99,7 +118,8 @@ def fastmtl_tables(results: Dict) -> List[str]:
             text = fmt(data)
         except Exception as e:  # a partial report must not lose the others
             text = f"(cannot format {name}: {type(e).__name__}: {e})"
-        lines += [f"### {name}", "", "```", text, "```", ""]
+        partial = [f"({data['partial']})", ""] if data.get("partial") else []
+        lines += [f"### {name}", ""] + partial + ["```", text, "```", ""]
     return lines
 
 
@@ -109,6 +129,8 @@ def build(stage: Path, out: Path, tables: bool, dry_run: bool, budget: int, elap
                "step_table": steps, "steps": {}, "tests": {}}
     for name in JSON_STEPS:
         data = read_json(stage / f"{name}.json")
+        if (data is None or "unparsable" in data) and name in ROWS_JSONL:
+            data = read_rows_jsonl(stage / ROWS_JSONL[name]) or data
         if data is not None:
             results["steps"][name] = data
     for xml in sorted(stage.glob("pytest_*.xml")):

@@ -26,7 +26,7 @@ from . import bench, compare, data, doctor, evaluate, export, gate, predict, pro
 # FASTMTL_PARSE_ONLY); the import-graph test (tests/test_import_graph.py) excepts exactly these.
 LAZY_IMPORTS = (
     "fastmtl.compare", "fastmtl.data.synthetic", "fastmtl.doctor", "fastmtl.evaluate", "fastmtl.export",
-    "fastmtl.perf.aot.gate", "fastmtl.perf.aot.traffic", "fastmtl.perf.cases", "fastmtl.perf.model_bench", "fastmtl.perf.op_bench", "fastmtl.perf.profile",
+    "fastmtl.perf.aot.gate", "fastmtl.perf.aot.traffic", "fastmtl.perf.cases", "fastmtl.perf.kernel_table", "fastmtl.perf.model_bench", "fastmtl.perf.op_bench", "fastmtl.perf.profile",
     "fastmtl.perf.step_model",
     "fastmtl.perf.report", "fastmtl.predict", "fastmtl.sweep.builtin", "fastmtl.sweep.report",
     "fastmtl.sweep.runner", "fastmtl.train",

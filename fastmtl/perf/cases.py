@@ -17,6 +17,8 @@ OPS = ("se_scale", "sigmoid_gate", "aspp", "silog")
 MODES = ("forward", "backward", "full")
 
 IMPLS = ("eager", "compile", "fused", "fused_compile")
+# whole-model steps also run under CUDA graphs (torch.compile mode="reduce-overhead"; fastmtl train --cuda-graphs)
+MODEL_IMPLS = IMPLS + ("compile_graphs", "fused_compile_graphs")
 
 SIZES = ("tiny", "small", "full")  # tiny: a few programs per launch (CPU interpreter, tests)
 
@@ -270,7 +272,9 @@ def default_impls(device: torch.device) -> Tuple[str, ...]:
 
 def skip_reason(impl: str, device: torch.device, allow_cpu_compile: bool = False) -> Optional[str]:
     """Why ``impl`` is not timed on ``device`` (None: it is)."""
-    if impl in ("fused", "fused_compile"):
+    if impl in ("compile_graphs", "fused_compile_graphs") and device.type != "cuda":
+        return "CUDA graphs need a CUDA device (torch.compile mode='reduce-overhead', --cuda-graphs)"
+    if impl in ("fused", "fused_compile", "fused_compile_graphs"):
         if not kernels_available(device):
             return ("Triton kernels run on CUDA only: on CPU the fused op runs the Triton interpreter (or the "
                     "reference), whose timing is meaningless")
