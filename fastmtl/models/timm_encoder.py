@@ -60,6 +60,17 @@ def import_timm() -> ModuleType:
                           f"built for your torch {torch.__version__}") from None
 
 
+def check_pretrained_file(timm: ModuleType, timm_name: str, overlay: Dict[str, str], path: str) -> None:
+    """ValueError naming ``--pretrained`` unless the file is a state_dict of the full timm model
+    ``timm_name`` (a strict load, classifier included: timm's features_only load is not strict, so
+    it would keep random weights for keys the file lacks)."""
+    try:
+        timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay)
+    except (RuntimeError, KeyError, ValueError, OSError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:300]
+        raise ValueError(f"--pretrained {path} does not match --encoder {TIMM_PREFIX}{timm_name}: {reason}") from None
+
+
 class TimmEncoder(nn.Module):
     """``timm.create_model(name, features_only=True, output_stride=...)`` as a feature pyramid.
 
@@ -68,8 +79,9 @@ class TimmEncoder(nn.Module):
         output_stride: 32, 16 or 8; 16 and 8 use timm's ``output_stride`` (dilated last stages),
             a model that cannot do it is a one-line ValueError.
         pretrained_file: a path (or ``file://`` URL) of a local timm checkpoint (``.pth``/``.bin``) or ``.safetensors`` file of the
-            full timm model, loaded by timm's own pretrained loader (``pretrained_cfg_overlay``
-            ``file=``; the classifier is dropped); nothing is downloaded.
+            full timm model (classifier included, checked by :func:`check_pretrained_file`), loaded
+            by timm's own pretrained loader (``pretrained_cfg_overlay`` ``file=``; the classifier is
+            dropped); nothing is downloaded.
 
     ``forward(x (N, 3, H, W))`` -> ``{1: x, scale: (N, C_scale, H/scale, W/scale)}`` for timm's
     ``feature_info`` reductions (a later stage at the same scale replaces an earlier one, as the
@@ -91,15 +103,17 @@ class TimmEncoder(nn.Module):
             pretrained_file = pretrained_path(pretrained_file)
             if not os.path.isfile(pretrained_file):
                 raise FileNotFoundError(f"--pretrained: no such file: {pretrained_file}")
-            kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": os.path.abspath(pretrained_file)})
+            overlay = {"file": os.path.abspath(pretrained_file)}
+            check_pretrained_file(timm, timm_name, overlay, pretrained_file)
+            kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
         try:
             self.model = timm.create_model(timm_name, **kwargs)
         except (TypeError, AssertionError, NotImplementedError) as e:  # the model takes no output_stride / features_only
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ValueError(f"--encoder {name}: timm cannot build it with {kwargs} ({reason})") from None
-        except RuntimeError as e:  # a pretrained file that does not fit
-            raise ValueError(f"--pretrained {pretrained_file} does not match --encoder {name}: "
-                             f"{str(e).splitlines()[0]}") from None
+            if output_stride != 32:
+                raise ValueError(f"--dilation: timm model {timm_name} cannot run at output stride {output_stride} "
+                                 f"({reason}); use --dilation false,false,false (stride 32)") from None
+            raise ValueError(f"--encoder {name}: timm cannot build it with features_only=True ({reason})") from None
         self.name = name
         self.scales = [int(r) for r in self.model.feature_info.reduction()]
         self.feature_channels: Dict[int, int] = {1: 3}
