@@ -93,7 +93,7 @@ def test_fused_equals_eager_outputs_and_gradients(name):
     eager = timm_model(name).eval()
     fused = timm_model(name, fused=True).eval()
     fused.load_state_dict(eager.state_dict())
-    assert any(type(m).__name__ == "FusedSqueezeExcitation" for m in fused.encoder.modules())
+    assert any(type(m).__name__ == "FusedSEBlock" for m in fused.encoder.modules())  # timm's SE blocks
     x = torch.randn(2, 3, 32, 32)
     a, b = eager(x), fused(x)
     for t in TASKS:
