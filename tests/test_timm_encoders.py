@@ -1,5 +1,6 @@
 """``--encoder tu-<timm name>`` with the real timm: feature pyramids, the refused ResNet knobs,
 fused == eager, ``--pretrained`` files and a tiny train -> eval -> ONNX export."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +162,21 @@ def test_train_eval_export(data_root, tmp_path):
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
     assert Path(path).stat().st_size > 0
+
+
+@pytest.mark.parametrize("name, params_m, gmacs", [
+    ("efficientnet_b0", 10.42, 8.00), ("regnety_002", 10.33, 7.93),
+    ("mobilenetv3_small_100", 11.55, 8.18), ("convnext_atto", 10.20, 8.19),
+])
+def test_cli_profile_matches_the_docs_table(name, params_m, gmacs, capsys):
+    assert main(["profile", "--model", "branched", "--tasks", "semseg,depth", "--encoder", "tu-" + name,
+                 "--dilation", "F,F,T", "--no-se", "--size", "256x256", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["params"] / 1e6 == pytest.approx(params_m, abs=0.005)  # docs/models.md's table
+    assert result["gmacs"] == pytest.approx(gmacs, abs=0.005)
+
+
+def test_cli_refuses_the_default_se_for_a_timm_encoder(capsys):
+    assert main(["profile", "--encoder", "tu-mobilenetv3_small_100", "--size", "64x64"]) == 2
+    err = capsys.readouterr().err
+    assert "--se" in err and "--no-se" in err and len(err.strip().splitlines()) == 1
