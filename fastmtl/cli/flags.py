@@ -52,7 +52,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated tasks, one head each: {', '.join(task_registry.names())} "
                         f"(default {','.join(d.tasks)})")
     g.add_argument("--model", default=SUPPRESS, help=f"joint | branched | distill | distill_allconnect | mtan | cross_stitch (default {d.model})")
-    g.add_argument("--encoder", default=SUPPRESS, help=f"resnet18 | resnet34 | resnet50 | resnet101 (default {d.encoder})")
+    g.add_argument("--encoder", default=SUPPRESS, help=f"resnet18 | resnet34 | resnet50 | resnet101 | tu-<timm model name> (default {d.encoder})")
     g.add_argument("--dilation", type=_dilation, default=SUPPRESS, metavar="F,F,T",
                    help=f"replace stride with dilation in layer2,layer3,layer4 (default {format_dilation(d.dilation)})")
     g.add_argument("--dilation-style", default=SUPPRESS, help="template | torchvision: which 3x3 convs a dilated layer "

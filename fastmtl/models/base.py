@@ -14,6 +14,7 @@ from torch import nn
 from ..layers import ASPP, aspp_rates, conv_bn_relu, upsample_to
 from .encoder import Encoder
 from .heads import DecoderDeepLabV3p
+from .timm_encoder import TimmEncoder, check_timm_options, is_timm_encoder
 
 Prediction = Union[torch.Tensor, List[torch.Tensor]]
 
@@ -49,7 +50,11 @@ class MultiTaskModel(nn.Module):
     def make_encoder(self, name: str, dilation: Sequence[bool], se: bool, pretrained: Optional[str],
                      dilation_style: str) -> nn.Module:
         """The model's ``encoder``: everything whose parameters the tasks share (gradient balancing's
-        shared parameters); its ``forward(x)`` gives what ``decode`` reads. Default: one ResNet."""
+        shared parameters); its ``forward(x)`` gives what ``decode`` reads. Default: one ResNet, or
+        a :class:`TimmEncoder` for ``tu-<timm name>`` (``dilation`` then names its output stride;
+        ``se`` and ``dilation_style`` are ResNet-only and refused)."""
+        if is_timm_encoder(name):
+            return TimmEncoder(name, check_timm_options(se, dilation, dilation_style), pretrained)
         return Encoder(name, dilation, se=se, pretrained=pretrained, dilation_style=dilation_style)
 
     @property

@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from ..fields import check_value, field_types
 from ..layers import ATTENTION_INITS
 from .encoder import DILATION_STYLES, ENCODERS
+from .timm_encoder import TIMM_PREFIX, check_timm_options, is_timm_encoder
 from .zoo import MODEL_NAMES
 
 
@@ -22,7 +23,7 @@ class ModelKnobs:
     """Which model and how it is built; field names are the CLI flags with ``-`` -> ``_``."""
 
     model: str = "distill_allconnect"
-    encoder: str = "resnet34"
+    encoder: str = "resnet34"  # a built-in ResNet (ENCODERS) or tu-<timm model name>
     dilation: Tuple[bool, bool, bool] = (False, True, True)  # layer2, layer3, layer4
     dilation_style: str = "template"  # which 3x3 convs a dilated layer dilates (models/encoder.py)
     aspp: bool = True
@@ -52,9 +53,14 @@ class ModelKnobs:
         """Raise :class:`ConfigError` (naming the flag) for a knob that cannot work; return self."""
         choices = {"model": MODEL_NAMES, "encoder": tuple(ENCODERS), "attention_init": ATTENTION_INITS,
                    "dilation_style": DILATION_STYLES}
+        if is_timm_encoder(self.encoder) and len(self.encoder) > len(TIMM_PREFIX):
+            del choices["encoder"]
+            self._validate_timm_encoder()
         for name, valid in choices.items():
             value = getattr(self, name)
             if value not in valid:
+                if name == "encoder":
+                    valid = (*valid, TIMM_PREFIX + "<timm model name>")
                 raise ConfigError(f"{_flag(name)}: unknown value {value!r}; valid choices: {', '.join(valid)}")
         if len(self.dilation) != 3:
             raise ConfigError(f"--dilation needs three flags (layer2,layer3,layer4), got {self.dilation!r}")
@@ -65,3 +71,13 @@ class ModelKnobs:
         if self.model == "distill_allconnect" and self.output_stride < 8:
             raise ConfigError("--model distill_allconnect needs features at 8x: use a --dilation with output stride >= 8")
         return self
+
+    def _validate_timm_encoder(self) -> None:
+        """ConfigError naming the flag that cannot apply to a ``tu-`` (timm) encoder."""
+        if self.model in ("mtan", "cross_stitch"):
+            raise ConfigError(f"--model {self.model} is built on the ResNet stages: use --encoder "
+                              f"{' | '.join(ENCODERS)}, not {self.encoder}")
+        try:
+            check_timm_options(self.se, self.dilation, self.dilation_style)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
