@@ -155,6 +155,7 @@ def test_one_seed_shows_no_spread_and_a_run_without_depth_reports(tmp_path):
     plot_ladder(_results(1, no_depth), tmp_path / "ladder.png")
     assert (tmp_path / "ladder.png").stat().st_size > 0
     assert _headline({"miou": 40.0, "angle_mean": 30.0, "multitask": 1.0}) == "mIoU 40.00  angle_mean 30.00  multitask 1.00"
+    assert _headline({"step": 150, "miou": 40.0, "multitask": 1.0}) == "mIoU 40.00  multitask 1.00"
 
 
 def test_print_commands_help_says_it_writes_sweep_json():

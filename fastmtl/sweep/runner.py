@@ -381,12 +381,15 @@ def _slug(name: str) -> str:
     return keep[:100].strip("._") or "variant"
 
 
+RUN_POSITION = ("step", "epoch")  # where a summary's ``final`` was taken, not a metric
+
+
 def _headline(final: Dict[str, Any]) -> str:
     """``mIoU 40.12  SI-logRMSE 30.50  multitask 5.00``: a run's summary ``final`` (its tasks' headline
     metrics and the multitask score), whichever tasks it has."""
     labels = {"miou": "mIoU", "si_log_rmse": "SI-logRMSE"}
     return "  ".join(f"{labels.get(k, k)} {v:.2f}" for k, v in final.items()
-                     if isinstance(v, (int, float)) and not isinstance(v, bool))
+                     if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in RUN_POSITION)
 
 
 def _show(value: Any) -> str:
