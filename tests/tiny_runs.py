@@ -23,3 +23,22 @@ def tiny_config(data_root, out, **overrides) -> Config:
                lr=1e-3, device="cpu")
     cfg.update(overrides)
     return Config(**cfg)
+
+
+def assert_onnx_export_matches(run_dir, path) -> None:
+    """``fastmtl export --format onnx`` of ``run_dir`` to ``path``; onnxruntime's outputs on a 64x64
+    input equal the deployed eager model's."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from fastmtl.cli import main
+    from fastmtl.export import deploy_model
+
+    assert main(["export", "--checkpoint", str(run_dir), "--format", "onnx", "--out", str(path)]) == 0
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"rgb": x.numpy()})
+    deployed, _ = deploy_model(str(run_dir))
+    with torch.no_grad():
+        want = [t.numpy() for t in deployed(x)]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
