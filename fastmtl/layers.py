@@ -117,6 +117,9 @@ class ASPP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branches = [conv(x) for conv in self.convs]
         pooled = self.pool(x).expand(-1, -1, x.shape[2], x.shape[3])
+        if branches[0].is_contiguous(memory_format=torch.channels_last) and not branches[0].is_contiguous():
+            # a broadcast input makes torch.cat return NCHW, which the projection would transpose back
+            pooled = pooled.contiguous(memory_format=torch.channels_last)
         return self.project(torch.cat(branches + [pooled], dim=1))
 
 

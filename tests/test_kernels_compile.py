@@ -54,7 +54,7 @@ def test_dynamo_sees_no_graph_break():
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
     ops = {str(node.target) for g in explanation.graphs for node in g.graph.nodes}
-    assert {"fastmtl.se_scale.default", "fastmtl.sigmoid_gate.default", "fastmtl.silog_stats.default"} <= ops
+    assert {"fastmtl.se_scale.default", "fastmtl.sigmoid_gate_halves.default", "fastmtl.silog_stats.default"} <= ops
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])

@@ -5,7 +5,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fastmtl.kernels.sigmoid_gate as gate_mod
 from fastmtl.kernels.se_scale import merge_hw
-from fastmtl.kernels.sigmoid_gate import sigmoid_gate, sigmoid_gate_backward
+from fastmtl.kernels.sigmoid_gate import (
+    sigmoid_gate, sigmoid_gate_backward, sigmoid_gate_halves, sigmoid_gate_halves_backward,
+)
 from fastmtl import layers
 from fastmtl.nn import FusedSelfAttention
 
@@ -54,6 +56,32 @@ def test_output_and_every_gradient_match_reference_on_channel_views(dtype, chann
     torch.testing.assert_close(dy.double(), ref_dy, **tol)
     if residual:
         torch.testing.assert_close(dr.double(), ref_dr, **tol)
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_halves_op_matches_reference_and_returns_one_gradient_in_the_inputs_layout(dtype, channels_last, residual):
+    y, _, _ = _halves(dtype, channels_last)
+    r = torch.randn(N, C, H, W, dtype=dtype) if residual else None
+    out, dy, dr, g = _fwd_bwd(lambda f, a, r: sigmoid_gate_halves(f._base if f._base is not None else f, r), y, r, C)
+    ref, ref_dy, ref_dr, _ = _fwd_bwd(_reference, y.double(), r.double() if residual else None, C, g.double())
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert out.dtype == dtype and out.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(out.double(), ref, **tol)
+    torch.testing.assert_close(dy.double(), ref_dy, **tol)
+    if residual:
+        torch.testing.assert_close(dr.double(), ref_dr, **tol)
+    # the op's own backward: one (N, 2C, H, W) gradient in y's layout, the two halves filled
+    own = sigmoid_gate_halves_backward(g, y)
+    assert own.shape == y.shape and own.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(own.double(), ref_dy, **tol)
+
+
+def test_halves_op_refuses_an_odd_channel_count():
+    with pytest.raises(ValueError, match=r"y must be \(N, 2C, H, W\)"):
+        sigmoid_gate_halves(torch.randn(2, 5, 3, 3))
 
 
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
@@ -141,6 +169,8 @@ def test_opcheck_forward_and_backward_ops(channels_last, residual):
     r = torch.randn(f.shape, requires_grad=True) if residual else None
     torch.library.opcheck(sigmoid_gate, (f, a, r))
     torch.library.opcheck(sigmoid_gate_backward, (torch.randn(f.shape), f.detach(), a.detach()))
+    torch.library.opcheck(sigmoid_gate_halves, (y, r))
+    torch.library.opcheck(sigmoid_gate_halves_backward, (torch.randn(f.shape), y.detach()))
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])

@@ -14,7 +14,7 @@ from lookalikes import (
     MTLSABlock, SmpSCSEModule, TemplateSqueezeAndExcitation, TimmGELU, TimmSEModule, TimmSqueezeExcite, TimmSwish, TorchvisionSE,
 )
 
-SE_OP, GATE_OP = torch.ops.fastmtl.se_scale.default, torch.ops.fastmtl.sigmoid_gate.default
+SE_OP, GATE_OP = torch.ops.fastmtl.se_scale.default, torch.ops.fastmtl.sigmoid_gate_halves.default
 
 
 @pytest.fixture(autouse=True)
@@ -138,7 +138,7 @@ def test_compiled_graph_has_the_fastmtl_ops_and_matches_eager(make, ops, residua
     graph = backend.graphs[0].graph
     fused = [n for n in graph.nodes if n.target in (SE_OP, GATE_OP)]
     assert len(fused) == ops["se_scale"] + ops["sigmoid_gate"]
-    assert sum(n.args[5] is not None if n.target is SE_OP else n.args[2] is not None for n in fused) == residuals
+    assert sum(n.args[5] is not None if n.target is SE_OP else n.args[1] is not None for n in fused) == residuals
     assert len([n for n in graph.nodes if n.target in (torch.sigmoid, "sigmoid", nn.functional.hardsigmoid)]) == gates_left
     assert torch._dynamo.explain(eager)(x).graph_break_count == 0
 

@@ -24,6 +24,11 @@ def test_report_is_labelled_a_model_with_every_scenario(report):
     assert tuple(report["scenarios"]) == SCENARIOS
     assert all(s["ms"] > 0 and s["launches"] > 0 for s in report["scenarios"].values())
     assert report["scenarios"]["fused_compile_graphs"]["host_launches"] == 1
+    graphs, compiled = report["scenarios"]["compile_graphs"], report["scenarios"]["compile"]
+    assert graphs["host_launches"] == 1 and graphs["bytes"] == compiled["bytes"] and graphs["ms"] < compiled["ms"]
+    floor = report["bounds"]["conv_floor_ms"]
+    assert 0 < floor < min(s["ms"] for s in report["scenarios"].values())
+    assert report["bounds"]["max_x_eager"] == pytest.approx(report["scenarios"]["eager"]["ms"] / floor, rel=1e-2)
     assert report["scenarios"]["compile"]["launches"] < report["scenarios"]["eager"]["launches"]
     groups = {g["group"] for g in report["groups"]}
     assert {"backbone convs", "ASPP", "decoder convs", "attention", "norm", "casts", "optimizer", "losses"} <= groups
@@ -51,6 +56,22 @@ def test_trace_has_every_phase_and_conv_flops():
     convs = [o for o in trace.ops if o.name == "convolution"]
     assert convs and all(o.flops > 0 for o in convs)
     assert {o.phase for o in trace.ops} == {"forward", "loss", "backward", "optimizer"}
+
+
+def test_channels_last_survives_the_convolutions_and_nchw_pays_the_transposes():
+    """The fake device's convolutions follow CUDA's memory-format rule (channels_last in, channels_last
+    out), so a channels_last step has no transposes in its forward convolutions; an NCHW bf16 step
+    transposes those of its input, output and weight that are not trivially both (the model's
+    layout assumption; the SE convolutions on pooled (N, C, 1, 1) inputs need none)."""
+    cl, nchw = (trace_step(batch=2, size=(32, 64), channels_last=c) for c in (True, False))
+    cl_convs, nchw_convs = ([o for o in t.ops if o.name == "convolution"] for t in (cl, nchw))
+    assert cl_convs and all(o.transposes == 0 for o in cl_convs)
+    spatial = [o for o in nchw_convs if o.transposes]
+    assert len(spatial) >= 0.6 * len(nchw_convs) and all(o.transposes <= 3 and o.transpose_bytes > 0 for o in spatial)
+    reports = [step_model(batch=2, size=(32, 64), channels_last=c) for c in (True, False)]
+    groups = [{g["group"]: g for g in r["groups"]} for r in reports]
+    assert groups[1]["layout transposes"]["bytes"] > 10 * groups[0].get("layout transposes", {"bytes": 1})["bytes"]
+    assert reports[1]["scenarios"]["eager"]["ms"] > reports[0]["scenarios"]["eager"]["ms"]
 
 
 def test_cli_json(capsys):

@@ -13,6 +13,13 @@ fp32 (fp64 for fp64 inputs).
 
 Backward: ``df = g * sigmoid(a)``, ``da = g * f * sigmoid(a) * (1 - sigmoid(a))``, ``dr = g``
 (returned as is by the autograd formula, not by the backward op).
+
+``sigmoid_gate_halves(y, r=None)`` is the same gate on the halves ``f = y[:, :C]``,
+``a = y[:, C:]`` of one ``(N, 2C, H, W)`` tensor, taken inside the op: its backward
+(``sigmoid_gate_halves_backward``) writes ``dy`` as ONE tensor in ``y``'s layout, ``df`` and
+``da`` into its two halves. With ``sigmoid_gate`` on two views instead, autograd assembles
+``dy`` from two ``slice_backward`` zero-filled, NCHW-contiguous, full-size buffers and an add --
+three more passes over ``dy``, and an NCHW gradient for a channels_last convolution's backward.
 """
 from __future__ import annotations
 
@@ -212,3 +219,59 @@ def _autograd(ctx, grad):
 
 
 sigmoid_gate.register_autograd(_autograd, setup_context=_setup_context)
+
+
+def _halves(y: Tensor) -> Tuple[Tensor, Tensor]:
+    if y.dim() != 4 or y.shape[1] % 2:
+        raise ValueError(f"fastmtl.sigmoid_gate_halves: y must be (N, 2C, H, W), got shape {tuple(y.shape)}")
+    c = y.shape[1] // 2
+    return y[:, :c], y[:, c:]
+
+
+@torch.library.custom_op("fastmtl::sigmoid_gate_halves", mutates_args=())
+def sigmoid_gate_halves(y: Tensor, r: Optional[Tensor] = None) -> Tensor:
+    """:func:`sigmoid_gate` of the channel halves of ``y (N, 2C, H, W)``: ``f * sigmoid(a)`` (+ ``r``),
+    ``(N, C, H, W)``."""
+    f, a = _halves(y)
+    _check_inputs(f, a, r)
+    if use_triton(f) and passes("sigmoid_gate", f):
+        return sigmoid_gate_forward_triton(f, a, r)
+    return sigmoid_gate_reference(f, a, r)
+
+
+@sigmoid_gate_halves.register_fake
+def _sigmoid_gate_halves_fake(y, r=None):
+    f, a = _halves(y)
+    _check_inputs(f, a, r)
+    return empty_out(f)
+
+
+@torch.library.custom_op("fastmtl::sigmoid_gate_halves_backward", mutates_args=())
+def sigmoid_gate_halves_backward(grad: Tensor, y: Tensor) -> Tensor:
+    """``dy (N, 2C, H, W)`` of :func:`sigmoid_gate_halves` in ``y``'s layout: ``(df, da)`` in its halves."""
+    f, a = _halves(y)
+    if use_triton(grad) and passes("sigmoid_gate", f):
+        dy = torch.empty_like(y)
+        sigmoid_gate_backward_triton(grad, f, a, df=dy[:, :f.shape[1]], da=dy[:, f.shape[1]:])
+        return dy
+    return torch.cat(sigmoid_gate_backward_reference(grad, f, a), dim=1).contiguous(
+        memory_format=out_memory_format(y))
+
+
+@sigmoid_gate_halves_backward.register_fake
+def _sigmoid_gate_halves_backward_fake(grad, y):
+    return torch.empty_like(y)
+
+
+def _halves_setup_context(ctx, inputs, output):
+    y, r = inputs
+    ctx.has_res = r is not None
+    ctx.save_for_backward(y)
+
+
+def _halves_autograd(ctx, grad):
+    (y,) = ctx.saved_tensors
+    return sigmoid_gate_halves_backward(grad, y), (grad if ctx.has_res else None)
+
+
+sigmoid_gate_halves.register_autograd(_halves_autograd, setup_context=_halves_setup_context)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastmtl.kernels.sigmoid_gate import sigmoid_gate
+from fastmtl.kernels.sigmoid_gate import sigmoid_gate_halves
 from fastmtl import layers
 
 
@@ -18,17 +18,17 @@ def gated_conv(x: Tensor, features: Tensor, attention: Tensor, stride=1, padding
                residual: Optional[Tensor] = None) -> Tensor:
     """``conv(x, features) * sigmoid(conv(x, attention))`` (+ ``residual``) as ONE bias-free
     convolution with the two weights concatenated (``2 * out`` channels) and one
-    ``fastmtl::sigmoid_gate`` on the two channel halves (views, no copy).
+    ``fastmtl::sigmoid_gate_halves`` on its output (the halves read in place; the gradient of the
+    convolution's output comes back as one tensor in its layout).
 
     ``x`` ``(N, in, H, W)``; weights ``(out, in, kh, kw)``; ``residual`` the output's shape.
     NCHW or channels_last (the output follows the convolution's layout).
     """
-    c = features.shape[0]
     y = F.conv2d(x, torch.cat([features, attention]), None, stride, padding, dilation)
     if residual is not None and residual.dtype != y.dtype:  # as the reference's promotion
         dtype = torch.promote_types(y.dtype, residual.dtype)
         y, residual = y.to(dtype), residual.to(dtype)
-    return sigmoid_gate(y[:, :c], y[:, c:], residual)
+    return sigmoid_gate_halves(y, residual)
 
 
 class FusedSelfAttention(layers.SelfAttention):

@@ -5,20 +5,19 @@ module swap.
 functions; parameters are graph inputs); :func:`rewrite_graph` replaces, in place, the patterns
 of :mod:`fastmtl.nn.patterns` by fastmtl's custom ops, and the inner backend (Inductor by
 default) compiles the result. The ops carry their own autograd formulas, so AOTAutograd traces
-their backward ops (``se_scale_backward``, ``sigmoid_gate_backward``) into the backward graph.
+their backward ops (``se_scale_backward``, ``sigmoid_gate_halves_backward``) into the backward graph.
 
 Rewrites:
 
 * ``x * gate(fc2(act(fc1(mean_hw(x)))))`` -> ``fastmtl::se_scale(x, w1, b1, w2, b2, act=, gate=)``;
   followed by ``relu(. + identity)`` (``+=`` too) -> ``se_scale(..., identity)``.
 * ``conv(x, wf) * sigmoid(conv(x, wa))`` (bias-free, one geometry) -> one ``conv2d(x, cat(wf, wa))``
-  and ``fastmtl::sigmoid_gate`` on its two channel halves; followed by ``+ r`` ->
-  ``sigmoid_gate(..., r)``.
+  and ``fastmtl::sigmoid_gate_halves`` on its output (its two channel halves); followed by ``+ r`` ->
+  ``sigmoid_gate_halves(..., r)``.
 """
 from __future__ import annotations
 
 import collections
-import operator
 from typing import Callable, Dict, List, Union
 
 import torch
@@ -86,13 +85,11 @@ def _replace_gated_conv(gm: fx.GraphModule, m: GatedConvMatch) -> None:
     tail = residual_tail(m.mul, gm, _example, relu=False)
     residual, last = tail if tail is not None else (None, m.mul)
     f = m.features
-    c = f.weight_shape[0]
     g = gm.graph
     with g.inserting_before(last):
         weight = g.call_function(torch.cat, ([f.weight, m.attention.weight],))
         y = g.call_function(torch.conv2d, (m.x, weight, None, f.stride, f.padding, f.dilation, 1))
-        halves = [g.call_function(operator.getitem, (y, (slice(None), s))) for s in (slice(None, c), slice(c, None))]
-        new = g.call_function(torch.ops.fastmtl.sigmoid_gate.default, (*halves, residual))
+        new = g.call_function(torch.ops.fastmtl.sigmoid_gate_halves.default, (y, residual))
     _replace(last, new)
 
 

@@ -4,8 +4,13 @@ measurement: time of a kernel = max(FLOPs / peak, bytes / bandwidth) + launch co
 
 Scenarios: ``eager`` (every aten op one kernel), ``compile`` (Inductor-like: each run of
 consecutive non-conv ops of the forward, loss or backward is one kernel that reads its outside inputs and writes only
-what is read later), ``fused`` / ``fused_compile`` (the same with fastmtl's fused ops in the model),
-``fused_compile_graphs`` (the latter replayed as one CUDA graph: one launch per step)."""
+what is read later), ``compile_graphs`` (that replayed as one CUDA graph: one launch per step; the
+strongest baseline of the unfused model, torch.compile's reduce-overhead mode), ``fused`` /
+``fused_compile`` (the same with fastmtl's fused ops in the model), ``fused_compile_graphs``.
+
+Bounds: ``conv_floor_ms`` is the convolution and matmul kernels alone (roofline, no launch cost):
+the step's time if every other op were free, so ``eager / conv_floor`` is the most any fusion of
+the ops outside the convolutions can gain."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -26,7 +31,9 @@ class Gpu:
 
 
 GPUS = {"h200": Gpu("H200", 790e12, 4.3e12, 4e-6), "h100": Gpu("H100 SXM", 790e12, 3.35e12, 4e-6)}
-SCENARIOS = ("eager", "compile", "fused", "fused_compile", "fused_compile_graphs")
+SCENARIOS = ("eager", "compile", "compile_graphs", "fused", "fused_compile", "fused_compile_graphs")
+GRAPHED = {"compile_graphs": "compile", "fused_compile_graphs": "fused_compile"}
+"""Each CUDA-graph scenario and the scenario whose kernels it replays."""
 UNFUSABLE = {"convolution", "convolution_backward", "mm", "addmm", "bmm"}
 """Ops a compiler leaves as library calls (cuDNN / cuBLAS); fused ops are barriers too, and the
 optimizer phase stays eager (``--compile`` compiles the model and the loss, not the optimizer)."""
@@ -46,8 +53,20 @@ class Kernel:
     launches: int
 
 
+LAYOUT_GROUP = "layout transposes"
+"""The group of the NCHW <-> NHWC copies around half-precision convolutions (:mod:`step_model_trace`)."""
+
+
+def _library_call(o: OpRecord) -> List[Kernel]:
+    """An op run as it is (a library call, a fused op, or any op in eager), and its layout transposes."""
+    kernels = [Kernel(o.group, o.flops, o.bytes, o.launches)]
+    if o.transposes:
+        kernels.append(Kernel(LAYOUT_GROUP, 0, o.transpose_bytes, o.transposes))
+    return kernels
+
+
 def _eager(ops: List[OpRecord]) -> List[Kernel]:
-    return [Kernel(o.group, o.flops, o.bytes, o.launches) for o in ops]
+    return [k for o in ops for k in _library_call(o)]
 
 
 def _compiled(ops: List[OpRecord]) -> List[Kernel]:
@@ -78,7 +97,7 @@ def _compiled(ops: List[OpRecord]) -> List[Kernel]:
         if barrier or (run and run[-1][1].phase != o.phase):
             close()
         if barrier:
-            kernels.append(Kernel(o.group, o.flops, o.bytes, o.launches))
+            kernels += _library_call(o)
         else:
             run.append((i, o))
     close()
@@ -128,12 +147,18 @@ def step_model(model: str = "default", gpu: str = "h200", batch: int = 8, size: 
     fused = trace_step(model, batch, size, channels_last, fused=True)
     kernels = {"eager": _eager(plain.ops), "compile": _compiled(plain.ops), "fused": _eager(fused.ops),
                "fused_compile": _compiled(fused.ops)}
-    scenarios = {name: _scenario(k, g) for name, k in kernels.items()}
-    scenarios["fused_compile_graphs"] = _scenario(kernels["fused_compile"], g, graphs=True)
+    kernels.update({graphed: kernels[base] for graphed, base in GRAPHED.items()})
+    scenarios = {name: _scenario(kernels[name], g, graphs=name in GRAPHED) for name in SCENARIOS}
+    for s in scenarios.values():
+        s["x_eager"] = round(scenarios["eager"]["ms"] / s["ms"], 3)
+        s["x_compile"] = round(scenarios["compile"]["ms"] / s["ms"], 3)
+    floor = sum(_kernel_s(k, g, launch_cost=False) for k in kernels["eager"] if k.group in CONV_GROUPS and k.flops) * 1e3
+    bounds = {"conv_floor_ms": round(floor, 3), "max_x_eager": round(scenarios["eager"]["ms"] / floor, 3),
+              "max_x_compile": round(scenarios["compile"]["ms"] / floor, 3)}
     return {"kind": "MODEL (roofline, not measured)", "model": model, "gpu": g.name, "batch": batch,
             "size": list(size), "layout": "channels_last" if channels_last else "nchw", "amp": "bf16",
             "peak_flops": g.flops, "bandwidth": g.bandwidth, "launch_us": g.launch_s * 1e6,
-            "scenarios": scenarios, "host_syncs": plain.host_syncs, "host_sync_ops": plain.sync_ops,
+            "scenarios": scenarios, "bounds": bounds, "host_syncs": plain.host_syncs, "host_sync_ops": plain.sync_ops,
             "host_syncs_fused": fused.host_syncs,
             "groups": _groups(kernels["eager"], g), "groups_fused": _groups(kernels["fused"], g)}
 
@@ -143,10 +168,14 @@ def format_step_model(report: dict) -> str:
     r = report
     lines = [f"STEP MODEL (roofline, not measured): {r['model']} train step, {r['gpu']}, {r['amp']}, batch {r['batch']} "
              f"at {r['size'][0]}x{r['size'][1]}, {r['layout']}; host syncs per step: {r['host_syncs']}",
-             f"{'scenario':<22} {'MODEL ms':>9} {'launches':>9} {'host launches':>13} {'GB':>7} {'GB outside convs':>16}"]
+             f"{'scenario':<22} {'MODEL ms':>9} {'x eager':>8} {'x compile':>9} {'launches':>9} {'host launches':>13} "
+             f"{'GB':>7} {'GB outside convs':>16}"]
     for name, s in r["scenarios"].items():
-        lines.append(f"{name:<22} {s['ms']:>9.2f} {s['launches']:>9} {s['host_launches']:>13} {s['bytes'] / 1e9:>7.2f} "
-                     f"{s['bytes_outside_convs'] / 1e9:>16.2f}")
+        lines.append(f"{name:<22} {s['ms']:>9.2f} {s['x_eager']:>8.2f} {s['x_compile']:>9.2f} {s['launches']:>9} "
+                     f"{s['host_launches']:>13} {s['bytes'] / 1e9:>7.2f} {s['bytes_outside_convs'] / 1e9:>16.2f}")
+    b = r["bounds"]
+    lines.append(f"bound: the convolutions alone take {b['conv_floor_ms']:.2f} ms (MODEL), so fusing everything else "
+                 f"can give at most {b['max_x_eager']:.2f}x eager, {b['max_x_compile']:.2f}x compile")
     lines.append(f"\n{'group (eager, MODEL)':<30} {'ms':>8} {'launches':>9} {'GB':>7} {'TFLOP':>7}")
     for g in r["groups"]:
         lines.append(f"{g['group']:<30} {g['ms']:>8.2f} {g['launches']:>9} {g['bytes'] / 1e9:>7.2f} {g['flops'] / 1e12:>7.2f}")

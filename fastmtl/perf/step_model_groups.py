@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 GROUPS = ("backbone convs", "ASPP", "decoder convs", "attention", "norm", "activation", "casts",
-          "upsample/concat", "losses", "optimizer", "other elementwise")
+          "upsample/concat", "losses", "optimizer", "other elementwise", "layout transposes")
 """The groups of the aten ops; each fused op is its own group, ``fused <op>``."""
 
 CONV_OPS = {"convolution", "convolution_backward", "mm", "addmm", "bmm", "cudnn_convolution"}

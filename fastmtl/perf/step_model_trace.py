@@ -5,7 +5,13 @@ launches, group and phase, and the host syncs. Nothing runs on a GPU: this feeds
 Autocast on meta tensors does nothing (torch's autocast casts only tensors of its device), so the
 CUDA rules that matter here are applied by a ``TorchFunctionMode`` above autograd, as autocast
 itself does: conv / matmul inputs to bf16 (parameters cast once per forward), upsampling and
-the fp32-list losses to fp32."""
+the fp32-list losses to fp32.
+
+Layouts (an ASSUMPTION of the model): cuDNN runs half-precision tensor-core convolutions in NHWC,
+so a convolution (or its backward) on NCHW bf16/fp16 tensors transposes each activation, weight
+and gradient it reads into NHWC and each one it writes back (the ``nchwToNhwcKernel`` /
+``nhwcToNchwKernel`` launches of profiles of NCHW AMP convnets): a read and a write of each, one
+launch each, recorded as the op's ``transposes``. channels_last tensors need none."""
 from __future__ import annotations
 
 import contextlib
@@ -62,6 +68,8 @@ class OpRecord:
     writes: Tuple[int, ...] = ()
     read_bytes: Tuple[int, ...] = ()  # of each storage in reads
     write_bytes: Tuple[int, ...] = ()
+    transposes: int = 0  # NCHW <-> NHWC copies around a half-precision cuDNN convolution
+    transpose_bytes: int = 0  # their reads and writes
 
 
 @dataclass
@@ -156,11 +164,32 @@ class _Tracer(TorchDispatchMode):
                 self.phase = "optimizer"
             group, path = self.group_of(func, tensors, self.phase)
             self.group_of.tag([t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)], path)
+            transposed = _nchw_conv_tensors(func, args, out)
             self.trace.ops.append(OpRecord(base if func.namespace == "aten" else f"{func.namespace}::{base}",
                                            group, self.phase, flops, nbytes, launches,
                                            tuple(t.storage for t in reads), tuple(t.storage for t in writes),
-                                           tuple(t.nbytes for t in reads), tuple(t.nbytes for t in writes)))
+                                           tuple(t.nbytes for t in reads), tuple(t.nbytes for t in writes),
+                                           len(transposed), sum(2 * t.nbytes for t in transposed)))
         return out
+
+
+CONV_PACKETS = (torch.ops.aten.convolution, torch.ops.aten.convolution_backward)
+
+
+def _nchw_conv_tensors(func, args, out) -> List[torch.Tensor]:
+    """The tensors of a half-precision convolution (forward or backward) that are transposed to or
+    from NHWC around it (see the module's layout assumption): its 4-d inputs, weights, outputs and
+    gradients that are not channels_last-contiguous. None for fp32 (no tensor cores assumed) or
+    for any other op."""
+    if func.overloadpacket not in CONV_PACKETS:
+        return []
+    if func.overloadpacket is torch.ops.aten.convolution:
+        tensors = [args[0], args[1], out]  # input, weight, output
+    else:  # grad_output, input, weight, then each gradient computed (grad_input, grad_weight)
+        tensors = [args[0], args[1], args[2]] + [t for t in out[:2] if isinstance(t, torch.Tensor)]
+    if tensors[0].dtype not in (torch.bfloat16, torch.float16):
+        return []
+    return [t for t in tensors if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last)]
 
 
 def _same_device_copy(func, args, kwargs) -> bool:

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Tuple, Union
 
 import torch
+from torch._prims_common import suggest_memory_format
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -211,6 +212,26 @@ def _kernel_caches() -> List[Any]:
     return found
 
 
+CUDNN_CONVS = (torch.ops.aten.convolution, torch.ops.aten.convolution_backward)
+
+
+def _cudnn_channels_last(func, args) -> bool:
+    """CUDA's memory-format rule for a convolution (ATen's ``cudnn_conv_suggest_memory_format``):
+    channels_last when its 2-d input or weight is channels_last. Meta kernels answer NCHW for
+    any input, so without this rule the fake device would drop channels_last after the first conv."""
+    x, weight = (args[1], args[2]) if func.overloadpacket is torch.ops.aten.convolution_backward else args[:2]
+    if weight.dim() != 4 or torch.float64 in (x.dtype, weight.dtype):
+        return False
+    return torch.channels_last in (suggest_memory_format(x), suggest_memory_format(weight))
+
+
+def _as_channels_last(out):
+    """``out`` (a tensor or a tuple of optional tensors) with its 4-d tensors in channels_last."""
+    if isinstance(out, torch.Tensor):
+        return out.contiguous(memory_format=torch.channels_last) if out.dim() == 4 else out
+    return type(out)(_as_channels_last(t) if isinstance(t, torch.Tensor) else t for t in out)
+
+
 def _to_meta(kwargs: Dict[str, Any]) -> Dict[str, Any]:
     device = kwargs.get("device")
     if device is not None and torch.device(device).type == "cuda":
@@ -241,6 +262,8 @@ class _Recorder(TorchDispatchMode):
             _STATE.inside_aten -= 1
         if self.harness.channels_last_inputs and func.__name__.split(".")[0] in ("randn", "rand") and out.dim() == 4:
             out = out.contiguous(memory_format=torch.channels_last)
+        if func.overloadpacket in CUDNN_CONVS and _cudnn_channels_last(func, args):
+            out = _as_channels_last(out)
         self.harness.record_op(func, args, kwargs, out)
         return out
 
