@@ -234,3 +234,24 @@ def test_a_failing_row_is_reported_and_the_run_goes_on(monkeypatch):
         "RuntimeError: CUDA error: an illegal memory access was encountered")
     assert eager["forward"]["ms"] > 0 and eager["full"]["ms"] > 0 and eager["full"]["error"] is None
     assert "FAILED: tiny 2x8x16 backward eager: RuntimeError" in op_report.format_report(report)
+
+
+# --------------------------------------------------------------------------- the eager rows' unfused paths
+def test_eager_rows_time_the_models_modules_under_autocast_not_an_fp32_upcast():
+    """The ``eager`` SE and gate paths equal the reference modules (SE + the block tail, SelfAttention
+    after its convs) run under bf16 autocast, bit for bit, and stay in bf16 throughout."""
+    from fastmtl import layers
+    from fastmtl.perf import unfused
+
+    gen = torch.Generator().manual_seed(3)
+    x, identity = (torch.randn(2, 32, 5, 7, generator=gen).to(torch.bfloat16) for _ in range(2))
+    se = layers.SqueezeExcitation(32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = torch.relu(se(x) + identity)
+    got = op_bench.reference_fn("se_scale")(x, se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias, identity)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+    f, a, r = (torch.randn(2, 9, 4, 6, generator=gen).to(torch.bfloat16) for _ in range(3))
+    got = op_bench.reference_fn("sigmoid_gate")(f, a, r)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, r + f * torch.sigmoid(a))
+    with pytest.raises(ValueError, match="relu / sigmoid"):
+        unfused.se_block_tail(x, se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias, act="silu")

@@ -3,8 +3,10 @@
 For each op (``se_scale``, ``sigmoid_gate``, ``aspp``, ``silog``), each pass (``forward``,
 ``backward``, ``full`` = forward + backward) and each implementation:
 
-* ``eager``: the plain-PyTorch reference (``fastmtl.kernels.<op>.*_reference``), autograd for
-  the backward;
+* ``eager``: the unfused path as the model runs it under autocast (:mod:`fastmtl.perf.unfused`
+  for SE and the attention gate: half-precision activations, no fp32 upcast; the ASPP projection
+  and SI-log references of ``fastmtl.kernels``, which compute in the branches' dtype and, as the
+  loss does, in fp32), autograd for the backward;
 * ``compile``: ``torch.compile`` of that reference (inductor; its backward is the compiled one);
 * ``fused``: the op ``torch.ops.fastmtl.<op>`` (Triton kernels on CUDA);
 * ``fused_compile``: ``torch.compile`` of the op (inductor sees the custom op in its graph).
@@ -51,11 +53,10 @@ import torch
 from fastmtl.config import ConfigError
 from fastmtl.kernels.aspp import aspp_project_reference
 from fastmtl.kernels.dispatch import kernel_mode
-from fastmtl.kernels.se_scale import se_scale_reference
-from fastmtl.kernels.sigmoid_gate import sigmoid_gate_reference
 from fastmtl.kernels.silog import silog_stats_reference
 from fastmtl.runtime import AMP_DTYPES, amp_dtype_for
 
+from . import unfused
 from .cases import (BYTE_FORMULAS, IMPLS, MODES, OPS, SIZES, Case, InputSet, randn, bytes_moved, cases,
                     default_impls, flops, make_inputs, set_bytes, skip_reason)
 from .report import add_derived
@@ -93,12 +94,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-REFERENCES = {"se_scale": se_scale_reference, "sigmoid_gate": sigmoid_gate_reference,
+REFERENCES = {"se_scale": unfused.se_block_tail, "sigmoid_gate": unfused.gated_residual,
               "aspp": aspp_project_reference, "silog": silog_stats_reference}
 
 
 def reference_fn(op: str) -> Callable:
-    """The plain-PyTorch reference of ``op`` (public entry points of ``fastmtl.kernels``)."""
+    """The unfused path of ``op`` that the ``eager`` and ``compile`` rows time (:data:`REFERENCES`)."""
     return REFERENCES[op]
 
 
