@@ -83,8 +83,8 @@ def run_on_slurm(sweep: Sweep, options: SlurmOptions, wait: bool = True,
         echo(f"not waiting (--no-wait): `fastmtl sweep {sweep.folder}` waits for the jobs and writes the report; "
              f"`--report-only` tables the runs finished so far")
         return None
-    echo(f"waiting for {len(jobs)} job{'s' * (len(jobs) != 1)} (Ctrl-C stops the waiting, not the SLURM jobs: `fastmtl sweep "
-         f"{sweep.folder}` collects them later)")
+    echo(f"waiting for {_jobs(len(jobs))} (Ctrl-C stops the waiting, not the SLURM jobs: "
+         f"`fastmtl sweep {sweep.folder}` collects them later)")
     return _wait(jobs, finished, len(sweep.points), echo, POLL_S[options.cluster])
 
 
@@ -142,8 +142,8 @@ def _submit(sweep: Sweep, points: List[Point], options: SlurmOptions, echo: Call
         raise ConfigError(f"--launcher slurm: sbatch refused the job: {_last_line(e)}") from None
     finally:
         _write_records(sweep.folder, records)
-    echo(f"{len(points)} job{'s' * (len(points) != 1)} submitted{' as one array' if options.array and len(points) > 1 else ''}; "
-         f"their scripts and logs: {folder}")
+    array = " as one array" if options.array and len(points) > 1 else ""
+    echo(f"{_jobs(len(points))} submitted{array}; their scripts and logs: {folder}")
     return jobs
 
 
@@ -205,6 +205,10 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # alive, another user's
         pass
     return True
+
+
+def _jobs(n: int) -> str:
+    return f"{n} job{'s' * (n != 1)}"
 
 
 def _last_line(error: BaseException) -> str:
