@@ -24,8 +24,9 @@ setup(
     extras_require={
         # torchvision==0.28.0 is the release whose torch pin is CI's torch==2.13.0: an unpinned timm
         # would resolve torchvision 0.29.x, which replaces the CPU torch with torch 2.14 (CUDA)
-        "dev": ["pytest", "pytest-benchmark", "onnx", "onnxruntime", "timm", "torchvision==0.28.0"],
+        "dev": ["pytest", "pytest-benchmark", "onnx", "onnxruntime", "timm", "torchvision==0.28.0", "submitit>=1.5"],
         "export": ["onnx", "onnxruntime"],
+        "slurm": ["submitit>=1.5"],  # fastmtl sweep --launcher slurm
         "timm": ["timm"],
     },
     entry_points={"console_scripts": ["fastmtl = fastmtl.cli:main"]},

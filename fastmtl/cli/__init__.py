@@ -29,7 +29,7 @@ LAZY_IMPORTS = (
     "fastmtl.perf.aot.gate", "fastmtl.perf.aot.traffic", "fastmtl.perf.cases", "fastmtl.perf.kernel_table", "fastmtl.perf.model_bench", "fastmtl.perf.op_bench", "fastmtl.perf.profile",
     "fastmtl.perf.step_model",
     "fastmtl.perf.report", "fastmtl.predict", "fastmtl.sweep.builtin", "fastmtl.sweep.report",
-    "fastmtl.sweep.runner", "fastmtl.train",
+    "fastmtl.sweep.runner", "fastmtl.sweep.slurm", "fastmtl.train",
 )
 
 Command = Tuple[str, Callable[[argparse.ArgumentParser], None], Optional[Callable[[argparse.Namespace], int]]]

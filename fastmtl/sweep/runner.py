@@ -14,8 +14,9 @@ train FLAGS --seed S --out SWEEP/runs/VARIANT/seedS --quiet``) whose output goes
 ``train.log`` in its run directory. ``SWEEP/sweep.json`` keeps the sweep (file and scale
 overrides), so ``fastmtl sweep SWEEP`` alone continues it: a point with ``summary.json`` is
 done and skipped, one with ``last.pt`` but no summary is resumed with ``--resume``, one
-killed before its first checkpoint is started again (``--overwrite``). The results (table,
-CSV, JSON, PNG) is :mod:`fastmtl.sweep.report`; the built-in sweeps are
+killed before its first checkpoint is started again (``--overwrite``). The points run here
+(:func:`run_sweep`) or each as a SLURM job (:mod:`fastmtl.sweep.slurm`, the same command). The
+results (table, CSV, JSON, PNG) is :mod:`fastmtl.sweep.report`; the built-in sweeps are
 :mod:`fastmtl.sweep.builtin`.
 """
 from __future__ import annotations
@@ -195,7 +196,7 @@ def build_sweep(spec: Dict[str, Any], folder: Path, where: str) -> Sweep:
             Config.from_dict(merged).validate()
         except (ConfigError, TypeError, ValueError) as e:
             raise ConfigError(f"{where}: variant {name!r}: {e}") from None
-        slug = _slug(name)
+        slug = safe_name(name)
         if slug in slugs:
             raise ConfigError(f"{where}: variants {slugs[slug]!r} and {name!r} map to the same folder {slug!r}")
         slugs[slug] = name
@@ -233,7 +234,7 @@ def open_sweep(source: str, out: Optional[str], overrides: Dict[str, Any], built
     if "seeds" in overrides:
         spec["seeds"] = overrides.pop("seeds")
     spec["overrides"] = {**spec.get("overrides", {}), **overrides}
-    folder = Path(out) if out else Path("sweeps") / _slug(str(spec.get("name", src.stem)))
+    folder = Path(out) if out else Path("sweeps") / safe_name(str(spec.get("name", src.stem)))
     sweep = build_sweep(spec, folder, where)  # validates before anything is written
     saved = folder / SWEEP_FILE
     if saved.is_file():
@@ -329,30 +330,59 @@ def _read_summary(p: "Point") -> Optional[Dict[str, Any]]:
         return None
 
 
-def run_sweep(sweep: Sweep, jobs: int = 1, echo: Callable[[str], None] = print) -> List[Point]:
-    """Run every point that is not done (``jobs`` at a time); one progress line per point.
-    Returns the points that failed (their ``train.log`` says why)."""
-    total = len(sweep.points)
-    todo = []
-    finished = 0
+def pending_points(sweep: Sweep, echo: Callable[[str], None]) -> Tuple[List[Point], int]:
+    """The points not done yet and how many are done; one ``done already, skipped`` line per done point."""
+    todo, finished = [], 0
     for p in sweep.points:
         if p.state() == "done":
             finished += 1
-            echo(f"[{finished}/{total}] {p.label}: done already, skipped")
+            echo(f"[{finished}/{len(sweep.points)}] {p.label}: done already, skipped")
         else:
             todo.append(p)
+    return todo, finished
+
+
+def how_text(point: Point) -> str:
+    """How the next run of ``point`` starts: ``resumed`` (from its last.pt), ``restarted`` or ``""`` (new)."""
+    return {"interrupted": "resumed", "partial": "restarted"}.get(point.state(), "")
+
+
+def point_title(point: Point, how: str) -> str:
+    """``+ ASPP seed 0 (resumed)``: the point and how its run starts (:func:`how_text`)."""
+    return f"{point.label}{' (' + how + ')' if how else ''}"
+
+
+def progress_head(point: Point, how: str, finished: int, total: int) -> str:
+    """``[3/20] + ASPP seed 0 (resumed)``: the start of a point's progress line."""
+    return f"[{finished}/{total}] {point_title(point, how)}"
+
+
+def train_outcome(point: Point, rc: int, seconds: float) -> Tuple[bool, str]:
+    """``(ok, text)`` of a point whose train process ended with exit code ``rc`` after ``seconds``: its
+    headline metrics, or FAILED and the path of its ``train.log``."""
+    summary = _read_summary(point) if rc == 0 and point.state() == "done" else None
+    if summary is not None:
+        return True, f"{_headline(summary['final'])}  ({seconds:.0f} s)"
+    return False, f"FAILED (exit {rc}); see {point.run_dir / 'train.log'}"
+
+
+def run_sweep(sweep: Sweep, jobs: int = 1, echo: Callable[[str], None] = print) -> List[Tuple[Point, Path]]:
+    """Run every point that is not done (``jobs`` at a time); one progress line per point.
+    Returns the points that failed, each with its ``train.log`` (which says why)."""
+    total = len(sweep.points)
+    todo, finished = pending_points(sweep, echo)
     if not todo:
         return []
     slots = device_slots(max(1, jobs))
     free = list(range(len(slots)))
     lock = threading.Lock()
-    failed: List[Point] = []
+    failed: List[Tuple[Point, Path]] = []
 
     def work(p: Point) -> None:
         nonlocal finished
         with lock:
             slot = free.pop()
-        how = {"interrupted": "resumed", "partial": "restarted"}.get(p.state(), "")
+        how = how_text(p)
         try:
             rc, seconds = run_point(p, slots[slot])
         finally:
@@ -360,20 +390,17 @@ def run_sweep(sweep: Sweep, jobs: int = 1, echo: Callable[[str], None] = print) 
                 free.append(slot)
         with lock:
             finished += 1
-            head = f"[{finished}/{total}] {p.label}{' (' + how + ')' if how else ''}"
-            summary = _read_summary(p) if rc == 0 and p.state() == "done" else None
-            if summary is not None:
-                echo(f"{head}: {_headline(summary['final'])}  ({seconds:.0f} s)")
-            else:
-                failed.append(p)
-                echo(f"{head}: FAILED (exit {rc}); see {p.run_dir / 'train.log'}")
+            ok, text = train_outcome(p, rc, seconds)
+            if not ok:
+                failed.append((p, p.run_dir / "train.log"))
+            echo(f"{progress_head(p, how, finished, total)}: {text}")
 
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
         list(pool.map(work, todo))
     return failed
 
 
-def _slug(name: str) -> str:
+def safe_name(name: str) -> str:
     """A variant name as one safe folder name: letters, digits and ``. _ = -`` only (a slash, space,
     comma... becomes ``_``), never ``.``/``..`` or hidden (no leading dot), never empty, at most 100
     characters."""
