@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 from fastmtl.perf.step_model_trace import OpRecord, StepTrace, trace_step
 
@@ -38,16 +38,26 @@ CONV_GROUPS = ("backbone convs", "ASPP", "decoder convs", "attention")
 
 @dataclass
 class Kernel:
-    """One modelled kernel: a traced op, or (compile) a run of them fused."""
+    """One modelled kernel: a traced op, or (compile) a run of them fused; ``last_op``: the index of
+    its last op in the trace (a scenario's kernels cover the ops in order)."""
 
     group: str
     flops: int
     bytes: int
     launches: int
+    last_op: int = -1
+
+
+class Scenario(NamedTuple):
+    """A scenario's trace, its kernels, and whether the step replays as one CUDA graph."""
+
+    trace: StepTrace
+    kernels: List[Kernel]
+    graphs: bool
 
 
 def _eager(ops: List[OpRecord]) -> List[Kernel]:
-    return [Kernel(o.group, o.flops, o.bytes, o.launches) for o in ops]
+    return [Kernel(o.group, o.flops, o.bytes, o.launches, i) for i, o in enumerate(ops)]
 
 
 def _compiled(ops: List[OpRecord]) -> List[Kernel]:
@@ -70,7 +80,7 @@ def _compiled(ops: List[OpRecord]) -> List[Kernel]:
         read_bytes = sum(sizes[s] for s in {s for _, o in run for s in o.reads} - written)
         write_bytes = sum(sizes[s] for s in written if last_read.get(s, end + 1) > end or s not in last_read)
         main = max(run, key=lambda io: io[1].bytes)[1].group
-        kernels.append(Kernel(main, sum(o.flops for _, o in run), read_bytes + write_bytes, 1))
+        kernels.append(Kernel(main, sum(o.flops for _, o in run), read_bytes + write_bytes, 1, end))
         run.clear()
 
     for i, o in enumerate(ops):
@@ -78,7 +88,7 @@ def _compiled(ops: List[OpRecord]) -> List[Kernel]:
         if barrier or (run and run[-1][1].phase != o.phase):
             close()
         if barrier:
-            kernels.append(Kernel(o.group, o.flops, o.bytes, o.launches))
+            kernels.append(Kernel(o.group, o.flops, o.bytes, o.launches, i))
         else:
             run.append((i, o))
     close()
@@ -120,22 +130,28 @@ def _scenario(kernels: List[Kernel], gpu: Gpu, graphs: bool = False) -> dict:
             "bytes": total, "bytes_outside_convs": total - conv_bytes, "flops": sum(k.flops for k in kernels)}
 
 
+def scenario_runs(plain: StepTrace, fused: StepTrace) -> Dict[str, Scenario]:
+    """Every scenario of the step traced without (``plain``) and with fastmtl's fused ops."""
+    fused_compiled = _compiled(fused.ops)
+    return {"eager": Scenario(plain, _eager(plain.ops), False), "compile": Scenario(plain, _compiled(plain.ops), False),
+            "fused": Scenario(fused, _eager(fused.ops), False), "fused_compile": Scenario(fused, fused_compiled, False),
+            "fused_compile_graphs": Scenario(fused, fused_compiled, True)}
+
+
 def step_model(model: str = "default", gpu: str = "h200", batch: int = 8, size: Tuple[int, int] = (256, 512),
                channels_last: bool = True) -> dict:
     """The step MODEL report (JSON-able): scenarios, host syncs, groups (eager, unfused), settings."""
     g = GPUS[gpu]
     plain = trace_step(model, batch, size, channels_last, fused=False)
     fused = trace_step(model, batch, size, channels_last, fused=True)
-    kernels = {"eager": _eager(plain.ops), "compile": _compiled(plain.ops), "fused": _eager(fused.ops),
-               "fused_compile": _compiled(fused.ops)}
-    scenarios = {name: _scenario(k, g) for name, k in kernels.items()}
-    scenarios["fused_compile_graphs"] = _scenario(kernels["fused_compile"], g, graphs=True)
+    runs = scenario_runs(plain, fused)
+    scenarios = {name: _scenario(r.kernels, g, r.graphs) for name, r in runs.items()}
     return {"kind": "MODEL (roofline, not measured)", "model": model, "gpu": g.name, "batch": batch,
             "size": list(size), "layout": "channels_last" if channels_last else "nchw", "amp": "bf16",
             "peak_flops": g.flops, "bandwidth": g.bandwidth, "launch_us": g.launch_s * 1e6,
             "scenarios": scenarios, "host_syncs": plain.host_syncs, "host_sync_ops": plain.sync_ops,
             "host_syncs_fused": fused.host_syncs,
-            "groups": _groups(kernels["eager"], g), "groups_fused": _groups(kernels["fused"], g)}
+            "groups": _groups(runs["eager"].kernels, g), "groups_fused": _groups(runs["fused"].kernels, g)}
 
 
 def format_step_model(report: dict) -> str:
