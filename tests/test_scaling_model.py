@@ -81,7 +81,8 @@ def test_collectives_match_the_closed_forms():
     assert collective_s("all_reduce", small, 32, FABRIC) == pytest.approx(
         tree_ll.base_s + 2 * (7 * tree_ll.nvlink_step_s + 2 * tree_ll.net_step_s), rel=1e-3)
     assert collective_s("all_gather", big, 16, FABRIC) == pytest.approx(
-        ring_simple.base_s + 14 * ring_simple.nvlink_step_s + ring_simple.net_step_s + 15 / 16 * big / (8 * FABRIC.nic_bus_bw))
+        ring_simple.base_s + 14 * ring_simple.nvlink_step_s + ring_simple.net_step_s
+        + 15 / 16 * big / (8 * FABRIC.nic_bus_bw))
     assert collective_s("broadcast", big, 4, FABRIC) == pytest.approx(
         ring_simple.base_s + 3 * ring_simple.nvlink_step_s + big / FABRIC.nvlink_bus_bw)
     assert collective_s("all_reduce", big, 1, FABRIC) == 0.0

@@ -83,8 +83,8 @@ def run_step_model(args: argparse.Namespace) -> int:
     scaling = None
     if args.gpus is not None:
         gpus = _gpu_counts(args.gpus, lambda n: nodes_of(n, FABRICS[args.gpu]))
-        scaling = scaling_model(args.step, args.gpu, args.batch, size, channels_last, gpus,
-                                (args.weighting or "fixed").split(","), (args.weighting_grads or "params,rep").split(","))
+        weightings, modes = (args.weighting or "fixed").split(","), (args.weighting_grads or "params,rep").split(",")
+        scaling = scaling_model(args.step, args.gpu, args.batch, size, channels_last, gpus, weightings, modes)
     report = step_model(args.step, args.gpu, args.batch, size, channels_last=channels_last)
     if args.json:
         print(json.dumps(report if scaling is None else {**report, "scaling": scaling}))
@@ -96,7 +96,8 @@ def run_step_model(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.step is not None:
         return run_step_model(args)
-    for flag, value in (("--gpus", args.gpus), ("--weighting", args.weighting), ("--weighting-grads", args.weighting_grads)):
+    for flag, value in (("--gpus", args.gpus), ("--weighting", args.weighting),
+                        ("--weighting-grads", args.weighting_grads)):
         if value is not None:
             raise ConfigError(f"{flag} is for the scaling model of --step MODEL")
     from ..perf.cases import OPS

@@ -11,12 +11,13 @@ What ``fastmtl train`` runs on N > 1 CUDA GPUs (:func:`fastmtl.step.build_step`)
   ``2C``; the compute stream waits for both;
 * ``--weighting fixed`` and the loss methods: ``DistributedDataParallel`` with its defaults. Before
   the forward the buffers are broadcast (per dtype: one flatten, one broadcast, one copy back per
-  buffer; a dtype's lone buffer in place). The gradients go in buckets, rebuilt after the first step in the order autograd
-  produced them (the first bucket closes at >= 1 MiB, the others at >= 25 MiB); each gradient is
-  copied into its bucket by one kernel when autograd accumulates it, each bucket is all-reduced on
-  the network as soon as it is full, overlapping the rest of the backward; before the optimizer the
-  step waits for the last one and copies the buckets back into ``.grad``
-  (``gradient_as_bucket_view=False``). Loss methods also all-reduce their ``T`` float64 losses;
+  buffer; a dtype's lone buffer in place). The gradients go in buckets, rebuilt after the first
+  step in the order autograd produced them (the first bucket closes at >= 1 MiB, the others at
+  >= 25 MiB); each gradient is copied into its bucket by one kernel when autograd accumulates it,
+  each bucket is all-reduced on the network as soon as it is full, overlapping the rest of the
+  backward; before the optimizer the step waits for the last one and copies the buckets back into
+  ``.grad`` (``gradient_as_bucket_view=False``). Loss methods also all-reduce their ``T`` float64
+  losses;
 * gradient methods (:mod:`fastmtl.weighting.engine`, no DDP): every buffer broadcast on its own, the
   losses all-reduced, then ``params``: ``G (T, D_shared)`` fp32 all-reduced after the ``T``
   backwards; ``rep``: the ``(T, T)`` float64 Gram matrix, then, after the encoder's backward, its
@@ -272,16 +273,17 @@ class _Builder:
         ready_at: Dict[int, List[int]] = defaultdict(list)
         for i, g in enumerate(grads):
             ready_at[g.ready - 1].append(i)  # accumulated right after the op that made it
-        launched = [0]
+        launched = 0
 
         def after_kernel(span):
+            nonlocal launched
             for op in span:
                 for i in ready_at.get(op, ()):
                     self.kernel("copies", 2 * grads[i].bytes)
                     pending[bucket_of[i]] -= 1
-            while launched[0] < len(buckets) and pending[launched[0]] == 0:  # the reducer launches in order
-                self.collective("async", "DDP gradients", "all_reduce", sum(grads[i].bytes for i in buckets[launched[0]]))
-                launched[0] += 1
+            while launched < len(buckets) and pending[launched] == 0:  # the reducer launches them in order
+                self.collective("async", "DDP gradients", "all_reduce", sum(grads[i].bytes for i in buckets[launched]))
+                launched += 1
 
         def before_optimizer():
             self.items.append(Item("join", "DDP gradients"))
@@ -294,7 +296,8 @@ class _Builder:
         self.traced_kernels(after_kernel, before_optimizer)
 
     def engine(self, grad_mode: str) -> None:
-        """The step of a gradient method (:class:`fastmtl.weighting.engine.WeightedBackward`)."""
+        """The step of a gradient method (:class:`fastmtl.weighting.engine.WeightedBackward`); its
+        gradient all-reduces go after the traced kernels (where does not matter: all of it blocks)."""
         trace = self.run.trace
         tasks = len(trace.tasks)
         shared = [g for g in trace.grads if g.shared]
@@ -350,7 +353,8 @@ def _traced(weighting: str, grad_mode: str, **kwargs) -> Tuple[StepTrace, StepTr
             trace_step(fused=True, weighting=weighting, grad_mode=grad_mode, **kwargs)
     except (NotImplementedError, RuntimeError) as e:  # e.g. a CUDA random generator, a data-dependent op on meta
         first = str(e).split(". ")[0].splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"--weighting {weighting}: the step trace cannot run it on the fake device ({first})") from None
+        raise ConfigError(f"--weighting {weighting}: the step trace cannot run it on the fake device "
+                          f"({first})") from None
 
 
 def scaling_configs(weightings: Sequence[str], modes: Sequence[str] = ("params", "rep")) -> List[Tuple[str, str]]:
@@ -375,8 +379,8 @@ def scaling_configs(weightings: Sequence[str], modes: Sequence[str] = ("params",
 
 
 def scaling_model(model: str = "default", gpu: str = "h200", batch: int = 8, size: Tuple[int, int] = (256, 512),
-                  channels_last: bool = True, gpus: Sequence[int] = (1, 2, 4, 8), weightings: Sequence[str] = ("fixed",),
-                  modes: Sequence[str] = ("params", "rep")) -> dict:
+                  channels_last: bool = True, gpus: Sequence[int] = (1, 2, 4, 8),
+                  weightings: Sequence[str] = ("fixed",), modes: Sequence[str] = ("params", "rep")) -> dict:
     """The scaling MODEL report (JSON-able): for each method of ``weightings`` (a gradient method in
     each mode of ``modes``) and each scenario, the step's modelled ms on each GPU count of ``gpus``
     (``batch`` images per GPU; 1 GPU is the efficiency's base), its efficiency t(1) / t(N), what N
@@ -430,14 +434,16 @@ def format_scaling_model(report: dict) -> str:
     lines = [f"SCALING MODEL (not measured): {r['model']} train step, {r['fabric']['name']}, {r['amp']}, batch "
              f"{r['batch_per_gpu']} per GPU at {r['size'][0]}x{r['size'][1]}, {r['layout']}; weak scaling, "
              f"efficiency = t(1 GPU) / t(N GPUs)",
-             f"bus bandwidth {f['nvlink_bus_gb_s']:.0f} GB/s in a node, {f['inter_node_bus_gb_s']:.0f} GB/s across nodes "
+             f"bus bandwidth {f['nvlink_bus_gb_s']:.0f} GB/s in a node, {f['inter_node_bus_gb_s']:.0f} GB/s across "
+             "nodes "
              f"({f['nics_per_node']} NICs x {f['nic_bus_gb_s']:.0f} GB/s); NCCL latencies (us, base + NVLink / network "
              "step): " + ", ".join(f"{p['name']} {p['base_us']:g} + {p['nvlink_step_us']:g} / {p['net_step_us']:g}"
                                   for p in f["protocols"]) + f"; host sync {f['host_sync_us']:g} us"]
     for c in r["configs"]:
         lines.append(f"\n{_config_name(c)} ({c['communication']}"
                      + (f", {len(c['buckets'])} buckets" if c["buckets"] else "")
-                     + f"; gradients {c['gradient_bytes'] / 1e6:.1f} MB, shared {c['shared_gradient_bytes'] / 1e6:.1f} MB)")
+                     + f"; gradients {c['gradient_bytes'] / 1e6:.1f} MB, shared "
+                       f"{c['shared_gradient_bytes'] / 1e6:.1f} MB)")
         lines.append(f"{'scenario':<22} {'1 GPU ms':>9}" + "".join(f" {f'{n} GPUs':>15}" for n in r["gpus"][1:]))
         for name, rows in c["scenarios"].items():
             lines.append(f"{name:<22} {rows[0]['ms']:>9.2f}"
