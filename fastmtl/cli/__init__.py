@@ -27,7 +27,7 @@ from . import bench, compare, data, doctor, evaluate, export, gate, predict, pro
 LAZY_IMPORTS = (
     "fastmtl.compare", "fastmtl.data.synthetic", "fastmtl.doctor", "fastmtl.evaluate", "fastmtl.export",
     "fastmtl.perf.aot.gate", "fastmtl.perf.aot.traffic", "fastmtl.perf.cases", "fastmtl.perf.kernel_table", "fastmtl.perf.model_bench", "fastmtl.perf.op_bench", "fastmtl.perf.profile",
-    "fastmtl.perf.step_model",
+    "fastmtl.perf.scaling_model", "fastmtl.perf.step_model",
     "fastmtl.perf.report", "fastmtl.predict", "fastmtl.sweep.builtin", "fastmtl.sweep.report",
     "fastmtl.sweep.runner", "fastmtl.sweep.slurm", "fastmtl.train",
 )

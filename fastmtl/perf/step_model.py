@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 from fastmtl.perf.step_model_trace import OpRecord, StepTrace, trace_step
 
@@ -32,8 +32,6 @@ class Gpu:
 
 GPUS = {"h200": Gpu("H200", 790e12, 4.3e12, 4e-6), "h100": Gpu("H100 SXM", 790e12, 3.35e12, 4e-6)}
 SCENARIOS = ("eager", "compile", "compile_graphs", "fused", "fused_compile", "fused_compile_graphs")
-GRAPHED = {"compile_graphs": "compile", "fused_compile_graphs": "fused_compile"}
-"""Each CUDA-graph scenario and the scenario whose kernels it replays."""
 UNFUSABLE = {"convolution", "convolution_backward", "mm", "addmm", "bmm"}
 """Ops a compiler leaves as library calls (cuDNN / cuBLAS); fused ops are barriers too, and the
 optimizer phase stays eager (``--compile`` compiles the model and the loss, not the optimizer)."""
@@ -45,28 +43,38 @@ CONV_GROUPS = ("backbone convs", "ASPP", "decoder convs", "attention")
 
 @dataclass
 class Kernel:
-    """One modelled kernel: a traced op, or (compile) a run of them fused."""
+    """One modelled kernel: a traced op, or (compile) a run of them fused; ``last_op``: the index of
+    its last op in the trace (a scenario's kernels cover the ops in order)."""
 
     group: str
     flops: int
     bytes: int
     launches: int
+    last_op: int = -1
+
+
+class Scenario(NamedTuple):
+    """A scenario's trace, its kernels, and whether the step replays as one CUDA graph."""
+
+    trace: StepTrace
+    kernels: List[Kernel]
+    graphs: bool
 
 
 LAYOUT_GROUP = "layout transposes"
 """The group of the NCHW <-> NHWC copies around half-precision convolutions (:mod:`step_model_trace`)."""
 
 
-def _library_call(o: OpRecord) -> List[Kernel]:
-    """An op run as it is (a library call, a fused op, or any op in eager), and its layout transposes."""
-    kernels = [Kernel(o.group, o.flops, o.bytes, o.launches)]
+def _library_call(o: OpRecord, i: int) -> List[Kernel]:
+    """Op ``i`` run as it is (a library call, a fused op, or any op in eager), and its layout transposes."""
+    kernels = [Kernel(o.group, o.flops, o.bytes, o.launches, i)]
     if o.transposes:
-        kernels.append(Kernel(LAYOUT_GROUP, 0, o.transpose_bytes, o.transposes))
+        kernels.append(Kernel(LAYOUT_GROUP, 0, o.transpose_bytes, o.transposes, i))
     return kernels
 
 
 def _eager(ops: List[OpRecord]) -> List[Kernel]:
-    return [k for o in ops for k in _library_call(o)]
+    return [k for i, o in enumerate(ops) for k in _library_call(o, i)]
 
 
 def _compiled(ops: List[OpRecord]) -> List[Kernel]:
@@ -89,7 +97,7 @@ def _compiled(ops: List[OpRecord]) -> List[Kernel]:
         read_bytes = sum(sizes[s] for s in {s for _, o in run for s in o.reads} - written)
         write_bytes = sum(sizes[s] for s in written if last_read.get(s, end + 1) > end or s not in last_read)
         main = max(run, key=lambda io: io[1].bytes)[1].group
-        kernels.append(Kernel(main, sum(o.flops for _, o in run), read_bytes + write_bytes, 1))
+        kernels.append(Kernel(main, sum(o.flops for _, o in run), read_bytes + write_bytes, 1, end))
         run.clear()
 
     for i, o in enumerate(ops):
@@ -97,7 +105,7 @@ def _compiled(ops: List[OpRecord]) -> List[Kernel]:
         if barrier or (run and run[-1][1].phase != o.phase):
             close()
         if barrier:
-            kernels += _library_call(o)
+            kernels += _library_call(o, i)
         else:
             run.append((i, o))
     close()
@@ -139,28 +147,36 @@ def _scenario(kernels: List[Kernel], gpu: Gpu, graphs: bool = False) -> dict:
             "bytes": total, "bytes_outside_convs": total - conv_bytes, "flops": sum(k.flops for k in kernels)}
 
 
+def scenario_runs(plain: StepTrace, fused: StepTrace) -> Dict[str, Scenario]:
+    """Every scenario of the step traced without (``plain``) and with fastmtl's fused ops."""
+    compiled, fused_compiled = _compiled(plain.ops), _compiled(fused.ops)
+    runs = {"eager": Scenario(plain, _eager(plain.ops), False), "compile": Scenario(plain, compiled, False),
+            "compile_graphs": Scenario(plain, compiled, True),
+            "fused": Scenario(fused, _eager(fused.ops), False), "fused_compile": Scenario(fused, fused_compiled, False),
+            "fused_compile_graphs": Scenario(fused, fused_compiled, True)}
+    return {name: runs[name] for name in SCENARIOS}
+
+
 def step_model(model: str = "default", gpu: str = "h200", batch: int = 8, size: Tuple[int, int] = (256, 512),
                channels_last: bool = True) -> dict:
     """The step MODEL report (JSON-able): scenarios, host syncs, groups (eager, unfused), settings."""
     g = GPUS[gpu]
     plain = trace_step(model, batch, size, channels_last, fused=False)
     fused = trace_step(model, batch, size, channels_last, fused=True)
-    kernels = {"eager": _eager(plain.ops), "compile": _compiled(plain.ops), "fused": _eager(fused.ops),
-               "fused_compile": _compiled(fused.ops)}
-    kernels.update({graphed: kernels[base] for graphed, base in GRAPHED.items()})
-    scenarios = {name: _scenario(kernels[name], g, graphs=name in GRAPHED) for name in SCENARIOS}
+    runs = scenario_runs(plain, fused)
+    scenarios = {name: _scenario(r.kernels, g, r.graphs) for name, r in runs.items()}
     for s in scenarios.values():
         s["x_eager"] = round(scenarios["eager"]["ms"] / s["ms"], 3)
         s["x_compile"] = round(scenarios["compile"]["ms"] / s["ms"], 3)
-    floor = sum(_kernel_s(k, g, launch_cost=False) for k in kernels["eager"] if k.group in CONV_GROUPS and k.flops) * 1e3
-    bounds = {"conv_floor_ms": round(floor, 3), "max_x_eager": round(scenarios["eager"]["ms"] / floor, 3),
-              "max_x_compile": round(scenarios["compile"]["ms"] / floor, 3)}
+    floor = sum(_kernel_s(k, g, launch_cost=False) for k in runs["eager"].kernels if k.group in CONV_GROUPS and k.flops)
+    bounds = {"conv_floor_ms": round(floor * 1e3, 3), "max_x_eager": round(scenarios["eager"]["ms"] / (floor * 1e3), 3),
+              "max_x_compile": round(scenarios["compile"]["ms"] / (floor * 1e3), 3)}
     return {"kind": "MODEL (roofline, not measured)", "model": model, "gpu": g.name, "batch": batch,
             "size": list(size), "layout": "channels_last" if channels_last else "nchw", "amp": "bf16",
             "peak_flops": g.flops, "bandwidth": g.bandwidth, "launch_us": g.launch_s * 1e6,
             "scenarios": scenarios, "bounds": bounds, "host_syncs": plain.host_syncs, "host_sync_ops": plain.sync_ops,
             "host_syncs_fused": fused.host_syncs,
-            "groups": _groups(kernels["eager"], g), "groups_fused": _groups(kernels["fused"], g)}
+            "groups": _groups(runs["eager"].kernels, g), "groups_fused": _groups(runs["fused"].kernels, g)}
 
 
 def format_step_model(report: dict) -> str:

@@ -1,6 +1,7 @@
 """Trace THE train step (:func:`fastmtl.step.build_step`'s ``StepParts.step``) on the fake CUDA
 device under CUDA bf16 autocast rules: every aten op (and fused-op launch) with its FLOPs, bytes,
-launches, group and phase, and the host syncs. Nothing runs on a GPU: this feeds a MODEL.
+launches, group and phase, the host syncs, and each parameter's gradient (bytes, and when autograd
+accumulated it). Nothing runs on a GPU: this feeds a MODEL.
 
 Autocast on meta tensors does nothing (torch's autocast casts only tensors of its device), so the
 CUDA rules that matter here are applied by a ``TorchFunctionMode`` above autograd, as autocast
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils import _foreach_utils as foreach_utils
@@ -33,6 +35,7 @@ from fastmtl.perf.inputs import random_batch, synthetic_info
 from fastmtl.perf.step_model_groups import GroupNamer
 from fastmtl.runtime import Runtime
 from fastmtl.step import build_step
+from fastmtl.weighting.engine import split_parameters
 
 FOREACH_DEVICES = tuple(foreach_utils._get_foreach_kernels_supported_devices())
 """Devices with foreach kernels; the trace adds ``meta`` (its tensors stand for CUDA ones), so the
@@ -73,12 +76,33 @@ class OpRecord:
 
 
 @dataclass
+class GradRecord:
+    """One trainable parameter's gradient: ``numel`` elements, ``bytes`` in the gradient's ``dtype``
+    (fp32 parameters under autocast get fp32 gradients); ``shared``: an encoder parameter (what
+    gradient methods balance); ``ready``: the number of ops traced when autograd accumulated it into
+    ``.grad`` (DDP's hook fires then), None when no backward did (a gradient method's ``params`` mode
+    writes ``.grad`` itself)."""
+
+    name: str
+    dtype: str
+    numel: int
+    bytes: int
+    shared: bool
+    ready: Optional[int] = None
+
+
+@dataclass
 class StepTrace:
-    """The ops of one traced step, in order, and the host syncs seen."""
+    """The ops of one traced step, in order, the host syncs seen, the parameters' gradients (in the
+    order autograd accumulated them, as DDP rebuilds its buckets; then the others, in parameter order),
+    the module buffers' ``(dtype, bytes)`` and the step's tasks."""
 
     ops: List[OpRecord] = field(default_factory=list)
     host_syncs: int = 0
     sync_ops: List[str] = field(default_factory=list)
+    grads: List[GradRecord] = field(default_factory=list)
+    buffers: List[Tuple[str, int]] = field(default_factory=list)
+    tasks: Tuple[str, ...] = ()
 
 
 class _AutocastRules(TorchFunctionMode):
@@ -134,6 +158,10 @@ class _Tracer(TorchDispatchMode):
             if base == "nonzero":
                 return torch.empty((args[0].numel(), args[0].dim()), dtype=torch.long, device="meta")
             return True if args[0].dtype == torch.bool else 1
+        if _to_host(func, args, kwargs):  # e.g. ``.cpu()`` of a method's weights: a sync, answered with zeros
+            self.trace.host_syncs += 1
+            self.trace.sync_ops.append(f"to_cpu ({self.phase})")
+            return torch.zeros(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype)
         if _same_device_copy(func, args, kwargs):  # ``.to("cuda")`` of a "CUDA" tensor: no copy on a GPU
             return func(*args, **kwargs)
         start = len(self.harness.timeline.events)
@@ -202,6 +230,12 @@ def _same_device_copy(func, args, kwargs) -> bool:
             and kwargs.get("dtype") in (None, x.dtype) and kwargs.get("memory_format") is None)
 
 
+def _to_host(func, args, kwargs) -> bool:
+    """A ``_to_copy`` of a fake-CUDA tensor to the CPU (a device-to-host copy)."""
+    return (func is torch.ops.aten._to_copy.default and kwargs.get("device") is not None
+            and torch.device(kwargs["device"]).type == "cpu" and args[0].is_cuda)
+
+
 def _writes_in_place(func) -> bool:
     return any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
 
@@ -219,17 +253,47 @@ def _in_place_tensors(func, args, kwargs) -> Tuple[List[torch.Tensor], List[torc
     return reads, writes
 
 
-def _model_config(model: str, channels_last: bool, fused: bool) -> Config:
-    cfg = Config(channels_last=channels_last, fused=fused)
+def _model_config(model: str, channels_last: bool, fused: bool, weighting: str, grad_mode: str) -> Config:
+    cfg = Config(channels_last=channels_last, fused=fused, weighting=weighting, weighting_grads=grad_mode)
     return cfg if model == "default" else replace(cfg, model=model)
 
 
+@contextlib.contextmanager
+def _gradient_hooks(model: nn.Module, tracer: _Tracer) -> Iterator[Dict[str, int]]:
+    """``{parameter name: ops traced when autograd accumulated its gradient}`` of the steps run inside."""
+    ready: Dict[str, int] = {}
+
+    def accumulated(name):
+        return lambda _p: ready.__setitem__(name, len(tracer.trace.ops))
+
+    handles = [p.register_post_accumulate_grad_hook(accumulated(n)) for n, p in model.named_parameters()
+               if p.requires_grad]
+    try:
+        yield ready
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _grad_records(model: nn.Module, ready: Dict[str, int]) -> List[GradRecord]:
+    """The gradients in the order ``ready`` saw them accumulated (a dict keeps its insertion order), then the rest."""
+    shared = {id(p) for p in split_parameters(model)[0]} if hasattr(model, "encoder") else set()
+    records = {n: GradRecord(n, _dtype_name(p), p.numel(), p.numel() * p.element_size(), id(p) in shared, ready.get(n))
+               for n, p in model.named_parameters() if p.requires_grad}
+    return [records[n] for n in ready] + [r for n, r in records.items() if n not in ready]
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
 def trace_step(model: str = "default", batch: int = 8, size: Tuple[int, int] = (256, 512), channels_last: bool = True,
-               fused: bool = False, arch: int = 90) -> StepTrace:
+               fused: bool = False, arch: int = 90, weighting: str = "fixed", grad_mode: str = "params") -> StepTrace:
     """Trace one train step of ``model`` (a zoo name or ``default``; ``fused``: with fastmtl's fused
     ops) at ``batch`` images of ``size`` ``(H, W)``, bf16 autocast, on the fake CUDA device of compute
-    capability ``arch``: the second step of the run (the first creates the optimizer's state)."""
-    cfg = _model_config(model, channels_last, fused)
+    capability ``arch``, under ``--weighting weighting`` (``grad_mode``: ``--weighting-grads`` of a
+    gradient method): the second step of the run (the first creates the optimizer's state)."""
+    cfg = _model_config(model, channels_last, fused, weighting, grad_mode)
     cuda = torch.device("cuda", 0)
     patched = [(torch.cuda, "is_available", lambda: True), (torch.cuda, "is_bf16_supported", lambda *a, **k: True),
                (foreach_utils, "_get_foreach_kernels_supported_devices", lambda: [*FOREACH_DEVICES, "meta"])]
@@ -250,10 +314,15 @@ def trace_step(model: str = "default", batch: int = 8, size: Tuple[int, int] = (
                 stack.enter_context(namer.hooks(tracer, parts.loss_fn, parts.optimizer))
                 rules = stack.enter_context(_AutocastRules(namer))
                 stack.enter_context(tracer)
+                ready = stack.enter_context(_gradient_hooks(parts.model, tracer))
                 parts.step.run(rgb, targets)  # the first step creates the optimizer's state: not a typical step
                 tracer.trace, tracer.phase = StepTrace(), "forward"
                 rules.weight_cache.clear()  # autocast's cache lives for one autocast region
+                ready.clear()
                 parts.step.run(rgb, targets)
+            tracer.trace.grads = _grad_records(parts.model, ready)
+            tracer.trace.buffers = [(_dtype_name(b), b.numel() * b.element_size()) for b in parts.model.buffers()]
+            tracer.trace.tasks = tuple(cfg.tasks)
     finally:
         for obj, name, value in saved:
             setattr(obj, name, value)
