@@ -105,6 +105,8 @@ class Config(ModelKnobs):
     # last.pt is also saved at each evaluation and on Ctrl-C (fastmtl/train.py)
     checkpoint_every: Optional[int] = None  # steps between last.pt saves; None: by time only
     checkpoint_minutes: float = 2.0  # save last.pt when this much training time has passed since the last save; 0: off
+    # under torchrun: seconds a collective waits for the other processes before failing the run; None: torch's default
+    dist_timeout: Optional[float] = None
     quiet: bool = False
 
     def validate(self) -> "Config":
@@ -137,6 +139,8 @@ class Config(ModelKnobs):
             raise ConfigError(f"--checkpoint-every must be > 0, got {self.checkpoint_every}")
         if not 0 <= self.checkpoint_minutes < float("inf"):
             raise ConfigError(f"--checkpoint-minutes must be a number >= 0, got {self.checkpoint_minutes}")
+        if self.dist_timeout is not None and not 0 < self.dist_timeout < float("inf"):
+            raise ConfigError(f"--dist-timeout must be a number of seconds > 0, got {self.dist_timeout}")
         stride = self.output_stride
         h, w = self.size if self.size is not None else (stride, stride)
         if h <= 0 or w <= 0 or h % stride or w % stride:

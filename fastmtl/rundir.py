@@ -29,7 +29,7 @@ from .files import read_jsonl, write_text_atomic
 LOCK_NAME = ".lock"
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "last.pt", "best.pt")
 EVENTS_PREFIX = "events.out.tfevents"
-RESUME_OVERRIDES = ("max_steps", "epochs", "workers", "quiet", "device")  # the flags --resume accepts
+RESUME_OVERRIDES = ("max_steps", "epochs", "workers", "quiet", "device", "dist_timeout")  # the flags --resume accepts
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,12 +1,18 @@
 """Where and how a run executes: the device (:func:`resolve_device`), the precision (the one
 ``--amp`` name <-> autocast dtype mapping, :func:`autocast_context`), the process group
-(torchrun, :func:`setup_runtime`) and the budget fields a config leaves open (:func:`resolve_config`)."""
+(torchrun, :func:`launch_ranks`, :func:`setup_runtime`) and the budget fields a config leaves open
+(:func:`resolve_config`).
+
+Ranks under torchrun, on one node or many: ``RANK`` is global (0 .. WORLD_SIZE-1 over all nodes: what
+rank 0 writes, the data shard); ``LOCAL_RANK`` counts the processes of one node (the GPU index, the
+work done once per node such as a node-local dataset cache)."""
 from __future__ import annotations
 
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Optional
+from datetime import timedelta
+from typing import Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -64,16 +70,32 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def launch_ranks() -> Tuple[int, int, int]:
+    """``(rank, local_rank, world_size)`` of this process from torchrun's environment (``RANK``,
+    ``LOCAL_RANK``, ``WORLD_SIZE``); ``(0, 0, 1)`` when not started by torchrun."""
+    return (int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")),
+            int(os.environ.get("WORLD_SIZE", "1")))
+
+
 @dataclass
 class Runtime:
+    """Where a run executes: ``rank`` is global over all nodes, ``local_rank`` on this node."""
+
     device: torch.device
     rank: int = 0
     world_size: int = 1
     amp_dtype: Optional[torch.dtype] = None
+    local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
+        """Global rank 0: the one process that writes the run directory."""
         return self.rank == 0
+
+    @property
+    def is_node_main(self) -> bool:
+        """Local rank 0: the first process of its node."""
+        return self.local_rank == 0
 
     @property
     def distributed(self) -> bool:
@@ -85,18 +107,18 @@ class Runtime:
 
 
 def setup_runtime(cfg: Config) -> Runtime:
-    """Device, process group (when started by torchrun) and autocast dtype for ``cfg``."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    """Device, process group (when started by torchrun: NCCL on CUDA, gloo otherwise, with the
+    ``cfg.dist_timeout`` of its collectives) and autocast dtype for ``cfg``."""
+    rank, local_rank, world_size = launch_ranks()
     device = resolve_device(cfg.device, local_rank)
     if device.type == "cuda" and world_size > 1:
         device = torch.device(f"cuda:{local_rank}")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(device, rank, world_size, amp_dtype_for(cfg.amp, device))
+        timeout = None if cfg.dist_timeout is None else timedelta(seconds=cfg.dist_timeout)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    return Runtime(device, rank, world_size, amp_dtype_for(cfg.amp, device), local_rank)
 
 
 def resolve_config(cfg: Config, rt: Runtime) -> Config:

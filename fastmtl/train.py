@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import threading
 import time
@@ -46,7 +45,7 @@ from .evaluate import evaluate_tasks
 from .files import read_json, write_json_atomic, write_text_atomic
 from .losses import last_prediction
 from .rundir import check_output_dir
-from .runtime import Runtime, resolve_config, setup_runtime
+from .runtime import Runtime, launch_ranks, resolve_config, setup_runtime
 from .optim import load_optimizer_state
 from .step import StepResult, build_step, host_values
 from .tasks import check_available, task_states
@@ -82,6 +81,22 @@ def make_loaders(cfg: Config, root: Path, train_set, val_set, rt: Runtime):
                               **common)
     val_loader = fdata.build_loader(val_set, cfg.batch_size, shuffle=False, workers=cfg.workers, seed=cfg.seed)
     return train_loader, val_loader, sampler
+
+
+def ensure_default_data(rt: Runtime, progress: bool) -> Path:
+    """The built-in synthetic set in this node's cache (:func:`fastmtl.data.default_data_root`),
+    rendered where missing, once per cache: global rank 0 first, while every other process waits;
+    then the first process of each other node, for a node whose cache is not shared with rank 0's
+    (where it is, the set is found there; two nodes rendering into one cache at once is safe too:
+    the one that finishes second keeps the first's)."""
+    if rt.is_main:
+        fdata.ensure_default_dataset(progress=progress)
+    if rt.distributed:
+        dist.barrier()
+        if rt.is_node_main and not rt.is_main:
+            fdata.ensure_default_dataset(progress=progress)
+        dist.barrier()
+    return fdata.default_data_root()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,14 +149,9 @@ class Run:
         self._stop_requested = False
 
     def _default_data_root(self) -> Path:
-        """The built-in synthetic set in the user cache, generated once (by rank 0)."""
         if self.cfg.dataset != "synthetic":
             raise ConfigError(f"--dataset {self.cfg.dataset} needs --data-root DIR")
-        if self.rt.is_main:
-            fdata.ensure_default_dataset(progress=not self.cfg.quiet)
-        if self.rt.distributed:
-            dist.barrier()
-        return fdata.default_data_root()
+        return ensure_default_data(self.rt, progress=not self.cfg.quiet)
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -472,10 +482,12 @@ def train(cfg: Optional[Config], resume: Optional[str] = None, stop_after: Optio
     already complete changes nothing and returns its summary.
     """
     out = Path(resume if resume is not None else cfg.out)
-    created = rundir.created_dirs(out)
-    check_output_dir(out)
+    writer = launch_ranks()[0] == 0  # only global rank 0 touches the run directory, on any node
+    created = rundir.created_dirs(out) if writer else []
+    if writer:
+        check_output_dir(out)
     try:
-        with rundir.run_dir_lock(out, enabled=int(os.environ.get("RANK", "0")) == 0):
+        with rundir.run_dir_lock(out, enabled=writer):
             run = Run(cfg, resume, overwrite, resume_overrides)
             try:
                 if resume is not None and run.step >= run.total_steps:

@@ -56,6 +56,18 @@ def test_a_train_crash_logs_into_its_run_directory(tmp_path, cache, monkeypatch,
     assert not (cache / "logs").exists()
 
 
+def test_a_train_crash_of_another_rank_logs_into_the_cache(tmp_path, cache, monkeypatch, capsys):
+    """Only global rank 0 writes the run directory (multi-node: its ``--out`` may be shared)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(fastmtl.train, "train", _raise(TypeError("boom")))
+    assert main(["train", "--out", str(out)]) == 3
+    logs = list((cache / "logs").glob("crash-train-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in capsys.readouterr().err
+    assert not list(out.iterdir())
+
+
 def test_an_unwritable_log_folder_still_gives_one_line(tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

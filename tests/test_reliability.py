@@ -160,6 +160,9 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path, capsys):
 def test_negative_lr_and_unknown_names_list_choices(capsys):
     with pytest.raises(ConfigError, match="--lr must be > 0"):
         Config(lr=-1).validate()
+    for bad in (0, -5, float("inf")):
+        with pytest.raises(ConfigError, match="--dist-timeout must be a number of seconds > 0"):
+            Config(dist_timeout=bad).validate()
     assert main(["train", "--encoder", "resnet7"]) == 2
     assert "resnet18, resnet34, resnet50, resnet101" in capsys.readouterr().err
 

@@ -90,7 +90,7 @@ def test_resume_with_a_larger_max_steps_trains_on(tiny_data, tmp_path):
     summary = train(None, resume=str(out), resume_overrides={"max_steps": 4})
     assert summary["final"]["step"] == 4
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [2, 4]
-    with pytest.raises(ConfigError, match="only --max-steps, --epochs, --workers, --quiet, --device may be given.*--lr"):
+    with pytest.raises(ConfigError, match="only --max-steps, --epochs, --workers, --quiet, --device, --dist-timeout may be given.*--lr"):
         train(None, resume=str(out), resume_overrides={"lr": 0.5})
 
 

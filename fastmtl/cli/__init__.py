@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from .. import __version__
 from ..errors import TrainingDiverged
 from ..paths import cache_root
+from ..runtime import launch_ranks
 from . import bench, compare, data, doctor, evaluate, export, gate, predict, profile, sweep, traffic, train
 
 # The modules the commands import inside their ``run`` only to keep start-up fast (``fastmtl --help``,
@@ -96,10 +97,11 @@ def _one_line(error: BaseException) -> str:
 
 
 def crash_log_dirs(args: argparse.Namespace) -> List[Path]:
-    """Where a crash log of ``args.command`` may go, best first: its run directory (if it exists),
-    then ``cache_root() / "logs"``."""
+    """Where a crash log of ``args.command`` may go, best first: its run directory (if it exists and
+    this process is global rank 0, the one process that writes there), then ``cache_root() / "logs"``."""
     dirs = [Path(v) for v in (getattr(args, f, None) for f in RUN_DIR_FLAGS.get(args.command, ())) if v]
-    return [d for d in dirs if d.is_dir()][:1] + [cache_root() / "logs"]
+    writer = launch_ranks()[0] == 0
+    return [d for d in dirs if writer and d.is_dir()][:1] + [cache_root() / "logs"]
 
 
 def write_crash_log(args: argparse.Namespace, argv: List[str]) -> str:

@@ -211,6 +211,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-minutes", type=float, default=SUPPRESS, metavar="M",
                    help=f"save last.pt after M minutes of training since the last save; 0: off (default "
                         f"{d.checkpoint_minutes}; last.pt is also saved at every evaluation and on Ctrl-C)")
+    g.add_argument("--dist-timeout", type=float, default=SUPPRESS, metavar="SECONDS",
+                   help="under torchrun: how long a collective waits for the other processes (a dead or hung "
+                        "node) before the run fails; longer than an evaluation (default: torch's, 30 min gloo, "
+                        "10 min NCCL)")
     g.add_argument("--quiet", action="store_true", default=SUPPRESS, help="log lines instead of a progress bar")
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR exactly (its config is used; a larger --max-steps or --epochs "
