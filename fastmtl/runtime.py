@@ -70,6 +70,20 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+PEER_FAILURE_MARKERS = ("gloo/transport", "ProcessGroupGloo", "ProcessGroupNCCL", "NCCL error", "NCCL communicator",
+                        "Connection reset by peer", "Connection closed by peer")
+"""Text of the plain RuntimeErrors that gloo and NCCL raise when a peer is gone (torch.distributed's
+own errors are :class:`torch.distributed.DistError`)."""
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether ``error`` is what torch.distributed raises in one process when another rank or node of
+    the run failed, was stopped, or did not answer within the process group's timeout (``--dist-timeout``)."""
+    if isinstance(error, dist.DistError):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in PEER_FAILURE_MARKERS)
+
+
 def launch_ranks() -> Tuple[int, int, int]:
     """``(rank, local_rank, world_size)`` of this process from torchrun's environment (``RANK``,
     ``LOCAL_RANK``, ``WORLD_SIZE``); ``(0, 0, 1)`` when not started by torchrun."""

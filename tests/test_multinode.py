@@ -213,6 +213,7 @@ def test_a_killed_node_fails_the_other_and_both_resume_to_the_uninterrupted_run(
         survivor_node = procs.index(survivor)
     said = [line for line in error_lines(logs, survivor_node) if line.startswith("fastmtl train:")]
     assert len(said) == 1 and "Traceback" not in "\n".join(error_lines(logs, survivor_node)), failure(logs)
+    assert "the distributed run lost a process" in said[0] and "--resume" in said[0], said
     assert load_checkpoint(run / "last.pt")["step"] == STALL_AT
     assert not (run / ".lock").exists()  # rank 0 ended cleanly: its lock is gone
 
@@ -238,7 +239,7 @@ def test_a_hung_node_fails_the_other_after_the_dist_timeout(tiny_data, tmp_path)
         kill_node(procs, weights, rank=1)
     assert HUNG_TIMEOUT - 0.5 < waited < HUNG_TIMEOUT + 60, waited
     said = [line for line in error_lines(logs, survivor_node) if line.startswith("fastmtl train:")]
-    assert len(said) == 1, failure(logs)
+    assert len(said) == 1 and "the distributed run lost a process" in said[0], failure(logs)
 
 
 @pytest.mark.parametrize("rank, local_rank, calls", [

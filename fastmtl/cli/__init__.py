@@ -3,7 +3,7 @@ with its ``HELP``, ``add_arguments(parser)`` and ``run(args)``; :func:`main` par
 the errors a user can fix into a one-line message.
 
 Exit codes: 0 success; 2 an error the user can fix (one line: a bad flag, file or path, a diverged
-run); 3 an unexpected error (one line naming the command and the error; the full traceback is in
+run, a distributed run that lost a process); 3 an unexpected error (one line naming the command and the error; the full traceback is in
 the log file the line names: the run directory of ``train`` when it exists, else
 ``fastmtl.paths.cache_root() / "logs"``); 130 interrupted (Ctrl-C).
 """
@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from .. import __version__
 from ..errors import TrainingDiverged
 from ..paths import cache_root
-from ..runtime import launch_ranks
+from ..runtime import is_peer_failure, launch_ranks
 from . import bench, compare, data, doctor, evaluate, export, gate, predict, profile, sweep, traffic, train
 
 # The modules the commands import inside their ``run`` only to keep start-up fast (``fastmtl --help``,
@@ -84,6 +84,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"fastmtl {args.command}: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # the last line of defence: anything else is a bug or an unforeseen failure
+        if is_peer_failure(e):  # torch.distributed: another rank or node failed, was stopped or timed out
+            where = write_crash_log(args, sys.argv[1:] if argv is None else argv, report=False)
+            print(f"fastmtl {args.command}: error: the distributed run lost a process (another rank or node "
+                  f"failed, was stopped or timed out): {_one_line(e)}; when every node is up again, resume "
+                  f"each with 'fastmtl train --resume RUN' ({where})", file=sys.stderr)
+            return EXIT_USER_ERROR
         where = write_crash_log(args, sys.argv[1:] if argv is None else argv)
         print(f"fastmtl {args.command}: unexpected error: {type(e).__name__}: {_one_line(e)} ({where})",
               file=sys.stderr)
@@ -104,8 +110,9 @@ def crash_log_dirs(args: argparse.Namespace) -> List[Path]:
     return [d for d in dirs if writer and d.is_dir()][:1] + [cache_root() / "logs"]
 
 
-def write_crash_log(args: argparse.Namespace, argv: List[str]) -> str:
-    """Write the traceback of the exception being handled to a log file; say where (or why not)."""
+def write_crash_log(args: argparse.Namespace, argv: List[str], report: bool = True) -> str:
+    """Write the traceback of the exception being handled to a log file; say where (or why not);
+    ``report``: ask for a bug report (not for a failure outside fastmtl, such as a lost node)."""
     name = f"crash-{args.command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     text = f"fastmtl {' '.join(argv)}\n\n{traceback.format_exc()}"
     reasons = []
@@ -113,7 +120,7 @@ def write_crash_log(args: argparse.Namespace, argv: List[str]) -> str:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / name).write_text(text)
-            return f"traceback in {folder / name}; please report it"
+            return f"traceback in {folder / name}" + ("; please report it" if report else "")
         except OSError as e:
             reasons.append(f"{folder}: {e.strerror or e}")
     return f"the traceback could not be written: {'; '.join(reasons)}"
