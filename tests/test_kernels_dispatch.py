@@ -59,7 +59,7 @@ def test_importing_the_package_registers_every_op():
     code = ("import torch, fastmtl.kernels; "
             "print(sorted(n for n in dir(torch.ops.fastmtl) if not n.startswith('_') and n != 'name'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    ops = ["aspp_project", "se_scale", "sigmoid_gate", "silog_stats"]
+    ops = ["aspp_project", "se_scale", "sigmoid_gate", "sigmoid_gate_halves", "silog_stats"]
     assert out.strip() == str(sorted(ops + [op + "_backward" for op in ops]))
 
 

@@ -5,7 +5,8 @@ Importing the package registers every op in the ``torch.ops.fastmtl`` namespace:
 * ``se_scale``: squeeze-and-excitation, ``x * gate(W2 act(W1 mean_hw(x) + b1) + b2)``
   (``act``: relu/silu/gelu/hardswish, ``gate``: sigmoid/hardsigmoid, biases optional), optionally ``relu(that + identity)`` (the ResNet block tail); ``se_scale_backward``: its gradients.
 * ``sigmoid_gate``: the attention gate ``f * sigmoid(a)``, optionally ``+ r``;
-  ``sigmoid_gate_backward``: its gradients.
+  ``sigmoid_gate_backward``: its gradients; ``sigmoid_gate_halves`` (and its backward): the same
+  gate on the two channel halves of one tensor, with one gradient for that tensor;
 * ``silog_stats``: per-image ``(sum d, sum d^2, count)`` of the log depth error
   ``d = log(target) - log(pred)`` over valid pixels (:func:`.silog.silog` /
   :func:`.silog.silog_from_stats` turn them into the SI-log metric / loss); ``silog_stats_backward``: its gradient wrt ``pred``.
