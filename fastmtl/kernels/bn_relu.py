@@ -72,9 +72,10 @@ MAX_INNER_CHANNELS = 32
 """channels_last tiles on a GPU take at most this many channels (64 bytes of bf16 per pixel):
 more channel blocks, so fewer splits for the same number of programs, so fewer partials for
 every program to merge."""
-MERGE_SHARE = 64
-"""At most ``sqrt(M / MERGE_SHARE)`` splits: the partials every program merges stay a few
-percent of the bytes it streams."""
+MERGE_SHARE = 16
+"""At most ``sqrt(M / MERGE_SHARE)`` splits (``M = N*H*W``): the partials every program of a
+split kernel merges (from L2) stay within about 1/8 of the bytes it streams (bf16). Not yet tuned
+on a GPU."""
 
 
 # --------------------------------------------------------------------------- Triton kernels

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -190,16 +190,40 @@ def _in_place_tensors(func, args, kwargs) -> Tuple[List[torch.Tensor], List[torc
     return reads, writes
 
 
+@contextlib.contextmanager
+def _as_compiled(model: torch.nn.Module) -> Iterator[None]:
+    """While ``model``'s forward runs, ``torch.compiler.is_compiling()`` answers True, so its
+    modules take the paths ``torch.compile`` would trace (:class:`fastmtl.nn.FusedBatchNormReLU`:
+    ``F.batch_norm`` + ``relu``); the loss and the optimizer see the real answer."""
+    real = torch.compiler.is_compiling
+
+    def enter(_module, _args):
+        torch.compiler.is_compiling = lambda: True
+
+    def leave(_module, _args, _out):
+        torch.compiler.is_compiling = real
+
+    handles = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        torch.compiler.is_compiling = real
+
+
 def _model_config(model: str, channels_last: bool, fused: bool) -> Config:
     cfg = Config(channels_last=channels_last, fused=fused)
     return cfg if model == "default" else replace(cfg, model=model)
 
 
 def trace_step(model: str = "default", batch: int = 8, size: Tuple[int, int] = (256, 512), channels_last: bool = True,
-               fused: bool = False, arch: int = 90) -> StepTrace:
+               fused: bool = False, arch: int = 90, compiling: bool = False) -> StepTrace:
     """Trace one train step of ``model`` (a zoo name or ``default``; ``fused``: with fastmtl's fused
     ops) at ``batch`` images of ``size`` ``(H, W)``, bf16 autocast, on the fake CUDA device of compute
-    capability ``arch``: the second step of the run (the first creates the optimizer's state)."""
+    capability ``arch``: the second step of the run (the first creates the optimizer's state).
+    ``compiling``: the model's forward as ``torch.compile`` traces it (see :func:`_as_compiled`; the
+    compile scenarios of a fused model)."""
     cfg = _model_config(model, channels_last, fused)
     cuda = torch.device("cuda", 0)
     patched = [(torch.cuda, "is_available", lambda: True), (torch.cuda, "is_bf16_supported", lambda *a, **k: True),
@@ -219,6 +243,8 @@ def trace_step(model: str = "default", batch: int = 8, size: Tuple[int, int] = (
             tracer = _Tracer(harness, namer)
             with contextlib.ExitStack() as stack:
                 stack.enter_context(namer.hooks(tracer, parts.loss_fn, parts.optimizer))
+                if compiling:
+                    stack.enter_context(_as_compiled(parts.model))
                 rules = stack.enter_context(_AutocastRules(namer))
                 stack.enter_context(tracer)
                 parts.step.run(rgb, targets)  # the first step creates the optimizer's state: not a typical step
