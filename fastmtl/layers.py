@@ -7,7 +7,7 @@ All tensors are ``(N, C, H, W)``; any memory format is accepted.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,13 @@ def conv_bn_relu(in_ch: int, out_ch: int, kernel_size: int = 1, dilation: int = 
         nn.BatchNorm2d(out_ch),
         nn.ReLU(inplace=True),
     )
+
+
+def bn_relu(bn: nn.Module, x: torch.Tensor, relu: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``relu(bn(x))``, or ``bn(x)`` when ``bn`` already applies the ReLU (a
+    :class:`fastmtl.nn.FusedBatchNormReLU`: its ``fuses_relu`` is true). For blocks that list
+    the BatchNorms followed by a ReLU in ``relu_after``, which :func:`fastmtl.nn.fuse` swaps."""
+    return bn(x) if getattr(bn, "fuses_relu", False) else relu(bn(x))
 
 
 def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -14,6 +14,7 @@ from torch import nn
 from .config import Config, ConfigError
 from .losses import MultiTaskLoss
 from .models import build_model
+from .nn import fuse
 from .optim import make_optimizer, poly_schedule
 from .runtime import Runtime
 from .tasks import Task, build_tasks, outputs_desc
@@ -147,6 +148,19 @@ class StepParts:
         return outputs_desc(self.tasks)
 
 
+def build_train_model(cfg: Config, desc: Dict[str, int], sync_bn: bool) -> nn.Module:
+    """The model of ``cfg`` (``desc``: ``{task: channels}``) on the CPU, fused per ``cfg.fused``;
+    with ``sync_bn`` (DDP on CUDA) its BatchNorms become ``SyncBatchNorm`` first, so
+    :func:`fastmtl.nn.fuse` leaves them unfused (cross-process statistics; a fused BatchNorm +
+    ReLU would keep per-process ones)."""
+    if not sync_bn:
+        return build_model(cfg, desc, fused=cfg.fused)
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(build_model(cfg, desc))
+    if cfg.fused:
+        fuse(model)
+    return model
+
+
 def build_step(cfg: Config, info, rt: Runtime, total_steps: int, steps_per_epoch: int) -> StepParts:
     """The train step of ``cfg`` as ``fastmtl train`` builds it: the tasks of ``cfg.tasks``
     (:func:`fastmtl.tasks.build_tasks` with the dataset ``info``), the model
@@ -158,9 +172,7 @@ def build_step(cfg: Config, info, rt: Runtime, total_steps: int, steps_per_epoch
     if cfg.cuda_graphs and device.type != "cuda":
         raise ConfigError(f"--cuda-graphs needs a CUDA device (this run is on {device.type}); drop the flag")
     tasks = build_tasks(cfg, info)
-    model = build_model(cfg, outputs_desc(tasks), fused=cfg.fused).to(device)
-    if rt.distributed and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = build_train_model(cfg, outputs_desc(tasks), sync_bn=rt.distributed and device.type == "cuda").to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     weighting = method_for_run(cfg, list(cfg.tasks), steps_per_epoch)

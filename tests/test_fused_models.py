@@ -3,7 +3,7 @@ import torch
 
 from fastmtl.config import Config
 from fastmtl.models import build_model
-from fastmtl.nn import fuse
+from fastmtl.nn import FusedBatchNormReLU, fuse
 
 DESC = {"semseg": 3, "depth": 1}
 
@@ -25,8 +25,10 @@ def test_fuse_counts_and_keeps_state_dict():
     cfg = Config(model="distill_allconnect", encoder="resnet18", dilation=(False, True, True), se=True)
     model = build_model(cfg, DESC)
     keys = list(model.state_dict())
-    # resnet18: 8 blocks with SE, 2 ASPP heads, 2 attention modules
-    assert fuse(model) == 12
+    # resnet18: 8 blocks with SE, 2 ASPP heads, 2 attention modules; BatchNorm + ReLU: the stem
+    # and the 8 blocks' bn1, 6 in each ASPP (4 branches, pooling, projection), 12 in the decoders
+    assert fuse(model) == 12 + 9 + 12 + 12
+    assert sum(isinstance(m, FusedBatchNormReLU) for m in model.modules()) == 9 + 12 + 12
     assert list(model.state_dict()) == keys
     assert fuse(model) == 0, "fusing twice swaps nothing more"
 

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 import fastmtl.nn as fnn
 from fastmtl.config import Config
 from fastmtl.kernels.aspp import aspp_project, aspp_project_backward, aspp_project_reference
+from fastmtl.kernels.bn_relu import batch_norm_relu, bn_relu, bn_relu_backward
 from fastmtl.kernels.dispatch import interpreter_enabled
 from fastmtl.kernels.se_scale import se_scale, se_scale_backward
 from fastmtl.kernels.sigmoid_gate import sigmoid_gate, sigmoid_gate_backward
@@ -178,6 +179,19 @@ def _build_aspp(channels_last: bool, train: bool):
     return fused.to(memory_format=_fmt(channels_last)), ref.to(memory_format=_fmt(channels_last)), (x,)
 
 
+def _build_bn_relu(channels_last: bool):
+    """FusedBatchNormReLU against BatchNorm2d + ReLU (training mode): several channel blocks and
+    splits, partial tiles, channel means far from 0."""
+    ref = nn.Sequential(nn.BatchNorm2d(80), nn.ReLU(inplace=True))
+    with torch.no_grad():
+        ref[0].weight.uniform_(0.5, 1.5), ref[0].bias.uniform_(-0.5, 0.5)
+        ref[0].running_mean.normal_(0, 0.1), ref[0].running_var.uniform_(0.5, 1.5)
+    fused = fnn.FusedBatchNormReLU(80)
+    fused.load_state_dict(ref[0].state_dict())
+    x = torch.randn(6, 80, 37, 41) * 2 + torch.randn(1, 80, 1, 1) * 3
+    return fused, ref, (x.contiguous(memory_format=_fmt(channels_last)).requires_grad_(),)
+
+
 # fp32: the projection GEMM runs in TF32 on both sides, but cuDNN may pick another algorithm
 _ASPP_ATOL = {torch.float32: 8 * 2.0**-10}
 
@@ -189,6 +203,7 @@ CASES: List[Case] = [
     Case("aspp_project", _build_project, _ASPP_ATOL),
     Case("aspp_eval", lambda cl: _build_aspp(cl, train=False), _ASPP_ATOL),  # BN + ReLU in the epilogue
     Case("aspp_train", lambda cl: _build_aspp(cl, train=True), _ASPP_ATOL),  # batch statistics
+    Case("bn_relu", _build_bn_relu),  # compiled: the module's F.batch_norm + relu path against the op
 ]
 
 
@@ -287,6 +302,11 @@ OPCHECKS = [
     ("aspp_project_nhwc_5branches", aspp_project, lambda: (*_aspp_args(k=5, channels_last=True, requires_grad=True), True)),
     ("aspp_project_backward", aspp_project_backward, lambda: _aspp_backward_args(False, with_preact=True)),
     ("aspp_project_backward_nhwc", aspp_project_backward, lambda: _aspp_backward_args(True, with_preact=False)),
+    ("bn_relu", bn_relu, lambda: (_cuda(2, 6, 3, 4), _cuda(6), _cuda(6), _cuda(6), _depth(6), 0.1, 1e-5)),
+    ("bn_relu_nhwc_no_affine", bn_relu,
+     lambda: (_cuda(2, 6, 3, 4).contiguous(memory_format=torch.channels_last), None, None, None, None, 0.1, 1e-5)),
+    ("bn_relu_backward", bn_relu_backward,
+     lambda: (_cuda(2, 6, 3, 4), _cuda(2, 6, 3, 4), _cuda(6), _cuda(6), _cuda(6), _depth(6))),
 ]
 
 
@@ -317,6 +337,7 @@ GRADCHECKS = [
     ("sigmoid_gate", sigmoid_gate, lambda: _leaves(_cuda(2, 3, 2, 3), _cuda(2, 3, 2, 3), _cuda(2, 3, 2, 3))),
     ("silog_stats", lambda p, t: silog_stats(p, t, 4.0, 80.0, 0.01, False), _silog_inputs),
     ("aspp_project", lambda *a: aspp_project(list(a[:5]), *a[5:], relu=True), _aspp_leaves),
+    ("bn_relu", lambda x, w, b: batch_norm_relu(x, w, b, None, None), lambda: _leaves(_cuda(2, 3, 2, 3), _cuda(3), _cuda(3))),
 ]
 
 

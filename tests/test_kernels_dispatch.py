@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from fastmtl.kernels import aspp, se_scale, sigmoid_gate, silog
+from fastmtl.kernels import aspp, bn_relu, se_scale, sigmoid_gate, silog
 
 
 def _se_scale_call():
@@ -29,11 +29,17 @@ def _aspp_project_call():
     return lambda: aspp.aspp_project(branches, weight, bias)
 
 
+def _bn_relu_call():
+    x, weight, bias = torch.randn(2, 3, 4, 5), torch.randn(3), torch.randn(3)
+    return lambda: bn_relu.bn_relu(x, weight, bias, None, None)
+
+
 OPS = [  # (module, its forward launcher, a builder of the op call)
     (se_scale, "se_scale_forward_triton", _se_scale_call),
     (sigmoid_gate, "sigmoid_gate_forward_triton", _sigmoid_gate_call),
     (silog, "silog_stats_triton", _silog_stats_call),
     (aspp, "aspp_project_forward_triton", _aspp_project_call),
+    (bn_relu, "bn_relu_forward_triton", _bn_relu_call),
 ]
 
 
@@ -59,7 +65,7 @@ def test_importing_the_package_registers_every_op():
     code = ("import torch, fastmtl.kernels; "
             "print(sorted(n for n in dir(torch.ops.fastmtl) if not n.startswith('_') and n != 'name'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    ops = ["aspp_project", "se_scale", "sigmoid_gate", "sigmoid_gate_halves", "silog_stats"]
+    ops = ["aspp_project", "bn_relu", "se_scale", "sigmoid_gate", "sigmoid_gate_halves", "silog_stats"]
     assert out.strip() == str(sorted(ops + [op + "_backward" for op in ops]))
 
 

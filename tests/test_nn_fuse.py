@@ -204,8 +204,9 @@ def test_fuse_keeps_dtype_and_the_fused_modules_match_the_references(dtype):
                           TimmSEModule(6, 2))
     model = model.to(dtype).eval()
     reference = copy.deepcopy(model)
-    assert fnn.fuse(model) == 4
+    assert fnn.fuse(model) == 4 + 6  # and the ASPP's BatchNorm + ReLU pairs: 4 branches, pooling, projection
     assert [type(m) for m in model] == [fnn.FusedSqueezeExcitation, fnn.FusedSelfAttention, fnn.FusedASPP, fnn.FusedSEBlock]
+    assert sum(type(m) is fnn.FusedBatchNormReLU for m in model.modules()) == 6
     assert all(p.dtype == dtype for p in model.parameters())
     x = torch.randn(2, 16, 5, 6, dtype=dtype)
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=5e-2, atol=5e-2)

@@ -178,6 +178,34 @@ def test_gradient_methods_send_what_the_engine_sends(plain):
     assert bns > 0 and ddp["SyncBatchNorm"]["collectives"] == ddp["SyncBatchNorm"]["blocking"] == 2 * bns
 
 
+def test_fused_model_on_many_gpus_is_the_sync_batchnorm_build(monkeypatch):
+    """On N > 1 GPUs the fused scenarios run the SyncBatchNorm build (BatchNorm + ReLU unfused, every
+    BatchNorm synchronised, as the eager model), on one GPU the fused BatchNorm + ReLU; the difference
+    is the 'unfused BN + ReLU' cause."""
+    traces = {}
+
+    def trace(**kw):
+        key = (kw["fused"], kw.get("compiling", False), kw.get("sync_bn", False))
+        traces[key] = traces.get(key) or trace_step(batch=2, size=(32, 64), fused=kw["fused"],
+                                                    compiling=key[1], sync_bn=key[2])
+        return traces[key]
+
+    monkeypatch.setattr(scaling, "trace_step", trace)
+    one, many = scaling._traced("fixed", "params")
+    names = lambda run: Counter(o.name for o in run.trace.ops)
+    assert names(one["fused"])["fastmtl::bn_relu"] > 0 and names(many["fused"])["fastmtl::bn_relu"] == 0
+    assert names(one["fused_compile"])["fastmtl::bn_relu"] == 0  # the compile path
+    for run in (many["fused"], many["fused_compile_graphs"]):
+        collectives = Counter(it.cause for it in step_items(run, GPU, FABRIC, 8) if it.collective)
+        eager = Counter(it.cause for it in step_items(many["eager"], GPU, FABRIC, 8) if it.collective)
+        assert collectives["SyncBatchNorm"] == eager["SyncBatchNorm"] > 0
+    report = scaling.scaling_model(batch=2, size=(32, 64), gpus=(1, 2))["configs"][0]["scenarios"]
+    for name in SCENARIOS:
+        one_gpu, two = report[name]
+        assert two["ms"] == pytest.approx(one_gpu["ms"] + sum(two["added_ms"].values()), abs=5e-3)
+        assert ("unfused BN + ReLU" in two["added_ms"]) == (name == "fused"), name
+
+
 def test_cli_prints_the_scaling_model_and_its_json(capsys, cached_traces):
     argv = ["traffic", "--step", "default", "--batch", "2", "--size", "32x64", "--gpus", "16"]
     assert main(argv) == 0

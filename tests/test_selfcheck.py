@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from fastmtl.kernels import aspp, se_scale, selfcheck, sigmoid_gate, silog
+from fastmtl.kernels import aspp, bn_relu, se_scale, selfcheck, sigmoid_gate, silog
 from fastmtl.kernels.selfcheck import SelfCheckWarning
 
 # op -> (module, forward launcher, backward launcher)
@@ -20,6 +20,7 @@ LAUNCHERS = {
     "sigmoid_gate": (sigmoid_gate, "sigmoid_gate_forward_triton", "sigmoid_gate_backward_triton"),
     "aspp_project": (aspp, "aspp_project_forward_triton", "aspp_project_backward_triton"),
     "silog_stats": (silog, "silog_stats_triton", "silog_stats_backward_triton"),
+    "bn_relu": (bn_relu, "bn_relu_forward_triton", "bn_relu_backward_triton"),
 }
 
 
@@ -51,6 +52,10 @@ def _inputs(op, dtype=torch.float32, channels_last=False):
                                                          torch.randn(2, 7, dtype=dtype, requires_grad=True)]
         scale, shift = torch.rand(7) + 0.5, torch.randn(7)
         return leaves, lambda *t: torch.ops.fastmtl.aspp_project(list(t[:4]), t[4], t[5], scale, shift, True)
+    if op == "bn_relu":
+        leaves = [act(2, 6, 3, 5), torch.randn(6, requires_grad=True), torch.randn(6, requires_grad=True)]
+        running = torch.zeros(6), torch.ones(6)  # updated by every call: each run's own copy
+        return leaves, lambda x, w, b: bn_relu.batch_norm_relu(x, w, b, *(t.clone() for t in running))
     target = torch.rand(2, 1, 4, 6) * 9 + 1
     leaves = [(target.log() + 0.1 * torch.randn(2, 1, 4, 6)).to(dtype).requires_grad_()]
     return leaves, lambda p: torch.ops.fastmtl.silog_stats(p, target, 1.0, 8.0, 0.01, True)

@@ -93,3 +93,20 @@ def test_eager_group_bytes_and_launches_within_budget(report, group):
     for key in ("bytes", "launches"):
         assert got[key] <= BUDGET["groups"][group][key] * (1 + BUDGET["tolerance"]), (
             f"eager {group} {key}: {got[key]} > budget {BUDGET['groups'][group][key]} (benchmarks/step_model/budget.json)")
+
+
+def test_fused_bn_relu_is_two_launches_each_way_and_plain_batch_norm_under_compile():
+    """Eager: fastmtl::bn_relu reads x twice and writes once, its backward reads grad and x twice
+    and writes dx once. The compile scenarios' trace sees FusedBatchNormReLU's compile path."""
+    is_compiling = torch.compiler.is_compiling
+    fused = trace_step(batch=2, size=(32, 64), fused=True)
+    compiled = trace_step(batch=2, size=(32, 64), fused=True, compiling=True)
+    assert torch.compiler.is_compiling is is_compiling
+    for name, passes in (("fastmtl::bn_relu", 3), ("fastmtl::bn_relu_backward", 5)):
+        ops = [o for o in fused.ops if o.name == name]
+        assert ops and all(o.launches == 2 for o in ops)
+        biggest = max(ops, key=lambda o: o.bytes)
+        assert passes * max(biggest.read_bytes) <= biggest.bytes < (passes + 0.1) * max(biggest.read_bytes)
+    assert not any("bn_relu" in o.name for o in compiled.ops)
+    norms = [sum(o.name == "native_batch_norm" for o in t.ops) for t in (fused, compiled)]
+    assert norms[1] == norms[0] + sum(o.name == "fastmtl::bn_relu" for o in fused.ops)

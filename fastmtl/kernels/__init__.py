@@ -10,11 +10,14 @@ Importing the package registers every op in the ``torch.ops.fastmtl`` namespace:
 * ``silog_stats``: per-image ``(sum d, sum d^2, count)`` of the log depth error
   ``d = log(target) - log(pred)`` over valid pixels (:func:`.silog.silog` /
   :func:`.silog.silog_from_stats` turn them into the SI-log metric / loss); ``silog_stats_backward``: its gradient wrt ``pred``.
+* ``bn_relu``: training-mode ``relu(batch_norm(x))`` with batch statistics, updating the running
+  statistics in place; ``bn_relu_backward``: its gradients (:func:`.bn_relu.batch_norm_relu` is
+  the differentiable entry point: torch.library gives no autograd formula to an op that mutates).
 * ``aspp_project``: the ASPP projection ``relu?((W @ concat(branches) + bias) * scale + shift)``
   without the concat; ``aspp_project_backward``: its gradients.
 
 One module per op, exported here under its file name (:mod:`.se_scale`, :mod:`.sigmoid_gate`,
-:mod:`.silog`, :mod:`.aspp`; the op functions keep to their modules, e.g.
+:mod:`.silog`, :mod:`.aspp`, :mod:`.bn_relu`; the op functions keep to their modules, e.g.
 ``fastmtl.kernels.se_scale.se_scale``, since an op named like its module would hide it): Triton
 kernels, launchers (``*_forward_triton`` / ``*_backward_triton``, ``silog_stats_triton``),
 ``torch.library`` registration (forward, backward, fake, autograd, FLOP formula where it
@@ -24,7 +27,7 @@ the helpers the ops share; :mod:`.selfcheck` checks each op's kernels against it
 their first call per (device, dtype, layout) and makes the op fall back to the reference where
 they fail (``FASTMTL_SELFCHECK=0`` turns that off).
 """
-from . import aspp, se_scale, sigmoid_gate, silog  # noqa: F401  (registers the ops)
+from . import aspp, bn_relu, se_scale, sigmoid_gate, silog  # noqa: F401  (registers the ops)
 from .dispatch import HAS_TRITON, kernel_mode, kernels_available, use_triton
 
-__all__ = ["HAS_TRITON", "aspp", "kernel_mode", "kernels_available", "se_scale", "sigmoid_gate", "silog", "use_triton"]
+__all__ = ["HAS_TRITON", "aspp", "bn_relu", "kernel_mode", "kernels_available", "se_scale", "sigmoid_gate", "silog", "use_triton"]

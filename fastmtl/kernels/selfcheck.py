@@ -56,6 +56,7 @@ PROBES: Dict[str, Tuple[str, str]] = {
     "sigmoid_gate": ("sigmoid_gate", "sigmoid_gate_probe"),
     "aspp_project": ("aspp", "aspp_project_probe"),
     "silog_stats": ("silog", "silog_stats_probe"),
+    "bn_relu": ("bn_relu", "bn_relu_probe"),
 }
 OPS = tuple(PROBES)
 LAYOUTS = ("nchw", "channels_last")

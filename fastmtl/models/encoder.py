@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import load_error_reason
-from ..layers import SqueezeExcitation
+from ..layers import SqueezeExcitation, bn_relu
 
 ENCODERS = {
     "resnet18": ("basic", (2, 2, 2, 2)),
@@ -67,6 +67,7 @@ class BasicBlock(nn.Module):
     """
 
     expansion = 1
+    relu_after = ("bn1",)  # the BatchNorms whose output only a ReLU reads (fastmtl.nn.fuse fuses them)
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
                  dilation: int = 1, se: bool = False, dilate_conv1: bool = False):
@@ -81,7 +82,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = bn_relu(self.bn1, self.conv1(x), self.relu)
         out = self.bn2(self.conv2(out))
         return _tail(self.se, out, identity)
 
@@ -93,6 +94,7 @@ class Bottleneck(nn.Module):
     """ResNet v1.5 bottleneck (stride and dilation on the 3x3); SE after bn3."""
 
     expansion = 4
+    relu_after = ("bn1", "bn2")
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
                  dilation: int = 1, se: bool = False, dilate_conv1: bool = False):
@@ -110,8 +112,8 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = bn_relu(self.bn1, self.conv1(x), self.relu)
+        out = bn_relu(self.bn2, self.conv2(out), self.relu)
         out = self.bn3(self.conv3(out))
         return _tail(self.se, out, identity)
 
@@ -132,6 +134,8 @@ class Encoder(nn.Module):
         pretrained: path or URL of a torchvision-format state_dict (loaded with
             ``weights_only=True``), or None for random init (with zero-init residuals).
     """
+
+    relu_after = ("bn1",)  # the stem's
 
     def __init__(self, name: str = "resnet34", replace_stride_with_dilation: Sequence[bool] = (False, False, False),
                  se: bool = False, pretrained: Optional[str] = None, zero_init_residual: bool = True,
@@ -213,7 +217,7 @@ class Encoder(nn.Module):
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         """conv1/bn1/relu: ``(N, 3, H, W)`` -> ``(N, 64, H/2, W/2)`` (scale 2, before the max-pool)."""
-        return self.relu(self.bn1(self.conv1(x)))
+        return bn_relu(self.bn1, self.conv1(x), self.relu)
 
     def forward(self, x: torch.Tensor) -> Dict[int, torch.Tensor]:
         """``x (N, 3, H, W)`` -> ``{scale: (N, C_scale, H/scale, W/scale)}``."""

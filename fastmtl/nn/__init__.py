@@ -7,10 +7,11 @@ The modules run fastmtl's Triton kernels or their plain-PyTorch references per c
 """
 from .aspp import FusedASPP
 from .attention import FusedGatedConv, FusedSelfAttention
+from .bn_relu import FusedBatchNormReLU
 from .compiler import FusedBackend, compile, rewrite_graph
 from .fuse import fuse
 from .losses import SILogLoss
 from .se import FusedSEBlock, FusedSqueezeExcitation
 
-__all__ = ["FusedASPP", "FusedBackend", "FusedGatedConv", "FusedSEBlock", "FusedSelfAttention", "FusedSqueezeExcitation",
+__all__ = ["FusedASPP", "FusedBackend", "FusedBatchNormReLU", "FusedGatedConv", "FusedSEBlock", "FusedSelfAttention", "FusedSqueezeExcitation",
            "SILogLoss", "compile", "fuse", "rewrite_graph"]

@@ -2,9 +2,10 @@
 for fused modules, in place."""
 from __future__ import annotations
 
+import collections
 import inspect
 import itertools
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Counter, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import fx, nn
@@ -13,10 +14,11 @@ from fastmtl import layers
 
 from .aspp import FusedASPP
 from .attention import FusedGatedConv, FusedSelfAttention
+from .bn_relu import FusedBatchNormReLU
 from .patterns import GatedConvMatch, SEMatch, has_state, match_gated_conv, match_se, private_rng
 from .se import FusedSEBlock, FusedSqueezeExcitation
 
-_FUSED = (FusedSqueezeExcitation, FusedSelfAttention, FusedASPP, FusedSEBlock, FusedGatedConv)
+_FUSED = (FusedSqueezeExcitation, FusedSelfAttention, FusedASPP, FusedSEBlock, FusedGatedConv, FusedBatchNormReLU)
 _PROBE_TOL = {torch.float64: 1e-7, torch.float32: 5e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
 
@@ -38,6 +40,16 @@ def fuse(model: nn.Module, verify: bool = True) -> int:
        attention convs bias-free with one geometry. Blocks with anything else in them (a
        BatchNorm that is not ``Identity``, another activation, a conv bias on the attention,
        a second input, extra arithmetic) are left alone.
+    3. An ``nn.BatchNorm2d`` (exact type: never a ``SyncBatchNorm``) whose output only an
+       ``nn.ReLU`` reads -> :class:`fastmtl.nn.FusedBatchNormReLU`, which applies the ReLU too:
+       in an ``nn.Sequential``, a BatchNorm2d directly followed by an ``nn.ReLU`` (exact types;
+       the ReLU's slot becomes ``nn.Identity``: conv-BN-ReLU stacks such as
+       :func:`fastmtl.layers.conv_bn_relu`, the ASPP branches, timm/SMP-style Sequentials); in
+       a block whose class itself lists the names of such BatchNorm children in a ``relu_after``
+       class attribute (the block applies them with :func:`fastmtl.layers.bn_relu`; fastmtl's
+       ResNet stem and blocks do). A BatchNorm held in more than one place is left alone. The
+       pair counts as one swap. Inside swapped modules of kind 1 and 2 (e.g. the ASPP branches
+       of a ``FusedASPP``) the search goes on.
 
     The fused module takes over the original's child modules under their names -- the same
     ``Parameter`` and buffer objects, so the ``state_dict`` (keys and values), device, dtype,
@@ -52,15 +64,21 @@ def fuse(model: nn.Module, verify: bool = True) -> int:
     only the final comparison.
     """
     memo: Dict[int, Tuple[nn.Module, Optional[nn.Module]]] = {}
+    places = _places(model)
 
     def visit(module: nn.Module) -> None:
+        for name, relu in _bn_relu_slots(module, places):
+            bn = module._modules[name]
+            memo[id(bn)] = (bn, _adopt_batch_norm(bn))
+            setattr(module, name, memo[id(bn)][1])
+            if relu is not None:
+                setattr(module, relu, nn.Identity())
         for name, child in list(module._modules.items()):  # named_children() skips repeats
             if child is None:
                 continue
             if id(child) not in memo:
                 memo[id(child)] = (child, _fused_twin(child, verify))
-                if memo[id(child)][1] is None:
-                    visit(child)
+                visit(memo[id(child)][1] or child)
             new = memo[id(child)][1]
             if new is not None:
                 setattr(module, name, new)
@@ -90,6 +108,38 @@ def _fused_twin(m: nn.Module, verify: bool) -> Optional[nn.Module]:
         if new is not None:
             return new if not verify or _same_output(m, new, x) else None
     return None
+
+
+def _places(model: nn.Module) -> Counter[int]:
+    """How many child slots (parent module, name) hold each module of ``model``, by ``id``."""
+    return collections.Counter(id(c) for m in model.modules() for c in m._modules.values() if c is not None)
+
+
+def _bn_relu_slots(module: nn.Module, places: Counter[int]) -> List[Tuple[str, Optional[str]]]:
+    """``(BatchNorm2d child name, name of the ReLU slot that becomes Identity or None)`` of each
+    kind-3 pair of ``module`` (see :func:`fuse`) whose BatchNorm sits in this one slot only."""
+    children = module._modules
+
+    def lone_bn(name: Optional[str]) -> bool:
+        child = children.get(name) if name is not None else None
+        return type(child) is nn.BatchNorm2d and places[id(child)] == 1
+
+    if type(module) is nn.Sequential:
+        names = list(children)
+        return [(a, b) for a, b in zip(names, names[1:]) if lone_bn(a) and type(children[b]) is nn.ReLU]
+    return [(name, None) for name in vars(type(module)).get("relu_after", ()) if lone_bn(name)]
+
+
+def _adopt_batch_norm(bn: nn.BatchNorm2d) -> FusedBatchNormReLU:
+    """A :class:`FusedBatchNormReLU` built on the meta device that takes over ``bn``'s
+    parameters, buffers (the same objects) and train/eval flag."""
+    with torch.device("meta"):
+        new = FusedBatchNormReLU(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+    for name in itertools.chain(bn._parameters, bn._buffers):
+        setattr(new, name, getattr(bn, name))
+    new.training = bn.training
+    _check_same_keys(new, bn)
+    return new
 
 
 def _adopt(cls, args: Sequence, old: nn.Module, children: Sequence[str]) -> nn.Module:

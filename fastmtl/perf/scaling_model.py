@@ -6,9 +6,11 @@ A model, not a measurement.
 
 What ``fastmtl train`` runs on N > 1 CUDA GPUs (:func:`fastmtl.step.build_step`), per step:
 
-* every BatchNorm is a ``SyncBatchNorm``: each forward one all-gathers ``2C + 1`` fp32 statistics
-  and reads a device value on the host (its boolean-mask indexing), each backward one all-reduces
-  ``2C``; the compute stream waits for both;
+* every BatchNorm is a ``SyncBatchNorm`` (:func:`fastmtl.step.build_train_model`; so a fused model
+  keeps its BatchNorm + ReLU pairs unfused there, and its N-GPU scenarios come from a trace of that
+  build): each forward one all-gathers ``2C + 1`` fp32 statistics and reads a device value on the
+  host (its boolean-mask indexing), each backward one all-reduces ``2C``; the compute stream waits
+  for both;
 * ``--weighting fixed`` and the loss methods: ``DistributedDataParallel`` with its defaults. Before
   the forward the buffers are broadcast (per dtype: one flatten, one broadcast, one copy back per
   buffer; a dtype's lone buffer in place). The gradients go in buckets, rebuilt after the first
@@ -26,7 +28,7 @@ What ``fastmtl train`` runs on N > 1 CUDA GPUs (:func:`fastmtl.step.build_step`)
 The network serves one collective at a time (one NCCL communicator), in issue order; the compute
 stream runs the traced kernels in order. Not modelled: NVLS / SHARP, NCCL kernels slowing the
 compute they overlap, stragglers, data loading, the fusion a SyncBatchNorm cuts under
-``torch.compile`` (the compiled scenarios keep their 1-GPU kernels)."""
+``torch.compile`` (the compiled scenarios fuse the SyncBatchNorm build's kernels as on one GPU)."""
 from __future__ import annotations
 
 import math
@@ -105,12 +107,14 @@ BN_FORWARD = {"native_batch_norm", "_native_batch_norm_legit", "_native_batch_no
 BN_BACKWARD = {"native_batch_norm_backward", "cudnn_batch_norm_backward", "batch_norm_backward"}
 FIRST_BUCKET_BYTES, BUCKET_BYTES = 1024 * 1024, 25 * 1024 * 1024
 """DDP's defaults (``torch.distributed._DEFAULT_FIRST_BUCKET_BYTES``, ``bucket_cap_mb=25``)."""
-CAUSES = ("DDP gradients", "gradients", "method", "SyncBatchNorm", "host syncs", "buffers", "copies")
+CAUSES = ("DDP gradients", "gradients", "method", "SyncBatchNorm", "host syncs", "unfused BN + ReLU", "buffers",
+          "copies")
 """What each added millisecond and byte is for: DDP's bucket all-reduces (the part the backward
 does not hide), a gradient method's gradient all-reduces, its losses / Gram all-reduces,
-SyncBatchNorm's collectives, SyncBatchNorm's host syncs, the buffer broadcasts (with DDP's flatten and
-copy-back kernels), the gradient copies: DDP's into and out of its buckets, the engine's flatten, divide
-and copy-back kernels."""
+SyncBatchNorm's collectives, SyncBatchNorm's host syncs, the BatchNorm + ReLU pairs a fused model
+keeps unfused under SyncBatchNorm (the N-GPU build's kernels less the 1-GPU build's), the buffer
+broadcasts (with DDP's flatten and copy-back kernels), the gradient copies: DDP's into and out of its
+buckets, the engine's flatten, divide and copy-back kernels."""
 
 
 def nodes_of(gpus: int, fabric: Fabric) -> int:
@@ -347,10 +351,17 @@ def traffic(items: Sequence[Item]) -> Dict[str, dict]:
     return out
 
 
-def _traced(weighting: str, grad_mode: str, **kwargs) -> Tuple[StepTrace, StepTrace]:
+def _traced(weighting: str, grad_mode: str, **kwargs) -> Tuple[Dict[str, Scenario], Dict[str, Scenario]]:
+    """The scenarios of one GPU and of N > 1 GPUs. On N GPUs ``fastmtl train`` builds the fused model
+    with SyncBatchNorms (:func:`fastmtl.step.build_train_model`): no fused BatchNorm + ReLU there."""
+    def trace(**flags) -> StepTrace:
+        return trace_step(weighting=weighting, grad_mode=grad_mode, **flags, **kwargs)
+
     try:
-        return trace_step(fused=False, weighting=weighting, grad_mode=grad_mode, **kwargs), \
-            trace_step(fused=True, weighting=weighting, grad_mode=grad_mode, **kwargs)
+        plain = trace(fused=False)
+        one = scenario_runs(plain, trace(fused=True), trace(fused=True, compiling=True))
+        many = scenario_runs(plain, trace(fused=True, sync_bn=True))
+        return one, many
     except (NotImplementedError, RuntimeError) as e:  # e.g. a CUDA random generator, a data-dependent op on meta
         first = str(e).split(". ")[0].splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"--weighting {weighting}: the step trace cannot run it on the fake device "
@@ -391,14 +402,18 @@ def scaling_model(model: str = "default", gpu: str = "h200", batch: int = 8, siz
     out = []
     for weighting, grad_mode in scaling_configs(weightings, modes):
         gradient = METHODS[weighting].kind == "gradient"
-        plain, fused = _traced(weighting, grad_mode, model=model, batch=batch, size=size, channels_last=channels_last)
-        runs = scenario_runs(plain, fused)
+        one, many = _traced(weighting, grad_mode, model=model, batch=batch, size=size, channels_last=channels_last)
+        plain = one["eager"].trace
         per_scenario = {}
         for name in SCENARIOS:
-            base = run_items(step_items(runs[name], g, fabric, 1, weighting, grad_mode))[0]
+            base = run_items(step_items(one[name], g, fabric, 1, weighting, grad_mode))[0]
             rows = []
             for n in gpus:
-                seconds, added = run_items(step_items(runs[name], g, fabric, n, weighting, grad_mode))
+                run = one[name] if n == 1 else many[name]
+                seconds, added = run_items(step_items(run, g, fabric, n, weighting, grad_mode))
+                unfused = _compute_s(run, g) - _compute_s(one[name], g)
+                if unfused:
+                    added["unfused BN + ReLU"] = unfused
                 rows.append({"gpus": n, "ms": round(seconds * 1e3, 3), "efficiency": round(base / seconds, 4),
                              "added_ms": {c: round(added[c] * 1e3, 3) for c in CAUSES if c in added}})
             per_scenario[name] = rows
@@ -408,11 +423,16 @@ def scaling_model(model: str = "default", gpu: str = "h200", batch: int = 8, siz
                     "gradient_bytes": sum(r.bytes for r in plain.grads),
                     "shared_gradient_bytes": sum(r.bytes for r in plain.grads if r.shared),
                     "buckets": [] if gradient else [sum(ready[i].bytes for i in b) for b in ddp_buckets(ready)],
-                    "traffic": traffic(step_items(runs["eager"], g, fabric, 2, weighting, grad_mode)),
+                    "traffic": traffic(step_items(many["eager"], g, fabric, 2, weighting, grad_mode)),
                     "scenarios": per_scenario})
     return {"kind": KIND, "model": model, "gpu": g.name, "fabric": _fabric_json(fabric), "batch_per_gpu": batch,
             "size": list(size), "layout": "channels_last" if channels_last else "nchw", "amp": "bf16",
             "gpus": list(gpus), "configs": out}
+
+
+def _compute_s(run: Scenario, gpu: Gpu) -> float:
+    """Seconds of ``run``'s traced kernels alone."""
+    return sum(_kernel_s(k, gpu, launch_cost=not run.graphs) for k in run.kernels)
 
 
 def _fabric_json(f: Fabric) -> dict:

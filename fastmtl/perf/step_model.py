@@ -6,7 +6,9 @@ Scenarios: ``eager`` (every aten op one kernel), ``compile`` (Inductor-like: eac
 consecutive non-conv ops of the forward, loss or backward is one kernel that reads its outside inputs and writes only
 what is read later), ``compile_graphs`` (that replayed as one CUDA graph: one launch per step; the
 strongest baseline of the unfused model, torch.compile's reduce-overhead mode), ``fused`` /
-``fused_compile`` (the same with fastmtl's fused ops in the model), ``fused_compile_graphs``.
+``fused_compile`` (the same with fastmtl's fused ops in the model; the compiled one traced with the
+paths ``torch.compile`` takes, e.g. :class:`fastmtl.nn.FusedBatchNormReLU`'s ``F.batch_norm`` +
+``relu``), ``fused_compile_graphs``.
 
 Bounds: ``conv_floor_ms`` is the convolution and matmul kernels alone (roofline, no launch cost):
 the step's time if every other op were free, so ``eager / conv_floor`` is the most any fusion of
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from fastmtl.perf.step_model_trace import OpRecord, StepTrace, trace_step
 
@@ -147,13 +149,16 @@ def _scenario(kernels: List[Kernel], gpu: Gpu, graphs: bool = False) -> dict:
             "bytes": total, "bytes_outside_convs": total - conv_bytes, "flops": sum(k.flops for k in kernels)}
 
 
-def scenario_runs(plain: StepTrace, fused: StepTrace) -> Dict[str, Scenario]:
-    """Every scenario of the step traced without (``plain``) and with fastmtl's fused ops."""
-    compiled, fused_compiled = _compiled(plain.ops), _compiled(fused.ops)
+def scenario_runs(plain: StepTrace, fused: StepTrace, fused_compiled: Optional[StepTrace] = None) -> Dict[str, Scenario]:
+    """Every scenario of the step traced without (``plain``) and with fastmtl's fused ops (``fused``
+    eager; ``fused_compiled``: traced with ``compiling=True``, the paths ``torch.compile`` takes, by
+    default ``fused``)."""
+    fc = fused if fused_compiled is None else fused_compiled
+    compiled, fused_kernels = _compiled(plain.ops), _compiled(fc.ops)
     runs = {"eager": Scenario(plain, _eager(plain.ops), False), "compile": Scenario(plain, compiled, False),
             "compile_graphs": Scenario(plain, compiled, True),
-            "fused": Scenario(fused, _eager(fused.ops), False), "fused_compile": Scenario(fused, fused_compiled, False),
-            "fused_compile_graphs": Scenario(fused, fused_compiled, True)}
+            "fused": Scenario(fused, _eager(fused.ops), False), "fused_compile": Scenario(fc, fused_kernels, False),
+            "fused_compile_graphs": Scenario(fc, fused_kernels, True)}
     return {name: runs[name] for name in SCENARIOS}
 
 
@@ -163,7 +168,8 @@ def step_model(model: str = "default", gpu: str = "h200", batch: int = 8, size: 
     g = GPUS[gpu]
     plain = trace_step(model, batch, size, channels_last, fused=False)
     fused = trace_step(model, batch, size, channels_last, fused=True)
-    runs = scenario_runs(plain, fused)
+    fused_compiled = trace_step(model, batch, size, channels_last, fused=True, compiling=True)  # the paths compile takes
+    runs = scenario_runs(plain, fused, fused_compiled)
     scenarios = {name: _scenario(r.kernels, g, r.graphs) for name, r in runs.items()}
     for s in scenarios.values():
         s["x_eager"] = round(scenarios["eager"]["ms"] / s["ms"], 3)

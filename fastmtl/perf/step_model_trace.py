@@ -34,6 +34,7 @@ from fastmtl.perf.aot.harness import Launch, TorchOp, fake_cuda
 from fastmtl.perf.inputs import random_batch, synthetic_info
 from fastmtl.perf.step_model_groups import GroupNamer
 from fastmtl.runtime import Runtime
+from fastmtl import step as step_module
 from fastmtl.step import build_step
 from fastmtl.weighting.engine import split_parameters
 
@@ -253,6 +254,28 @@ def _in_place_tensors(func, args, kwargs) -> Tuple[List[torch.Tensor], List[torc
     return reads, writes
 
 
+@contextlib.contextmanager
+def _as_compiled(model: torch.nn.Module) -> Iterator[None]:
+    """While ``model``'s forward runs, ``torch.compiler.is_compiling()`` answers True, so its
+    modules take the paths ``torch.compile`` would trace (:class:`fastmtl.nn.FusedBatchNormReLU`:
+    ``F.batch_norm`` + ``relu``); the loss and the optimizer see the real answer."""
+    real = torch.compiler.is_compiling
+
+    def enter(_module, _args):
+        torch.compiler.is_compiling = lambda: True
+
+    def leave(_module, _args, _out):
+        torch.compiler.is_compiling = real
+
+    handles = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        torch.compiler.is_compiling = real
+
+
 def _model_config(model: str, channels_last: bool, fused: bool, weighting: str, grad_mode: str) -> Config:
     cfg = Config(channels_last=channels_last, fused=fused, weighting=weighting, weighting_grads=grad_mode)
     return cfg if model == "default" else replace(cfg, model=model)
@@ -288,15 +311,23 @@ def _dtype_name(t: torch.Tensor) -> str:
 
 
 def trace_step(model: str = "default", batch: int = 8, size: Tuple[int, int] = (256, 512), channels_last: bool = True,
-               fused: bool = False, arch: int = 90, weighting: str = "fixed", grad_mode: str = "params") -> StepTrace:
+               fused: bool = False, arch: int = 90, weighting: str = "fixed", grad_mode: str = "params",
+               compiling: bool = False, sync_bn: bool = False) -> StepTrace:
     """Trace one train step of ``model`` (a zoo name or ``default``; ``fused``: with fastmtl's fused
     ops) at ``batch`` images of ``size`` ``(H, W)``, bf16 autocast, on the fake CUDA device of compute
     capability ``arch``, under ``--weighting weighting`` (``grad_mode``: ``--weighting-grads`` of a
-    gradient method): the second step of the run (the first creates the optimizer's state)."""
+    gradient method): the second step of the run (the first creates the optimizer's state).
+    ``compiling``: the model's forward as ``torch.compile`` traces it (see :func:`_as_compiled`; the
+    compile scenarios of a fused model). ``sync_bn``: the model as DDP on CUDA builds it
+    (:func:`fastmtl.step.build_train_model` with ``sync_bn``: SyncBatchNorms, so no fused
+    BatchNorm + ReLU), traced as one process would run it (no process group: no collectives)."""
     cfg = _model_config(model, channels_last, fused, weighting, grad_mode)
     cuda = torch.device("cuda", 0)
+    build_train_model = step_module.build_train_model
     patched = [(torch.cuda, "is_available", lambda: True), (torch.cuda, "is_bf16_supported", lambda *a, **k: True),
                (foreach_utils, "_get_foreach_kernels_supported_devices", lambda: [*FOREACH_DEVICES, "meta"])]
+    if sync_bn:
+        patched.append((step_module, "build_train_model", lambda c, desc, sync_bn: build_train_model(c, desc, True)))
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patched]
     try:
         for obj, name, value in patched:
@@ -312,6 +343,8 @@ def trace_step(model: str = "default", batch: int = 8, size: Tuple[int, int] = (
             tracer = _Tracer(harness, namer)
             with contextlib.ExitStack() as stack:
                 stack.enter_context(namer.hooks(tracer, parts.loss_fn, parts.optimizer))
+                if compiling:
+                    stack.enter_context(_as_compiled(parts.model))
                 rules = stack.enter_context(_AutocastRules(namer))
                 stack.enter_context(tracer)
                 ready = stack.enter_context(_gradient_hooks(parts.model, tracer))
