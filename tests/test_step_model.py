@@ -110,3 +110,14 @@ def test_fused_bn_relu_is_two_launches_each_way_and_plain_batch_norm_under_compi
     assert not any("bn_relu" in o.name for o in compiled.ops)
     norms = [sum(o.name == "native_batch_norm" for o in t.ops) for t in (fused, compiled)]
     assert norms[1] == norms[0] + sum(o.name == "fastmtl::bn_relu" for o in fused.ops)
+
+
+def test_compile_path_covers_the_encoder_and_heads_called_apart():
+    """``--weighting-grads rep`` runs the encoder and the heads apart (not the model's forward): the
+    compile trace still sees the compile path in both."""
+    fused = trace_step(batch=2, size=(32, 64), fused=True, weighting="pcgrad", grad_mode="rep")
+    compiled = trace_step(batch=2, size=(32, 64), fused=True, weighting="pcgrad", grad_mode="rep", compiling=True)
+    pairs = sum(o.name == "fastmtl::bn_relu" for o in fused.ops)
+    norms = [sum(o.name == "native_batch_norm" for o in t.ops) for t in (fused, compiled)]
+    assert pairs > 0 and norms[1] == norms[0] + pairs
+    assert not any("bn_relu" in o.name for o in compiled.ops)

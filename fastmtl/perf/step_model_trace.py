@@ -256,18 +256,24 @@ def _in_place_tensors(func, args, kwargs) -> Tuple[List[torch.Tensor], List[torc
 
 @contextlib.contextmanager
 def _as_compiled(model: torch.nn.Module) -> Iterator[None]:
-    """While ``model``'s forward runs, ``torch.compiler.is_compiling()`` answers True, so its
-    modules take the paths ``torch.compile`` would trace (:class:`fastmtl.nn.FusedBatchNormReLU`:
-    ``F.batch_norm`` + ``relu``); the loss and the optimizer see the real answer."""
+    """While any module of ``model`` runs its forward (the whole model, or the encoder and the heads
+    apart as ``--weighting-grads rep`` calls them), ``torch.compiler.is_compiling()`` answers True,
+    so its modules take the paths ``torch.compile`` would trace (:class:`fastmtl.nn.FusedBatchNormReLU`:
+    ``F.batch_norm`` + ``relu``); the loss, the weighting method and the optimizer see the real answer."""
     real = torch.compiler.is_compiling
+    depth = [0]
 
     def enter(_module, _args):
+        depth[0] += 1
         torch.compiler.is_compiling = lambda: True
 
     def leave(_module, _args, _out):
-        torch.compiler.is_compiling = real
+        depth[0] -= 1
+        if not depth[0]:
+            torch.compiler.is_compiling = real
 
-    handles = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave)]
+    modules = list(model.modules())
+    handles = [m.register_forward_pre_hook(enter) for m in modules] + [m.register_forward_hook(leave) for m in modules]
     try:
         yield
     finally:
