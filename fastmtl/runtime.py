@@ -71,7 +71,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 PEER_FAILURE_MARKERS = ("gloo/transport", "ProcessGroupGloo", "ProcessGroupNCCL", "NCCL error", "NCCL communicator",
-                        "Connection reset by peer", "Connection closed by peer")
+                        "Connection reset by peer", "Connection closed by peer",
+                        "Application timeout caused pair closure", "Timed out waiting",
+                        "Watchdog caught collective operation timeout")
 """Text of the plain RuntimeErrors that gloo and NCCL raise when a peer is gone (torch.distributed's
 own errors are :class:`torch.distributed.DistError`)."""
 
