@@ -4,6 +4,7 @@ the trainer and by every performance tool (``bench --models``, ``profile --throu
 weighting-overhead benchmark), so they all run and time the same step."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -161,18 +162,60 @@ def build_train_model(cfg: Config, desc: Dict[str, int], sync_bn: bool) -> nn.Mo
     return model
 
 
+_DDP_ARGUMENTS = frozenset(inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters)
+
+
+@dataclass(frozen=True)
+class DDPOptions:
+    """How ``fastmtl train`` builds its ``DistributedDataParallel`` (:func:`ddp_options`).
+
+    Always ``gradient_as_bucket_view=True``: after DDP's reducer has copied a gradient into its
+    bucket (dividing by the world size on the way) the parameter's ``.grad`` becomes a view of the
+    bucket, so the all-reduced bucket is the gradient: no copy back per parameter. (The step's
+    ``zero_grad(set_to_none=True)`` drops those views, so each backward's fresh gradient is still
+    copied in; with ``set_to_none=False`` autograd would add into the views instead, plus one
+    in-place division each.) ``sync_buffers``: broadcast rank 0's buffers before every forward
+    (DDP's default); off under SyncBatchNorm, whose global batch statistics keep the running
+    statistics equal on every rank. ``batched_grad_copy``: the per-parameter copies into a bucket
+    deferred to one ``_foreach_copy_`` and one division per bucket, where this torch's DDP has the
+    argument (2.13 does; 2.6 and 2.11 do not)."""
+
+    sync_buffers: bool
+    batched_grad_copy: bool
+
+    def kwargs(self, device: torch.device) -> Dict[str, object]:
+        """The ``DistributedDataParallel`` keyword arguments for a module on ``device``, in the
+        spelling this torch takes (2.13 deprecates ``broadcast_buffers`` for ``forward_sync_buffers``,
+        which still broadcasts the buffers once at construction)."""
+        kwargs: Dict[str, object] = {"device_ids": [device.index] if device.type == "cuda" else None,
+                                     "gradient_as_bucket_view": True}
+        if self.batched_grad_copy:
+            kwargs["batched_grad_copy"] = True
+        if not self.sync_buffers:
+            kwargs["forward_sync_buffers" if "forward_sync_buffers" in _DDP_ARGUMENTS else "broadcast_buffers"] = False
+        return kwargs
+
+
+def ddp_options(sync_bn: bool) -> DDPOptions:
+    """The run's DDP options: ``sync_bn`` (the model's BatchNorms are SyncBatchNorms, as
+    :func:`build_train_model` makes them on N > 1 CUDA GPUs) turns the per-forward buffer broadcast
+    off; ``batched_grad_copy`` wherever this torch's DDP takes it."""
+    return DDPOptions(sync_buffers=not sync_bn, batched_grad_copy="batched_grad_copy" in _DDP_ARGUMENTS)
+
+
 def build_step(cfg: Config, info, rt: Runtime, total_steps: int, steps_per_epoch: int) -> StepParts:
     """The train step of ``cfg`` as ``fastmtl train`` builds it: the tasks of ``cfg.tasks``
     (:func:`fastmtl.tasks.build_tasks` with the dataset ``info``), the model
     (fused per ``cfg.fused``, SyncBatchNorm under DDP on CUDA, channels_last), the weighting method,
     the optimizer over both, the poly schedule over ``total_steps``, the GradScaler (fp16 only), the
-    loss with ``cfg.task_weight``, and the DDP / ``torch.compile`` wrappers of ``cfg``. Seed the RNG
-    before calling it (the model's initialisation draws from it)."""
+    loss with ``cfg.task_weight``, and the DDP (:func:`ddp_options`) / ``torch.compile`` wrappers of
+    ``cfg``. Seed the RNG before calling it (the model's initialisation draws from it)."""
     device = rt.device
     if cfg.cuda_graphs and device.type != "cuda":
         raise ConfigError(f"--cuda-graphs needs a CUDA device (this run is on {device.type}); drop the flag")
     tasks = build_tasks(cfg, info)
-    model = build_train_model(cfg, outputs_desc(tasks), sync_bn=rt.distributed and device.type == "cuda").to(device)
+    sync_bn = rt.distributed and device.type == "cuda"
+    model = build_train_model(cfg, outputs_desc(tasks), sync_bn).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     weighting = method_for_run(cfg, list(cfg.tasks), steps_per_epoch)
@@ -186,8 +229,7 @@ def build_step(cfg: Config, info, rt: Runtime, total_steps: int, steps_per_epoch
     forward, step_loss = model, loss_fn
     # gradient methods synchronise per-task gradients themselves (fastmtl.weighting.engine)
     if rt.distributed and (weighting is None or weighting.kind == "loss"):
-        forward = nn.parallel.DistributedDataParallel(
-            forward, device_ids=[device.index] if device.type == "cuda" else None)
+        forward = nn.parallel.DistributedDataParallel(forward, **ddp_options(sync_bn).kwargs(device))
     if cfg.compile or cfg.cuda_graphs:
         if cfg.fused:
             # Inductor (seen with torch 2.13 on CPU) reorders the backward of the fused attention's

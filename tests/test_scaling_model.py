@@ -17,6 +17,7 @@ from fastmtl.perf.scaling_model import (FABRICS, NCCL_PROTOCOLS, collective_s, d
                                         traffic)
 from fastmtl.perf.step_model import GPUS, SCENARIOS, Kernel, Scenario, scenario_runs
 from fastmtl.perf.step_model_trace import GradRecord, OpRecord, StepTrace, trace_step
+from fastmtl.step import DDPOptions, ddp_options
 
 GPU, FABRIC = GPUS["h200"], FABRICS["h200"]
 COUNTS = (1, 2, 4, 8, 16, 32)
@@ -121,8 +122,13 @@ def _toy_step_trace(module: nn.Module, ready: list) -> StepTrace:
     return trace
 
 
-def test_ddp_buckets_and_kernels_match_torch_ddp(tmp_path):
-    """torch's DDP (gloo, one process) on a toy: its rebuilt buckets and the kernels it adds to a step."""
+@pytest.mark.parametrize("options", [ddp_options(sync_bn=False), ddp_options(sync_bn=True),
+                                     DDPOptions(sync_buffers=True, batched_grad_copy=False)],
+                         ids=["trainer-cpu", "trainer-sync-bn", "per-gradient-copies"])
+def test_ddp_buckets_and_kernels_match_torch_ddp(tmp_path, options):
+    """torch's DDP (gloo, one process) built with ``options`` (the trainer's, with and without
+    SyncBatchNorm; the per-gradient copies of a torch without ``batched_grad_copy``) on a toy, under
+    the trainer's ``zero_grad(set_to_none=True)``: its rebuilt buckets and the kernels it adds to a step."""
     torch.manual_seed(0)
     module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 1024),
                            *[nn.Linear(1024, 1024) for _ in range(8)], nn.Linear(1024, 3))
@@ -131,7 +137,7 @@ def test_ddp_buckets_and_kernels_match_torch_ddp(tmp_path):
         p.register_post_accumulate_grad_hook(lambda _p, n=name: ready.append(n))
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        ddp = nn.parallel.DistributedDataParallel(module)
+        ddp = nn.parallel.DistributedDataParallel(module, **options.kwargs(torch.device("cpu")))
         for _ in range(3):  # the buckets are rebuilt after the first step
             ready.clear()
             module.zero_grad(set_to_none=True)
@@ -151,15 +157,18 @@ def test_ddp_buckets_and_kernels_match_torch_ddp(tmp_path):
         " ".join(str(index[trace.grads[i].name]) for i in b) for b in buckets)
 
     items = step_items(Scenario(trace, [Kernel("k", 0, 64, 1, i) for i in range(len(trace.ops))], False),
-                       GPU, FABRIC, 2)
+                       GPU, FABRIC, 2, ddp=options)
     kernels = Counter(it.cause for it in items if it.where == "compute")
     collectives = Counter((it.cause, it.collective) for it in items if it.collective)
     params, buffers = len(ready), len(list(module.buffers()))
-    assert kernels["copies"] == backward.count["mul"] + backward.count["copy_"] == 2 * params
+    torch_copies = sum(backward.count[k] for k in ("mul", "copy_", "_foreach_copy_", "div_"))
+    # into the buckets only (gradients are bucket views): per gradient, or one copy + one division per bucket
+    assert kernels["copies"] == torch_copies == (2 * len(buckets) if options.batched_grad_copy else params)
     assert collectives["DDP gradients", "all_reduce"] == backward.count["allreduce_"] == len(buckets)
     # fp32 running statistics flattened, broadcast and copied back; the lone int64 count in place
-    assert kernels["buffers"] == forward.count["cat"] + forward.count["copy_"] == 1 + buffers - 1
-    assert collectives["buffers", "broadcast"] == forward.count["broadcast_"] == 2
+    synced = options.sync_buffers
+    assert kernels["buffers"] == forward.count["cat"] + forward.count["copy_"] == (1 + buffers - 1) * synced
+    assert collectives["buffers", "broadcast"] == forward.count["broadcast_"] == 2 * synced
 
 
 def test_gradient_methods_send_what_the_engine_sends(plain):

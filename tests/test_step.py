@@ -1,12 +1,20 @@
 """THE train step: the trainer and the performance tools build it with the same function
 (:func:`fastmtl.step.build_step`) and it does the same update."""
+import inspect
+import warnings
+from collections import Counter
+
 import pytest
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastmtl import step as fstep
 from fastmtl.config import Config
 from fastmtl.data.synthetic import generate_dataset
 from fastmtl.perf import model_bench, profile, step_runner, weighting_overhead
+from fastmtl.runtime import Runtime
 from fastmtl.train import Run
 
 from tiny_runs import one_thread  # noqa: F401 - autouse fixture
@@ -71,3 +79,59 @@ def test_every_perf_tool_builds_the_step_with_build_step(monkeypatch):
     weighting_overhead.weighting_step("uw", "params", "cpu", batch=2, size=(32, 64)).train()
     assert len(calls) == 3 and calls[-1].weighting is not None and calls[-1].step.weighted is not None
     assert [c.tasks[0].name for c in calls] == [Config().tasks[0]] * 3  # the tasks come from Config.tasks
+
+
+@pytest.fixture
+def gloo_group(tmp_path):
+    """A one-process gloo group (DDP needs one to be built)."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+class _Broadcasts(TorchDispatchMode):
+    """Counts the aten ops run inside, by name (the tests read ``broadcast_``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count[func.__name__.split(".")[0]] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_build_step_wraps_the_model_in_ddp_with_bucket_view_gradients(tiny_data, tmp_path, gloo_group):
+    """Under DDP on the CPU (gloo, plain BatchNorm): gradients as bucket views, batched copies where
+    this torch has them, the buffers broadcast every forward (per-rank running statistics otherwise)."""
+    cfg = tiny_cfg(tiny_data, tmp_path / "run")
+    run = Run(cfg)
+    rt = Runtime(torch.device("cpu"), world_size=2)  # "distributed": build_step wraps the model in DDP
+    parts = fstep.build_step(cfg, run.info, rt, run.total_steps, run.steps_per_epoch)
+    ddp = parts.forward
+    assert isinstance(ddp, nn.parallel.DistributedDataParallel) and ddp.module is parts.model
+    batched = "batched_grad_copy" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    assert ddp.gradient_as_bucket_view and getattr(ddp, "batched_grad_copy", False) == batched
+    assert ddp.broadcast_buffers
+    batch = next(iter(run.train_loader))
+    parts.step(batch["rgb"], {t: batch[t] for t in cfg.tasks})
+    grads = [p.grad for p in parts.model.parameters()]
+    storages = {g.untyped_storage().data_ptr() for g in grads}
+    assert all(g is not None for g in grads) and len(storages) < len(grads) / 10  # views of a few buckets
+
+
+@pytest.mark.parametrize("sync_bn", [False, True])
+def test_ddp_options_broadcast_buffers_unless_sync_batchnorm(gloo_group, sync_bn):
+    """The options build in this torch's spelling (no deprecation warning) and broadcast the buffers
+    before each forward exactly when the BatchNorms are not SyncBatchNorms."""
+    options = fstep.ddp_options(sync_bn)
+    assert options.sync_buffers == (not sync_bn)
+    module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        ddp = nn.parallel.DistributedDataParallel(module, **options.kwargs(torch.device("cpu")))
+    assert ddp.gradient_as_bucket_view and ddp.broadcast_buffers == (not sync_bn)
+    for _ in range(3):  # the second forward also broadcasts the rebuilt bucket assignment
+        with _Broadcasts() as forward:
+            ddp(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert (forward.count["broadcast_"] > 0) == (not sync_bn)

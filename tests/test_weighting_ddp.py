@@ -1,5 +1,6 @@
 """DDP (gloo, 2 processes): every rank applies the same update, equal to one process with the
-same global batch, for loss methods (through DDP), and gradient methods in both modes."""
+same global batch, for loss methods (through DDP, built with the trainer's options:
+:func:`fastmtl.step.ddp_options`), and gradient methods in both modes."""
 import os
 import socket
 
@@ -7,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from fastmtl.step import ddp_options
 from fastmtl.weighting import build
 from fastmtl.weighting.training import WeightedTrainStep
 
@@ -25,7 +27,8 @@ def train(name, mode, rank, world):
     method = build(name, 2, **({"period": 2} if name == "dwa" else {}))
     forward = model
     if world > 1 and method.kind == "loss":
-        forward = torch.nn.parallel.DistributedDataParallel(model)  # DDP broadcasts rank 0's init
+        # DDP broadcasts rank 0's init; gradients are views of its buckets, as in fastmtl train
+        forward = torch.nn.parallel.DistributedDataParallel(model, **ddp_options(False).kwargs(torch.device("cpu")))
     opt = torch.optim.SGD([*model.parameters(), *method.parameters()], lr=0.05, fused=True)
     step = WeightedTrainStep(method, model, forward, toy_loss, ["a", "b"], mode, world_size=world)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)

@@ -11,15 +11,18 @@ What ``fastmtl train`` runs on N > 1 CUDA GPUs (:func:`fastmtl.step.build_step`)
   build): each forward one all-gathers ``2C + 1`` fp32 statistics and reads a device value on the
   host (its boolean-mask indexing), each backward one all-reduces ``2C``; the compute stream waits
   for both;
-* ``--weighting fixed`` and the loss methods: ``DistributedDataParallel`` with its defaults. Before
-  the forward the buffers are broadcast (per dtype: one flatten, one broadcast, one copy back per
-  buffer; a dtype's lone buffer in place). The gradients go in buckets, rebuilt after the first
-  step in the order autograd produced them (the first bucket closes at >= 1 MiB, the others at
-  >= 25 MiB); each gradient is copied into its bucket by one kernel when autograd accumulates it,
-  each bucket is all-reduced on the network as soon as it is full, overlapping the rest of the
-  backward; before the optimizer the step waits for the last one and copies the buckets back into
-  ``.grad`` (``gradient_as_bucket_view=False``). Loss methods also all-reduce their ``T`` float64
-  losses;
+* ``--weighting fixed`` and the loss methods: ``DistributedDataParallel`` with the trainer's options
+  (:func:`fastmtl.step.ddp_options`; :class:`~fastmtl.step.DDPOptions` says what each does): no
+  buffer broadcast before the forward (SyncBatchNorm keeps the running statistics equal), gradients
+  as views of the buckets. The gradients go in buckets, rebuilt after the first step in the order
+  autograd produced them (the first bucket closes at >= 1 MiB, the others at >= 25 MiB). Where
+  this torch's DDP has ``batched_grad_copy`` (2.13), each bucket, once its last gradient is in, is
+  filled by one ``_foreach_copy_`` and divided by N in one kernel; otherwise each gradient is
+  copied into its bucket, divided by N on the way, by one kernel when autograd accumulates it (the
+  step's ``zero_grad(set_to_none=True)`` gives each backward fresh gradients, so the copy in stays).
+  Each bucket is all-reduced on the network as soon as it is full, overlapping the rest of the
+  backward; before the optimizer the step waits for the last one. Nothing is copied back: the
+  buckets are the gradients. Loss methods also all-reduce their ``T`` float64 losses;
 * gradient methods (:mod:`fastmtl.weighting.engine`, no DDP): every buffer broadcast on its own, the
   losses all-reduced, then ``params``: ``G (T, D_shared)`` fp32 all-reduced after the ``T``
   backwards; ``rep``: the ``(T, T)`` float64 Gram matrix, then, after the encoder's backward, its
@@ -33,12 +36,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from fastmtl.errors import ConfigError
 from fastmtl.perf.step_model import GPUS, SCENARIOS, Gpu, Kernel, Scenario, _kernel_s, scenario_runs
 from fastmtl.perf.step_model_trace import GradRecord, OpRecord, StepTrace, trace_step
+from fastmtl.step import DDPOptions, ddp_options
 from fastmtl.weighting import GRAD_MODES, METHODS
 
 KIND = "MODEL (scaling: roofline step + alpha-beta NCCL collectives; not measured)"
@@ -107,14 +111,16 @@ BN_FORWARD = {"native_batch_norm", "_native_batch_norm_legit", "_native_batch_no
 BN_BACKWARD = {"native_batch_norm_backward", "cudnn_batch_norm_backward", "batch_norm_backward"}
 FIRST_BUCKET_BYTES, BUCKET_BYTES = 1024 * 1024, 25 * 1024 * 1024
 """DDP's defaults (``torch.distributed._DEFAULT_FIRST_BUCKET_BYTES``, ``bucket_cap_mb=25``)."""
+MULTI_GPU_DDP = ddp_options(sync_bn=True)
+"""What ``fastmtl train`` builds DDP with on N > 1 CUDA GPUs (SyncBatchNorm), with this torch."""
 CAUSES = ("DDP gradients", "gradients", "method", "SyncBatchNorm", "host syncs", "unfused BN + ReLU", "buffers",
           "copies")
 """What each added millisecond and byte is for: DDP's bucket all-reduces (the part the backward
 does not hide), a gradient method's gradient all-reduces, its losses / Gram all-reduces,
 SyncBatchNorm's collectives, SyncBatchNorm's host syncs, the BatchNorm + ReLU pairs a fused model
 keeps unfused under SyncBatchNorm (the N-GPU build's kernels less the 1-GPU build's), the buffer
-broadcasts (with DDP's flatten and copy-back kernels), the gradient copies: DDP's into and out of its
-buckets, the engine's flatten, divide and copy-back kernels."""
+broadcasts (with DDP's flatten and copy-back kernels), the gradient copies: DDP's into its buckets
+(with the division by N), the engine's flatten, divide and copy-back kernels."""
 
 
 def nodes_of(gpus: int, fabric: Fabric) -> int:
@@ -268,8 +274,8 @@ class _Builder:
             for nbytes in sizes if flattened else ():
                 self.kernel("buffers", 2 * nbytes)
 
-    def ddp(self, losses: bool) -> None:
-        """The step under DDP; ``losses``: a loss method's all-reduce of its losses."""
+    def ddp(self, losses: bool, options: DDPOptions) -> None:
+        """The step under DDP built with ``options``; ``losses``: a loss method's all-reduce of its losses."""
         grads = [g for g in self.run.trace.grads if g.ready is not None]
         buckets = ddp_buckets(grads)
         pending = [len(b) for b in buckets]
@@ -283,21 +289,23 @@ class _Builder:
             nonlocal launched
             for op in span:
                 for i in ready_at.get(op, ()):
-                    self.kernel("copies", 2 * grads[i].bytes)
-                    pending[bucket_of[i]] -= 1
+                    b = bucket_of[i]
+                    pending[b] -= 1
+                    if not options.batched_grad_copy:
+                        self.kernel("copies", 2 * grads[i].bytes)  # mul_out into the bucket view, by 1/N
+                    elif pending[b] == 0:  # one _foreach_copy_ (one launch, as the step model counts them), one div_
+                        nbytes = sum(grads[j].bytes for j in buckets[b])
+                        self.kernel("copies", 2 * nbytes)
+                        self.kernel("copies", 2 * nbytes)
             while launched < len(buckets) and pending[launched] == 0:  # the reducer launches them in order
                 self.collective("async", "DDP gradients", "all_reduce", sum(grads[i].bytes for i in buckets[launched]))
                 launched += 1
 
-        def before_optimizer():
-            self.items.append(Item("join", "DDP gradients"))
-            for g in grads:
-                self.kernel("copies", 2 * g.bytes)
-
-        self.broadcast_buffers_coalesced()
+        if options.sync_buffers:
+            self.broadcast_buffers_coalesced()
         if losses:
             self.mean("method", 8 * len(self.run.trace.tasks))
-        self.traced_kernels(after_kernel, before_optimizer)
+        self.traced_kernels(after_kernel, lambda: self.items.append(Item("join", "DDP gradients")))
 
     def engine(self, grad_mode: str) -> None:
         """The step of a gradient method (:class:`fastmtl.weighting.engine.WeightedBackward`); its
@@ -326,16 +334,17 @@ def _channels(op: OpRecord) -> int:
 
 
 def step_items(run: Scenario, gpu: Gpu, fabric: Fabric, gpus: int, weighting: str = "fixed",
-               grad_mode: str = "params") -> List[Item]:
+               grad_mode: str = "params", ddp: DDPOptions = MULTI_GPU_DDP) -> List[Item]:
     """The items of ``run``'s step on ``gpus`` GPUs under ``--weighting weighting`` (``grad_mode``:
-    a gradient method's ``--weighting-grads``); on one GPU just the traced kernels."""
+    a gradient method's ``--weighting-grads``; ``ddp``: the DDP options of the other methods); on
+    one GPU just the traced kernels."""
     b = _Builder(run, gpu, fabric, gpus)
     if gpus == 1:
         b.traced_kernels()
     elif METHODS[weighting].kind == "gradient":
         b.engine(grad_mode)
     else:
-        b.ddp(losses=weighting != "fixed")
+        b.ddp(weighting != "fixed", ddp)
     return b.items
 
 
@@ -391,11 +400,13 @@ def scaling_configs(weightings: Sequence[str], modes: Sequence[str] = ("params",
 
 def scaling_model(model: str = "default", gpu: str = "h200", batch: int = 8, size: Tuple[int, int] = (256, 512),
                   channels_last: bool = True, gpus: Sequence[int] = (1, 2, 4, 8),
-                  weightings: Sequence[str] = ("fixed",), modes: Sequence[str] = ("params", "rep")) -> dict:
+                  weightings: Sequence[str] = ("fixed",), modes: Sequence[str] = ("params", "rep"),
+                  ddp: DDPOptions = MULTI_GPU_DDP) -> dict:
     """The scaling MODEL report (JSON-able): for each method of ``weightings`` (a gradient method in
     each mode of ``modes``) and each scenario, the step's modelled ms on each GPU count of ``gpus``
     (``batch`` images per GPU; 1 GPU is the efficiency's base), its efficiency t(1) / t(N), what N
-    GPUs added (ms by cause) and the step's traffic per GPU."""
+    GPUs added (ms by cause) and the step's traffic per GPU; ``ddp``: the DDP options priced (the
+    trainer's with this torch by default)."""
     g, fabric = GPUS[gpu], FABRICS[gpu]
     for n in gpus:
         nodes_of(n, fabric)
@@ -406,11 +417,11 @@ def scaling_model(model: str = "default", gpu: str = "h200", batch: int = 8, siz
         plain = one["eager"].trace
         per_scenario = {}
         for name in SCENARIOS:
-            base = run_items(step_items(one[name], g, fabric, 1, weighting, grad_mode))[0]
+            base = run_items(step_items(one[name], g, fabric, 1, weighting, grad_mode, ddp))[0]
             rows = []
             for n in gpus:
                 run = one[name] if n == 1 else many[name]
-                seconds, added = run_items(step_items(run, g, fabric, n, weighting, grad_mode))
+                seconds, added = run_items(step_items(run, g, fabric, n, weighting, grad_mode, ddp))
                 unfused = _compute_s(run, g) - _compute_s(one[name], g)
                 if unfused:
                     added["unfused BN + ReLU"] = unfused
@@ -423,11 +434,12 @@ def scaling_model(model: str = "default", gpu: str = "h200", batch: int = 8, siz
                     "gradient_bytes": sum(r.bytes for r in plain.grads),
                     "shared_gradient_bytes": sum(r.bytes for r in plain.grads if r.shared),
                     "buckets": [] if gradient else [sum(ready[i].bytes for i in b) for b in ddp_buckets(ready)],
-                    "traffic": traffic(step_items(many["eager"], g, fabric, 2, weighting, grad_mode)),
+                    "traffic": traffic(step_items(many["eager"], g, fabric, 2, weighting, grad_mode, ddp)),
                     "scenarios": per_scenario})
     return {"kind": KIND, "model": model, "gpu": g.name, "fabric": _fabric_json(fabric), "batch_per_gpu": batch,
             "size": list(size), "layout": "channels_last" if channels_last else "nchw", "amp": "bf16",
-            "gpus": list(gpus), "configs": out}
+            "gpus": list(gpus), "ddp": {"gradient_as_bucket_view": True, **asdict(ddp)},
+            "configs": out}
 
 
 def _compute_s(run: Scenario, gpu: Gpu) -> float:
@@ -458,7 +470,10 @@ def format_scaling_model(report: dict) -> str:
              "nodes "
              f"({f['nics_per_node']} NICs x {f['nic_bus_gb_s']:.0f} GB/s); NCCL latencies (us, base + NVLink / network "
              "step): " + ", ".join(f"{p['name']} {p['base_us']:g} + {p['nvlink_step_us']:g} / {p['net_step_us']:g}"
-                                  for p in f["protocols"]) + f"; host sync {f['host_sync_us']:g} us"]
+                                  for p in f["protocols"]) + f"; host sync {f['host_sync_us']:g} us",
+             "DDP (fixed and loss methods): gradients as bucket views, "
+             + ("batched_grad_copy" if r["ddp"]["batched_grad_copy"] else "a copy into its bucket per gradient")
+             + (", buffers broadcast every forward" if r["ddp"]["sync_buffers"] else ", no buffer broadcast")]
     for c in r["configs"]:
         lines.append(f"\n{_config_name(c)} ({c['communication']}"
                      + (f", {len(c['buckets'])} buckets" if c["buckets"] else "")

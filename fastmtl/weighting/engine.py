@@ -71,7 +71,8 @@ class Sync:
         return t
 
     def broadcast_(self, tensors: Sequence[torch.Tensor]) -> None:
-        """Rank 0's values everywhere (what DDP does to parameters at start, buffers every step)."""
+        """Rank 0's values everywhere (what DDP does to parameters at start and, without SyncBatchNorm,
+        to buffers every step)."""
         if self.active:
             for t in tensors:
                 dist.broadcast(t.data, 0)
