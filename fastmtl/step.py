@@ -239,7 +239,7 @@ def build_step(cfg: Config, info, rt: Runtime, total_steps: int, steps_per_epoch
         forward, step_loss = torch.compile(forward, mode=mode), torch.compile(loss_fn, mode=mode)
     weighted = None if weighting is None else WeightedTrainStep(
         weighting, model, forward, step_loss, list(cfg.tasks), cfg.weighting_grads, rt.world_size,
-        cfg.compile or cfg.cuda_graphs)
+        cfg.compile or cfg.cuda_graphs, sync_buffers=ddp_options(sync_bn).sync_buffers)
     step = TrainStep(forward, step_loss, optimizer, scaler, scheduler, rt, cfg.channels_last, weighted,
                      fixed_weights=loss_fn.weights)
     return StepParts(model, forward, tasks, loss_fn, optimizer, scheduler, scaler, weighting, step)

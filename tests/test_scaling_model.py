@@ -2,6 +2,7 @@
 tiny traced step: efficiency 1 on one GPU and never rising with N, NCCL's closed forms, DDP's buckets
 and per-step kernels against torch's own DDP (gloo, one process), the gradient methods' traffic, the CLI."""
 import json
+from dataclasses import replace
 from collections import Counter
 
 import pytest
@@ -182,7 +183,12 @@ def test_gradient_methods_send_what_the_engine_sends(plain):
     assert params["gradients"] == {"collectives": 2, "blocking": 2, "bytes": tasks * shared + heads}
     assert rep["gradients"] == {"collectives": 2, "blocking": 2, "bytes": shared + heads}
     assert params["method"]["bytes"] == 8 * tasks and rep["method"]["bytes"] == 8 * tasks + 8 * tasks * tasks
-    assert params["buffers"]["collectives"] == len(plain.buffers)  # one broadcast per buffer
+    assert "buffers" not in params and "buffers" not in ddp  # SyncBatchNorm keeps the buffers equal
+    coalesced = traffic(step_items(run, GPU, FABRIC, 8, "pcgrad", "params", replace(scaling.MULTI_GPU_DDP,
+                                                                                      sync_buffers=True)))
+    dtypes = {dtype for dtype, _ in plain.buffers}
+    assert coalesced["buffers"] == {"collectives": len(dtypes), "blocking": len(dtypes),
+                                    "bytes": sum(n for _, n in plain.buffers)}  # one broadcast per dtype
     bns = sum(o.name == "native_batch_norm" for o in plain.ops)
     assert bns > 0 and ddp["SyncBatchNorm"]["collectives"] == ddp["SyncBatchNorm"]["blocking"] == 2 * bns
 
@@ -227,7 +233,7 @@ def test_cli_prints_the_scaling_model_and_its_json(capsys, cached_traces):
     (config,) = s["configs"]
     assert (config["weighting"], config["grad_mode"], config["communication"]) == ("pcgrad", "rep", "engine")
     assert [row["gpus"] for row in config["scenarios"]["fused_compile_graphs"]] == s["gpus"]
-    assert {"gradients", "SyncBatchNorm", "buffers"} <= set(config["traffic"])
+    assert {"gradients", "SyncBatchNorm", "method"} <= set(config["traffic"]) and "buffers" not in config["traffic"]
 
 
 @pytest.mark.parametrize("argv, flag", [(["--gpus", "12"], "--gpus"), (["--gpus", "two"], "--gpus"),

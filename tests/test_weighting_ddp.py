@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 
 from fastmtl.step import ddp_options
 from fastmtl.weighting import build
+from fastmtl.weighting.engine import Sync
 from fastmtl.weighting.training import WeightedTrainStep
 
 from weighting_toys import ToyModel, toy_data, toy_loss
@@ -41,6 +42,13 @@ def train(name, mode, rank, world):
             "method": method.state_dict(), "weights": method.last_weights.clone()}
 
 
+def rank_tensors(rank):
+    """Tensors that differ per rank: two fp32 (one channels_last), a lone fp64, two int64 (one 0-d)."""
+    g = torch.Generator().manual_seed(rank)
+    return [torch.randn(5, generator=g), torch.randn(2, 3, 4, 5, generator=g).to(memory_format=torch.channels_last),
+            torch.randn(3, generator=g, dtype=torch.float64), torch.tensor(rank + 7), torch.arange(4) * (rank + 1)]
+
+
 def _worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -48,6 +56,9 @@ def _worker(rank, world, port, out_dir):
     try:
         for name, mode in CASES:
             torch.save(train(name, mode, rank, world), os.path.join(out_dir, f"{name}-{mode}-{rank}.pt"))
+        tensors = rank_tensors(rank)
+        Sync(world).broadcast_(tensors)
+        torch.save(tensors, os.path.join(out_dir, f"broadcast-{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -71,3 +82,10 @@ def test_two_ranks_apply_the_update_of_one_process_with_the_global_batch(tmp_pat
         single = train(name, mode, rank=0, world=1)
         for k, v in single["model"].items():
             assert torch.allclose(v, r0["model"][k], atol=1e-5), (name, mode, k)
+    # the engine's coalesced broadcast (per dtype, flattened, copied back): rank 0's values everywhere,
+    # in every tensor's own layout
+    for r in (0, 1):
+        got = torch.load(tmp_path / f"broadcast-{r}.pt", weights_only=True)
+        for t, want in zip(got, rank_tensors(0)):
+            assert t.dtype == want.dtype and t.stride() == want.stride() and torch.equal(t, want)
+

@@ -23,9 +23,9 @@ What ``fastmtl train`` runs on N > 1 CUDA GPUs (:func:`fastmtl.step.build_step`)
   Each bucket is all-reduced on the network as soon as it is full, overlapping the rest of the
   backward; before the optimizer the step waits for the last one. Nothing is copied back: the
   buckets are the gradients. Loss methods also all-reduce their ``T`` float64 losses;
-* gradient methods (:mod:`fastmtl.weighting.engine`, no DDP): every buffer broadcast on its own, the
-  losses all-reduced, then ``params``: ``G (T, D_shared)`` fp32 all-reduced after the ``T``
-  backwards; ``rep``: the ``(T, T)`` float64 Gram matrix, then, after the encoder's backward, its
+* gradient methods (:mod:`fastmtl.weighting.engine`, no DDP): no buffer broadcast either (the
+  trainer's ``sync_buffers`` under SyncBatchNorm, as DDP's), the losses all-reduced, then
+  ``params``: ``G (T, D_shared)`` fp32 all-reduced after the ``T`` backwards; ``rep``: the ``(T, T)`` float64 Gram matrix, then, after the encoder's backward, its
   flat fp32 gradient; both: the heads' combined fp32 gradient. All of it blocks the compute stream.
 
 The network serves one collective at a time (one NCCL communicator), in issue order; the compute
@@ -307,15 +307,16 @@ class _Builder:
             self.mean("method", 8 * len(self.run.trace.tasks))
         self.traced_kernels(after_kernel, lambda: self.items.append(Item("join", "DDP gradients")))
 
-    def engine(self, grad_mode: str) -> None:
-        """The step of a gradient method (:class:`fastmtl.weighting.engine.WeightedBackward`); its
-        gradient all-reduces go after the traced kernels (where does not matter: all of it blocks)."""
+    def engine(self, grad_mode: str, sync_buffers: bool) -> None:
+        """The step of a gradient method (:class:`fastmtl.weighting.engine.WeightedBackward`;
+        ``sync_buffers``: its coalesced buffer broadcast first); its gradient all-reduces go after the
+        traced kernels (where does not matter: all of it blocks)."""
         trace = self.run.trace
         tasks = len(trace.tasks)
         shared = [g for g in trace.grads if g.shared]
         shared_numel = sum(g.numel for g in shared)
-        for _, nbytes in trace.buffers:
-            self.collective("wait", "buffers", "broadcast", nbytes)
+        if sync_buffers:
+            self.broadcast_buffers_coalesced()
         self.mean("method", 8 * tasks)
         self.traced_kernels()
         if grad_mode == "params":
@@ -336,13 +337,13 @@ def _channels(op: OpRecord) -> int:
 def step_items(run: Scenario, gpu: Gpu, fabric: Fabric, gpus: int, weighting: str = "fixed",
                grad_mode: str = "params", ddp: DDPOptions = MULTI_GPU_DDP) -> List[Item]:
     """The items of ``run``'s step on ``gpus`` GPUs under ``--weighting weighting`` (``grad_mode``:
-    a gradient method's ``--weighting-grads``; ``ddp``: the DDP options of the other methods); on
-    one GPU just the traced kernels."""
+    a gradient method's ``--weighting-grads``; ``ddp``: the DDP options of the other methods, whose
+    ``sync_buffers`` a gradient method's step shares); on one GPU just the traced kernels."""
     b = _Builder(run, gpu, fabric, gpus)
     if gpus == 1:
         b.traced_kernels()
     elif METHODS[weighting].kind == "gradient":
-        b.engine(grad_mode)
+        b.engine(grad_mode, ddp.sync_buffers)
     else:
         b.ddp(weighting != "fixed", ddp)
     return b.items

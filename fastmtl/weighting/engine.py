@@ -40,6 +40,7 @@ losses are read on the host first. Gradient methods read their checks on the hos
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -72,10 +73,21 @@ class Sync:
 
     def broadcast_(self, tensors: Sequence[torch.Tensor]) -> None:
         """Rank 0's values everywhere (what DDP does to parameters at start and, without SyncBatchNorm,
-        to buffers every step)."""
-        if self.active:
-            for t in tensors:
-                dist.broadcast(t.data, 0)
+        to buffers every step), as DDP does it: per device and dtype one broadcast of the tensors
+        flattened together, then one copy back into all of them (a lone tensor in place)."""
+        if not self.active:
+            return
+        groups: Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]] = defaultdict(list)
+        for t in tensors:
+            groups[(t.device, t.dtype)].append(t.data)
+        for group in groups.values():
+            if len(group) == 1:
+                dist.broadcast(group[0], 0)
+                continue
+            flattened = torch.cat([t.reshape(-1) for t in group])
+            dist.broadcast(flattened, 0)
+            parts = flattened.split([t.numel() for t in group])
+            torch._foreach_copy_(group, [v.view(t.shape) for t, v in zip(group, parts)])
 
 
 def flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

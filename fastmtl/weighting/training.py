@@ -6,8 +6,8 @@ gradient) every train step shares.
 the step's own path, unchanged), puts :func:`param_groups` into its optimizer, and its
 :class:`~fastmtl.step.TrainStep` delegates to :class:`WeightedTrainStep`. Gradient methods train the bare model (or its
 ``torch.compile``), never DDP's wrapper: :class:`~fastmtl.weighting.engine.WeightedBackward`
-does the communication (parameters and buffers broadcast from rank 0 at start and buffers
-every step, as DDP does).
+does the communication (parameters and buffers broadcast from rank 0 at start, and buffers
+every step unless the BatchNorms are SyncBatchNorms, as the trainer's DDP does).
 """
 from __future__ import annotations
 
@@ -99,17 +99,22 @@ class WeightedTrainStep:
         world_size: DDP processes.
         compile: ``torch.compile`` the encoder and the heads separately (``rep`` mode; the
             method always runs eagerly, outside the graphs).
+        sync_buffers: broadcast rank 0's buffers before every step (gradient methods; off under
+            SyncBatchNorm, whose global statistics keep the running statistics equal, as
+            :func:`fastmtl.step.ddp_options` does for DDP). Parameters and buffers are broadcast
+            once at construction either way.
     """
 
     def __init__(self, method: Weighting, model: nn.Module, forward: Callable, loss_fn: Callable, tasks: List[str],
                  grad_mode: str = "params", world_size: int = 1, compile: bool = False,
-                 compile_backend: str = "inductor"):
+                 compile_backend: str = "inductor", sync_buffers: bool = True):
         self.method, self.model, self.forward, self.loss_fn, self.tasks = method, model, forward, loss_fn, tasks
         self.grad_mode = grad_mode if method.kind == "gradient" else "loss"
         shared, heads = split_parameters(model) if method.kind == "gradient" else ([], [])
         self.engine = WeightedBackward(method, shared, heads, grad_mode if method.kind == "gradient" else "params",
                                        world_size)
         self.sync = Sync(world_size if method.kind == "gradient" else 1)
+        self.sync_buffers = sync_buffers
         self.sync.broadcast_(list(model.parameters()) + list(model.buffers()))
         if compile and method.kind == "gradient":
             allow_repeated_backward()
@@ -131,7 +136,8 @@ class WeightedTrainStep:
         Gradient methods' finiteness checks (:mod:`fastmtl.weighting.engine`) still read the host."""
         *targets, autocast, optimizer, scaler, scheduler = args
         optimizer.zero_grad(set_to_none=True)
-        self.sync.broadcast_(list(self.model.buffers()))
+        if self.sync_buffers:
+            self.sync.broadcast_(list(self.model.buffers()))
         if self.grad_mode == "rep":
             self.model.check_input(rgb)
             with autocast():
