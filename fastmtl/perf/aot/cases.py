@@ -51,6 +51,18 @@ def _silog_metres(s: op_cases.InputSet) -> op_cases.InputSet:
     return replace(s, args=s.args[:5] + (False,))
 
 
+def _bn_no_running(s: op_cases.InputSet) -> op_cases.InputSet:
+    """``track_running_stats=False``: no running statistics to update."""
+    x, weight, bias, _, _, momentum, eps = s.args
+    return replace(s, args=(x, weight, bias, None, None, momentum, eps))
+
+
+def _bn_no_affine(s: op_cases.InputSet) -> op_cases.InputSet:
+    """``affine=False``: no weight and bias (nor their gradients)."""
+    x, _, _, running_mean, running_var, momentum, eps = s.args
+    return replace(s, args=(x, None, None, running_mean, running_var, momentum, eps), leaves=[x])
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -68,6 +80,9 @@ VARIANTS: Dict[str, List[Variant]] = {
              Variant("train", "no epilogue (batch BN after, in torch)", _aspp_train)],
     "silog": [Variant("log_input", "log-depth predictions (bench)"),
               Variant("metres", "predictions in metres", _silog_metres)],
+    "bn_relu": [Variant("batch_stats", "batch statistics, affine, running statistics updated (bench)"),
+                Variant("no_running", "track_running_stats=False", _bn_no_running),
+                Variant("no_affine", "affine=False: no weight, bias", _bn_no_affine)],
 }
 
 
@@ -86,8 +101,10 @@ class AotCase:
         return f"{self.op} {self.shape.name} {self.variant.name} {self.dtype} {self.layout}"
 
     def inputs(self) -> op_cases.InputSet:
-        """The inputs (call on the fake device): the bench's, then the variant's change."""
-        s = op_cases.make_inputs(self.shape, torch.device("cuda"), DTYPES[self.dtype], torch.Generator().manual_seed(0))
+        """The inputs (call on the fake device): the bench's in this case's layout, then the
+        variant's change."""
+        shape = replace(self.shape, layout=self.layout)
+        s = op_cases.make_inputs(shape, torch.device("cuda"), DTYPES[self.dtype], torch.Generator().manual_seed(0))
         return self.variant.transform(s) if self.variant.transform else s
 
 
