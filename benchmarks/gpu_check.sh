@@ -52,7 +52,7 @@ SKIP=""
 STEPS=(install env doctor train_step kernel_table bench_ops pytest_core pytest_compile gate)
 # seconds per step on an H200 (estimates, not measurements: cold Triton and Inductor caches; see
 # docs/performance.md); a step is started only when its entry fits in what is left of the budget
-declare -A TIMEOUT=([install]=60 [env]=30 [doctor]=60 [train_step]=240 [kernel_table]=150 [bench_ops]=240
+declare -A TIMEOUT=([install]=60 [env]=30 [doctor]=60 [train_step]=240 [kernel_table]=150 [bench_ops]=300
                     [pytest_core]=180 [pytest_compile]=240 [gate]=120)
 COMPILE_TESTS="inductor or compiled_fused_model"
 
@@ -144,7 +144,7 @@ step_train_step() {  # the train step of both models, every impl and layout, in 
     --size full --steps 10 --json --rows-jsonl "$STAGE/train_step.jsonl" >"$STAGE/train_step.json"
 }
 step_kernel_table() { fastmtl bench --models default --kernel-table --impls eager,compile --layouts channels_last --size full --json >"$STAGE/kernel_table.json"; }
-step_bench_ops() {  # every op of the case table (no --ops) and pass at size full, all four impls; the self-check
+step_bench_ops() {  # every op of the case table (fastmtl bench's default) and pass at size full, all four impls; the self-check
   # off: time the kernels themselves
   FASTMTL_SELFCHECK=0 fastmtl bench --size full --modes forward,backward,full \
     --impls eager,compile,fused,fused_compile --json >"$STAGE/bench_ops.json"

@@ -121,22 +121,22 @@ def silog_bytes(n: int, h: int, w: int, pred_bytes: int, target_bytes: int, stat
 
 
 
-def bn_relu_bytes(n: int, c: int, h: int, w: int, act_bytes: int, param_bytes: int, affine: bool = True,
+def bn_relu_bytes(n: int, c: int, h: int, w: int, act_bytes: int, param_bytes: int,
                   running: bool = True) -> Dict[str, int]:
     """Fewest bytes of training-mode ``bn_relu`` (``relu(BatchNorm2d(x))``, batch statistics).
 
     ``E = N*C*H*W`` activations of ``act_bytes``; the per-channel ``(C,)`` tensors (weight, bias,
     running statistics, the saved mean and invstd) of ``param_bytes`` each:
 
-    * forward:  read x (+ weight, bias; + running mean, var), write out, mean, invstd
-      (+ the running statistics)                          -> 2 * E * s + (2 + 2*affine + 4*running) * C * sp
-    * backward: read grad, x, mean, invstd (+ weight, bias: the ReLU mask is recomputed from x),
-      write dx (+ dweight, dbias)                         -> 3 * E * s + (2 + 4*affine) * C * sp
+    * forward:  read x, weight, bias (+ running mean, var), write out, mean, invstd
+      (+ the running statistics)                          -> 2 * E * s + (4 + 4*running) * C * sp
+    * backward: read grad, x, weight, bias (the ReLU mask is recomputed from x), mean, invstd,
+      write dx, dweight, dbias                            -> 3 * E * s + 6 * C * sp
     * full: forward + backward.
     """
     e = n * c * h * w
-    fwd = 2 * e * act_bytes + (2 + 2 * affine + 4 * running) * c * param_bytes
-    bwd = 3 * e * act_bytes + (2 + 4 * affine) * c * param_bytes
+    fwd = 2 * e * act_bytes + (4 + 4 * running) * c * param_bytes
+    bwd = 3 * e * act_bytes + 6 * c * param_bytes
     return {"forward": fwd, "backward": bwd, "full": fwd + bwd}
 
 
