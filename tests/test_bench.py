@@ -306,6 +306,17 @@ def test_bn_relu_fused_rows_agree_with_the_eager_row(triton_mode, mode, dtype):
     assert op_bench.fused_fn("bn_relu") is batch_norm_relu
 
 
+def test_compiled_backward_pass_replays_its_retained_graph():
+    """The ``backward`` pass re-runs one retained graph; Inductor's compiled BatchNorm + ReLU backward
+    donates its saved buffers unless told not to, which would refuse the second run."""
+    case = op_cases.cases("bn_relu", "tiny")[0]
+    eager = op_bench.OpRunner(case, "backward", "eager", CPU, torch.float32, sets=1)
+    compiled = op_bench.OpRunner(case, "backward", "compile", CPU, torch.float32, sets=1)
+    again = [compiled() for _ in range(2)][-1]
+    assert op_bench.rel_err(again, eager.outputs[1:]) <= op_bench.REL_ERR_TOL[torch.float32]
+    assert op_bench.rel_err(compiled.outputs, eager.outputs) <= op_bench.REL_ERR_TOL[torch.float32]
+
+
 # --------------------------------------------------------------------------- the eager rows' unfused paths
 def test_eager_rows_time_the_models_modules_under_autocast_not_an_fp32_upcast():
     """The ``eager`` SE and gate paths equal the reference modules (SE + the block tail, SelfAttention
