@@ -1,10 +1,11 @@
 """Op benchmarks: every op x shape x pass (forward, backward, full) x implementation.
 
-Implementations (see :mod:`fastmtl.perf.op_bench`): ``eager`` (plain-PyTorch reference), ``compile``
+Implementations (see :mod:`fastmtl.perf.op_bench`): ``eager`` (the unfused path under autocast), ``compile``
 (``torch.compile`` of the reference), ``fused`` (``torch.ops.fastmtl.*``, Triton on CUDA) and
 ``fused_compile``. The shapes are :func:`fastmtl.perf.cases.cases` at ``--bench-size``: on ``full``,
 SE at every ResNet-34 stage for batch 8 at 256x512 (dilation F,T,T), the gate at 256 channels
-on 1/4 and 1/2 resolution, the ASPP projection 512->256 at output stride 8, SI-log at 8x256x512.
+on 1/4 and 1/2 resolution, the ASPP projection 512->256 at output stride 8, SI-log at 8x256x512,
+BatchNorm + ReLU (training) at 256 channels on 1/8 and 1/2 resolution, channels_last.
 
 Each benchmark rotates several input sets (together at least twice the L2 / last-level cache)
 and synchronizes CUDA inside the timed call. ``extra_info`` records the bytes the pass must
@@ -62,4 +63,8 @@ def test_aspp(benchmark, case, mode, impl, device, allow_cpu_compile):
 
 
 def test_silog(benchmark, case, mode, impl, device, allow_cpu_compile):
+    run_op(benchmark, case, mode, impl, device, allow_cpu_compile)
+
+
+def test_bn_relu(benchmark, case, mode, impl, device, allow_cpu_compile):
     run_op(benchmark, case, mode, impl, device, allow_cpu_compile)

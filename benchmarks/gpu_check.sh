@@ -14,7 +14,8 @@
 #                 only the rows it cuts off (the report reads the jsonl when the JSON is missing)
 #   kernel_table  fastmtl bench --models default --kernel-table: the top 25 kernels of one eager and one
 #                 compiled train step (torch.profiler, channels_last)
-#   bench_ops     fastmtl bench --size full, every op and pass, eager, compile, fused and fused_compile in one process
+#   bench_ops     fastmtl bench --size full, every op of fastmtl.perf.cases.OPS (bn_relu included) and pass, eager,
+#                 compile, fused and fused_compile in one process
 #   pytest_core   TRITON_INTERPRET=0 pytest tests/test_kernels_cuda.py without the torch.compile tests
 #   pytest_compile  the torch.compile tests of tests/test_kernels_cuda.py
 #   gate          fastmtl gate --json: the compile gate for sm_80/90/100 (the prediction to compare with)
@@ -51,7 +52,7 @@ SKIP=""
 STEPS=(install env doctor train_step kernel_table bench_ops pytest_core pytest_compile gate)
 # seconds per step on an H200 (estimates, not measurements: cold Triton and Inductor caches; see
 # docs/performance.md); a step is started only when its entry fits in what is left of the budget
-declare -A TIMEOUT=([install]=60 [env]=30 [doctor]=60 [train_step]=240 [kernel_table]=150 [bench_ops]=240
+declare -A TIMEOUT=([install]=60 [env]=30 [doctor]=60 [train_step]=240 [kernel_table]=150 [bench_ops]=300
                     [pytest_core]=180 [pytest_compile]=240 [gate]=120)
 COMPILE_TESTS="inductor or compiled_fused_model"
 
@@ -143,8 +144,9 @@ step_train_step() {  # the train step of both models, every impl and layout, in 
     --size full --steps 10 --json --rows-jsonl "$STAGE/train_step.jsonl" >"$STAGE/train_step.json"
 }
 step_kernel_table() { fastmtl bench --models default --kernel-table --impls eager,compile --layouts channels_last --size full --json >"$STAGE/kernel_table.json"; }
-step_bench_ops() {  # every op and pass at size full, all four impls; the self-check off: time the kernels themselves
-  FASTMTL_SELFCHECK=0 fastmtl bench --size full --ops se_scale,sigmoid_gate,aspp,silog --modes forward,backward,full \
+step_bench_ops() {  # every op of the case table (fastmtl bench's default) and pass at size full, all four impls; the self-check
+  # off: time the kernels themselves
+  FASTMTL_SELFCHECK=0 fastmtl bench --size full --modes forward,backward,full \
     --impls eager,compile,fused,fused_compile --json >"$STAGE/bench_ops.json"
 }
 step_gate() { fastmtl gate --json --jobs "$(nproc)" >"$STAGE/gate.json"; }

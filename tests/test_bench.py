@@ -5,10 +5,13 @@ Speed is never asserted: only that times are positive and the derived numbers fo
 """
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
+from fastmtl.kernels import use_triton
+from fastmtl.kernels.bn_relu import batch_norm_relu
 from fastmtl.perf import cases as op_cases
 from fastmtl.perf import op_bench
 from fastmtl.perf import report as op_report
@@ -52,6 +55,17 @@ def test_silog_bytes_by_hand():
         "forward": 6 * e + 96, "backward": 8 * e + 96, "full": 14 * e + 192}
 
 
+def test_bn_relu_bytes_by_hand():
+    e, c = 8 * 256 * 32 * 64, 256  # the 1/8 pair at batch 8, 256x512 input
+    got = op_cases.bn_relu_bytes(8, 256, 32, 64, act_bytes=2, param_bytes=4)
+    # forward: x in, out back; weight, bias, running mean and var read, the running pair written, mean and invstd
+    # written; backward: grad and x in, dx back; weight, bias, mean and invstd read, dweight and dbias written
+    assert got == {"forward": 4 * e + 8 * c * 4, "backward": 6 * e + 6 * c * 4, "full": 10 * e + 14 * c * 4}
+    assert got["forward"] == 16_785_408
+    untracked = op_cases.bn_relu_bytes(8, 256, 32, 64, 2, 4, running=False)  # track_running_stats=False
+    assert untracked["forward"] == 4 * e + 4 * c * 4 and untracked["backward"] == got["backward"]
+
+
 @pytest.mark.parametrize("op", op_cases.OPS)
 def test_bytes_moved_matches_the_formulas(op):
     case = op_cases.cases(op, "full")[0]
@@ -61,6 +75,7 @@ def test_bytes_moved_matches_the_formulas(op):
         "sigmoid_gate": lambda: op_cases.sigmoid_gate_bytes(d["n"], d["c"], d["h"], d["w"], 2),
         "aspp": lambda: op_cases.aspp_bytes(d["n"], d["k"], d["cb"], d["cout"], d["h"], d["w"], 2, 2, 4),
         "silog": lambda: op_cases.silog_bytes(d["n"], d["h"], d["w"], 2, 4),
+        "bn_relu": lambda: op_cases.bn_relu_bytes(d["n"], d["c"], d["h"], d["w"], 2, 4),
     }[op]()
     assert op_cases.bytes_moved(case, torch.bfloat16) == want
     fp32 = op_cases.bytes_moved(case, torch.float32)
@@ -77,9 +92,48 @@ def test_full_cases_are_the_issue_shapes():
     assert [aspp[k] for k in ("n", "k", "cb", "cout", "h", "w")] == [8, 4, 256, 256, 32, 64]
     (silog,) = op_cases.cases("silog", "full")
     assert [silog[k] for k in ("n", "h", "w")] == [8, 256, 512]
-    for op in op_cases.OPS:  # small sizes are strictly smaller
+    bn = op_cases.cases("bn_relu", "full")
+    assert [(c["n"], c["c"], c["h"], c["w"]) for c in bn] == [(8, 256, 32, 64), (8, 256, 128, 256)]
+    for op in op_cases.OPS:  # small sizes are strictly smaller; only BatchNorm + ReLU runs channels_last
         assert all(op_cases.set_bytes(s, torch.float32) < op_cases.set_bytes(f, torch.float32)
                    for s, f in zip(op_cases.cases(op, "small"), op_cases.cases(op, "full")))
+        assert {c.layout for size in op_cases.SIZES for c in op_cases.cases(op, size)} == (
+            {"channels_last"} if op == "bn_relu" else {"nchw"})
+
+
+def test_bn_relu_cases_are_pairs_of_the_default_model():
+    """Each bn_relu case is the input of that many FusedBatchNormReLU of the fused default model
+    (checked at size small: batch 2 at 64x128)."""
+    from collections import Counter
+
+    from fastmtl.config import Config
+    from fastmtl.models import build_model
+    from fastmtl.nn import FusedBatchNormReLU
+
+    model = build_model(Config(), {"semseg": 19, "depth": 1}, fused=True)
+    seen = Counter()
+    for m in model.modules():
+        if isinstance(m, FusedBatchNormReLU):
+            m.register_forward_hook(lambda mod, args, out: seen.update([tuple(args[0].shape)]))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 128))
+    assert sum(seen.values()) == 41
+    counts = [seen[(c["n"], c["c"], c["h"], c["w"])] for c in op_cases.cases("bn_relu", "small")]
+    assert counts == [18, 2]  # the most frequent pair and the largest
+    largest = max(seen, key=lambda s: s[0] * s[1] * s[2] * s[3])
+    assert largest == tuple(op_cases.cases("bn_relu", "small")[1][k] for k in "nchw")
+
+
+def test_make_inputs_follow_the_case_layout():
+    for op in (op for op in op_cases.OPS if op != "silog"):  # silog's (N, 1, H, W): one order in both layouts
+        case = op_cases.cases(op, "tiny")[0]
+        for layout in op_cases.LAYOUTS:
+            s = op_cases.make_inputs(replace(case, layout=layout), CPU, torch.float32, torch.Generator().manual_seed(0))
+            acts = [t for t in s.leaves if t.dim() == 4 and min(t.shape) > 1]  # (channel slices of) activations
+            inner = "channels_last" if layout == "channels_last" else "nchw"
+            assert acts and all(("channels_last" if t.stride(1) == 1 else "nchw") == inner for t in acts), (op, layout)
+    with pytest.raises(ValueError, match="layout"):
+        op_cases.make_inputs(replace(case, layout="nhwc"), CPU, torch.float32, torch.Generator())
 
 
 def test_cases_reject_unknown_op_and_size():
@@ -236,6 +290,33 @@ def test_a_failing_row_is_reported_and_the_run_goes_on(monkeypatch):
     assert "FAILED: tiny 2x8x16 backward eager: RuntimeError" in op_report.format_report(report)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", op_cases.MODES)
+def test_bn_relu_fused_rows_agree_with_the_eager_row(triton_mode, mode, dtype):
+    """The ``fused`` bn_relu runner (Triton kernels, through the interpreter) gives the ``eager``
+    runner's output and gradients (x, weight, bias) on the same inputs, in the same layout."""
+    case = op_cases.cases("bn_relu", "tiny")[0]
+    eager, fused = (op_bench.OpRunner(case, mode, impl, CPU, dtype, sets=1) for impl in ("eager", "fused"))
+    assert len(fused.outputs) == len(eager.outputs) == (1 if mode == "forward" else 4)
+    assert fused.outputs[0].is_contiguous(memory_format=torch.channels_last)
+    assert op_bench.rel_err(fused.outputs, eager.outputs) <= op_bench.REL_ERR_TOL[dtype]
+    for got, want in zip(fused.outputs, eager.outputs):
+        assert got.dtype == want.dtype and got.shape == want.shape
+    assert use_triton(fused.sets[0].args[0])  # the Triton kernels ran, not the op's reference
+    assert op_bench.fused_fn("bn_relu") is batch_norm_relu
+
+
+def test_compiled_backward_pass_replays_its_retained_graph():
+    """The ``backward`` pass re-runs one retained graph; Inductor's compiled BatchNorm + ReLU backward
+    donates its saved buffers unless told not to, which would refuse the second run."""
+    case = op_cases.cases("bn_relu", "tiny")[0]
+    eager = op_bench.OpRunner(case, "backward", "eager", CPU, torch.float32, sets=1)
+    compiled = op_bench.OpRunner(case, "backward", "compile", CPU, torch.float32, sets=1)
+    again = [compiled() for _ in range(2)][-1]
+    assert op_bench.rel_err(again, eager.outputs[1:]) <= op_bench.REL_ERR_TOL[torch.float32]
+    assert op_bench.rel_err(compiled.outputs, eager.outputs) <= op_bench.REL_ERR_TOL[torch.float32]
+
+
 # --------------------------------------------------------------------------- the eager rows' unfused paths
 def test_eager_rows_time_the_models_modules_under_autocast_not_an_fp32_upcast():
     """The ``eager`` SE and gate paths equal the reference modules (SE + the block tail, SelfAttention
@@ -255,3 +336,27 @@ def test_eager_rows_time_the_models_modules_under_autocast_not_an_fp32_upcast():
     assert got.dtype == torch.bfloat16 and torch.equal(got, r + f * torch.sigmoid(a))
     with pytest.raises(ValueError, match="relu / sigmoid"):
         unfused.se_block_tail(x, se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias, act="silu")
+
+
+def test_bn_relu_eager_row_is_the_models_pair_under_autocast():
+    """The ``eager`` bn_relu path is ``nn.BatchNorm2d`` (training) + ``nn.ReLU(inplace=True)`` on a bf16
+    conv output under autocast, bit for bit: bf16 out in the input's layout, fp32 running statistics
+    updated the same way, gradients the same."""
+    from torch import nn
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 12, 5, 7, generator=gen).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    bn = nn.BatchNorm2d(12)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.2, 0.2)
+    rm, rv = bn.running_mean.clone(), bn.running_var.clone()
+    xa, xb = (x.clone().requires_grad_() for _ in range(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = nn.ReLU(inplace=True)(bn(xa))
+    got = op_bench.reference_fn("bn_relu")(xb, bn.weight, bn.bias, rm, rv, bn.momentum, bn.eps)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, want)
+    assert torch.equal(rm, bn.running_mean) and torch.equal(rv, bn.running_var)
+    dy = torch.randn(x.shape, generator=gen).to(torch.bfloat16)
+    assert torch.equal(torch.autograd.grad(got, xb, dy)[0], torch.autograd.grad(want, xa, dy)[0])

@@ -42,6 +42,22 @@ def test_dry_run_proves_every_step(tmp_path):
                                                       "results.json", "summary.md"]
 
 
+def test_bench_ops_step_times_every_op_of_the_case_table(capsys):
+    """The bench_ops step names no --ops, so it times every op of fastmtl.perf.cases.OPS (bn_relu
+    included), which is what fastmtl bench does without --ops."""
+    from fastmtl.cli import main
+    from fastmtl.perf import cases as op_cases
+
+    text = SCRIPT.read_text()
+    body = text[text.index("step_bench_ops() {"):]
+    body = body[:body.index("\n}\n")]
+    assert "fastmtl bench --size full" in body and "--ops" not in body
+    assert main(["bench", "--size", "tiny", "--modes", "forward", "--impls", "eager", "--device", "cpu", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert list(dict.fromkeys(r["op"] for r in rows)) == list(op_cases.OPS) and "bn_relu" in op_cases.OPS
+    assert all(r["ms"] > 0 for r in rows)
+
+
 def test_a_flag_the_cli_does_not_know_fails_the_dry_run(tmp_path):
     wrapper = tmp_path / "python"
     wrapper.write_text(f'#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = fastmtl ]; then exec "{sys.executable}" "$@" --no-such-flag; fi\n'

@@ -52,6 +52,24 @@ def test_silog_backward_by_hand():
     assert (m.launches, m.fused_bytes) == (1, 3 * e * 4 + 3 * d["n"] * 4)
 
 
+def test_bn_relu_by_hand():
+    d = dict(op_cases.cases("bn_relu", "tiny")[0].dims)
+    e, c, s = _numel(d["n"], d["c"], d["h"], d["w"]), d["c"], 4
+    for case in _tiny("bn_relu"):
+        m = traffic.case_models(case)
+        # eager: native_batch_norm reads x, weight, bias, running mean and var, writes out, mean, invstd;
+        # relu_ reads and writes out. Backward: threshold_backward reads grad and out, writes its grad;
+        # native_batch_norm_backward reads that, x, weight, the running pair, mean, invstd, writes dx, dw, db
+        assert (m["forward"].eager_launches, m["forward"].eager_bytes) == (2, 4 * e * s + 6 * c * s)
+        assert (m["backward"].eager_launches, m["backward"].eager_bytes) == (2, 6 * e * s + 7 * c * s)
+        # fused: statistics, then apply (x read twice, out written once); gradient sums, then dx (grad and x
+        # read twice, dx written once); beyond those only per-channel and per-split partials
+        for p, names, passes in (("forward", ["_bn_stats_kernel", "_bn_relu_apply_kernel"], 3),
+                                 ("backward", ["_bn_relu_grad_sums_kernel", "_bn_relu_dx_kernel"], 5)):
+            assert [k.name for k in m[p].kernels] == names and m[p].triton_launches == 2
+            assert passes * e * s < m[p].fused_bytes < passes * e * s + 64 * c * s, (p, m[p].fused_bytes)
+
+
 # --------------------------------------------------------------------------- invariants
 def _count_triton_launches(monkeypatch):
     """Count ``kernel[grid]`` subscriptions: a route to the launches other than the harness's."""
@@ -138,6 +156,9 @@ TARGETS = [
     ("aspp", "backward", 4, 1.3),
     ("se_scale", "forward", 3, 1.34),
     ("se_scale", "backward", 4, 1.41),
+    # bn_relu: x read twice forward (1.5x the minimum), grad and x twice backward (5/3x), two launches each
+    ("bn_relu", "forward", 2, 1.51),
+    ("bn_relu", "backward", 2, 1.68),
 ]
 
 

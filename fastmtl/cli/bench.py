@@ -12,7 +12,8 @@ HELP = 'time the fused ops against eager and torch.compile references'
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ops", default="se_scale,sigmoid_gate,aspp,silog", help="comma-separated ops (default: all four)")
+    p.add_argument("--ops", default=None, metavar="LIST",
+                   help="comma-separated ops: se_scale, sigmoid_gate, aspp, silog, bn_relu (default: all)")
     p.add_argument("--modes", default="forward,backward,full", help="comma-separated passes (default: all three)")
     p.add_argument("--impls", default=None, metavar="LIST",
                    help="eager,compile,fused,fused_compile (default: all on CUDA, eager on CPU; fused rows need CUDA); "
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--kernel-table", args.kernel_table), ("--rows-jsonl", args.rows_jsonl)):
         if value:
             raise ConfigError(f"{flag} needs --models (it is about whole train steps)")
-    opts = BenchOptions(ops=parse_list(args.ops, OPS, "ops"), modes=parse_list(args.modes, MODES, "modes"),
+    opts = BenchOptions(ops=parse_list(args.ops, OPS, "ops") if args.ops else list(OPS), modes=parse_list(args.modes, MODES, "modes"),
                         impls=parse_list(args.impls, IMPLS, "impls") if args.impls else None,
                         size=args.bench_size, device=str(resolve_device(args.device)), dtype=args.dtype,
                         progress=sys.stderr.isatty())

@@ -13,7 +13,7 @@ HELP = 'compile every Triton kernel specialisation for sm_80/90/100 (no GPU need
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="80,90,100", help="comma-separated targets: 80 (A100), 90 (H100/H200), 100 (B200)")
     p.add_argument("--dtype", default="bf16,fp32", help="comma-separated activation dtypes (default bf16,fp32)")
-    p.add_argument("--op", default=None, help="comma-separated ops (default: all four)")
+    p.add_argument("--op", default=None, help="comma-separated ops (default: all)")
     p.add_argument("--jobs", type=int, default=2, help="compiler processes (default 2)")
     p.add_argument("--no-cache", action="store_true", help="recompile everything (results are cached per spec)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

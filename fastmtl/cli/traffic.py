@@ -14,7 +14,7 @@ HELP = 'memory-traffic MODEL (bytes, launches) of every op and pass'
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--op", default=None, help="comma-separated ops (default: all four)")
+    p.add_argument("--op", default=None, help="comma-separated ops (default: all)")
     p.add_argument("--dtype", default="bf16,fp32", help="comma-separated activation dtypes (default bf16,fp32)")
     p.add_argument("--layout", default="nchw", help="nchw and/or channels_last (default nchw)")
     p.add_argument("--variants", action="store_true",

@@ -1,6 +1,7 @@
 """The op-benchmark case table: ops, passes and implementations, the benchmarked shapes and their
-random inputs (:func:`cases`, :func:`make_inputs`), the fewest-bytes and FLOP formulas
-(:func:`bytes_moved`, :func:`flops`) and which implementations run on a device (:func:`skip_reason`)."""
+random inputs (:func:`cases`, :func:`make_inputs`: NCHW, or channels_last where a case says so),
+the fewest-bytes and FLOP formulas (:func:`bytes_moved`, :func:`flops`) and which implementations
+run on a device (:func:`skip_reason`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from fastmtl.config import ConfigError
 from fastmtl.kernels.dispatch import kernel_mode, kernels_available
 
 
-OPS = ("se_scale", "sigmoid_gate", "aspp", "silog")
+OPS = ("se_scale", "sigmoid_gate", "aspp", "silog", "bn_relu")
 
 MODES = ("forward", "backward", "full")
 
@@ -22,12 +23,15 @@ MODEL_IMPLS = IMPLS + ("compile_graphs", "fused_compile_graphs")
 
 SIZES = ("tiny", "small", "full")  # tiny: a few programs per launch (CPU interpreter, tests)
 
+LAYOUTS = ("nchw", "channels_last")  # the memory format of a case's activations (Case.layout)
+
 
 BYTE_FORMULAS = {
     "se_scale": "fwd 3*E*s + Wt, bwd 5*E*s + 2*Wt  (E = N*C*H*W, Wt = fp32 fc weights + biases)",
     "sigmoid_gate": "fwd 4*E*s, bwd 5*E*s  (E = N*C*H*W)",
     "aspp": "fwd (Ein + Eout + Wt)*s, bwd 2*(Ein + Eout + Wt)*s  (+ bias, scale, shift)",
     "silog": "fwd E*(sp + st), bwd E*(2*sp + st)  (E = N*H*W, fp32 target)",
+    "bn_relu": "fwd 2*E*s + 8*C*sp, bwd 3*E*s + 6*C*sp  (E = N*C*H*W; fp32 weight, bias, running stats, mean, invstd)",
 }
 
 OP_DESCRIPTIONS = {
@@ -35,6 +39,7 @@ OP_DESCRIPTIONS = {
     "sigmoid_gate": "r + f * sigmoid(a), f and a the halves of one conv output",
     "aspp": "ASPP projection: relu(BN(W @ concat(4 branches) + pooled bias)), frozen BN",
     "silog": "per-image SI-log sums (sum d, sum d^2, count), log-depth input",
+    "bn_relu": "relu(BatchNorm2d(x)) in training: batch statistics, running statistics updated",
 }
 
 
@@ -116,14 +121,36 @@ def silog_bytes(n: int, h: int, w: int, pred_bytes: int, target_bytes: int, stat
 
 
 
+def bn_relu_bytes(n: int, c: int, h: int, w: int, act_bytes: int, param_bytes: int,
+                  running: bool = True) -> Dict[str, int]:
+    """Fewest bytes of training-mode ``bn_relu`` (``relu(BatchNorm2d(x))``, batch statistics).
+
+    ``E = N*C*H*W`` activations of ``act_bytes``; the per-channel ``(C,)`` tensors (weight, bias,
+    running statistics, the saved mean and invstd) of ``param_bytes`` each:
+
+    * forward:  read x, weight, bias (+ running mean, var), write out, mean, invstd
+      (+ the running statistics)                          -> 2 * E * s + (4 + 4*running) * C * sp
+    * backward: read grad, x, weight, bias (the ReLU mask is recomputed from x), mean, invstd,
+      write dx, dweight, dbias                            -> 3 * E * s + 6 * C * sp
+    * full: forward + backward.
+    """
+    e = n * c * h * w
+    fwd = 2 * e * act_bytes + (4 + 4 * running) * c * param_bytes
+    bwd = 3 * e * act_bytes + 6 * c * param_bytes
+    return {"forward": fwd, "backward": bwd, "full": fwd + bwd}
+
+
+
 @dataclass(frozen=True)
 class Case:
-    """One benchmarked shape of one op. ``dims`` holds the op's sizes (n, c, h, w, ...)."""
+    """One benchmarked shape of one op. ``dims`` holds the op's sizes (n, c, h, w, ...);
+    ``layout`` (:data:`LAYOUTS`) the memory format of its 4-d activations."""
 
     op: str
     name: str
     dims: Tuple[Tuple[str, int], ...]
     note: str = ""
+    layout: str = "nchw"
 
     def __getitem__(self, key: str) -> int:
         return dict(self.dims)[key]
@@ -133,8 +160,8 @@ class Case:
 
 
 
-def _case(op: str, name: str, note: str = "", **dims: int) -> Case:
-    return Case(op, name, tuple(dims.items()), note)
+def _case(op: str, name: str, note: str = "", layout: str = "nchw", **dims: int) -> Case:
+    return Case(op, name, tuple(dims.items()), note, layout)
 
 
 
@@ -150,6 +177,7 @@ def cases(op: str, size: str) -> List[Case]:
             "sigmoid_gate": [_case(op, "tiny 2x8x4x8", n=2, c=8, h=4, w=8)],
             "aspp": [_case(op, "tiny 2x4x8->8 4x4", n=2, k=4, cb=8, cout=8, h=4, w=4)],
             "silog": [_case(op, "tiny 2x8x16", n=2, h=8, w=16)],
+            "bn_relu": [_case(op, "tiny 2x8x4x8", layout="channels_last", n=2, c=8, h=4, w=8)],
         }[op]
     # full: batch 8 at 256x512, ResNet-34 with dilation F,T,T (output stride 8); small: batch 2 at 64x128
     n, div = (8, 1) if size == "full" else (2, 4)
@@ -169,6 +197,15 @@ def cases(op: str, size: str) -> List[Case]:
         ]
     if op == "aspp":
         return [_case(op, f"OS8 {n}x4x256->256 {h8}x{w8}", "ASPP 512->256", n=n, k=4, cb=256, cout=256, h=h8, w=w8)]
+    if op == "bn_relu":
+        # the default model's 41 BatchNorm + ReLU pairs, channels_last (as its step MODEL): the most
+        # frequent pair and the largest one, together 62 % of the pairs' elements
+        return [
+            _case(op, f"1/8 {n}x256x{h8}x{w8}", "18 of 41 pairs: layer3 bn1, ASPP branches and projection, "
+                  "decoder 1/8 fusion", "channels_last", n=n, c=256, h=h8, w=w8),
+            _case(op, f"1/2 {n}x256x{2 * h4}x{2 * w4}", "2 of 41 pairs, the largest: decoder 1/2 fusion",
+                  "channels_last", n=n, c=256, h=2 * h4, w=2 * w4),
+        ]
     return [_case(op, f"{n}x{4 * h4}x{4 * w4}", n=n, h=4 * h4, w=4 * w4)]
 
 
@@ -185,20 +222,24 @@ class InputSet:
 
 
 
-def randn(shape, gen, device, dtype, scale=1.0, grad=False) -> torch.Tensor:
+def randn(shape, gen, device, dtype, scale=1.0, grad=False, memory_format=torch.contiguous_format) -> torch.Tensor:
     t = (torch.randn(shape, generator=gen, device=device, dtype=torch.float32) * scale).to(dtype)
-    return t.requires_grad_(grad)
+    return t.contiguous(memory_format=memory_format).requires_grad_(grad)
 
 
 
 def make_inputs(case: Case, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> InputSet:
-    """Fresh random inputs for ``case`` (never zeros), as the fused modules pass them."""
+    """Fresh random inputs for ``case`` (never zeros), as the fused modules pass them; the 4-d
+    activations in ``case.layout``."""
     op = case.op
+    if case.layout not in LAYOUTS:
+        raise ValueError(f"case {case.name!r}: layout must be one of {LAYOUTS}, got {case.layout!r}")
+    mf = torch.channels_last if case.layout == "channels_last" else torch.contiguous_format
     if op == "se_scale":  # the ResNet block tail: relu(se(x) + identity); fp32 weights (autocast keeps them)
         n, c, h, w = case["n"], case["c"], case["h"], case["w"]
         cr = max(1, c // 16)
-        x = randn((n, c, h, w), gen, device, dtype, grad=True)
-        identity = randn((n, c, h, w), gen, device, dtype, grad=True)
+        x = randn((n, c, h, w), gen, device, dtype, grad=True, memory_format=mf)
+        identity = randn((n, c, h, w), gen, device, dtype, grad=True, memory_format=mf)
         w1 = randn((cr, c, 1, 1), gen, device, torch.float32, c ** -0.5, True)
         b1 = randn((cr,), gen, device, torch.float32, 0.1, True)
         w2 = randn((c, cr, 1, 1), gen, device, torch.float32, cr ** -0.5, True)
@@ -206,25 +247,33 @@ def make_inputs(case: Case, device: torch.device, dtype: torch.dtype, gen: torch
         return InputSet((x, w1, b1, w2, b2, identity), [x, w1, b1, w2, b2, identity])
     if op == "sigmoid_gate":  # f and a: the two channel halves of one 2C-channel conv output, + residual
         n, c, h, w = case["n"], case["c"], case["h"], case["w"]
-        y = randn((n, 2 * c, h, w), gen, device, dtype, grad=True)
+        y = randn((n, 2 * c, h, w), gen, device, dtype, grad=True, memory_format=mf)
         f, a = y[:, :c], y[:, c:]
-        r = randn((n, c, h, w), gen, device, dtype, grad=True)
+        r = randn((n, c, h, w), gen, device, dtype, grad=True, memory_format=mf)
         return InputSet((f, a, r), [f, a, r])
     if op == "aspp":  # four branch outputs; eval-mode BatchNorm folded into scale/shift (frozen) + ReLU
         n, k, cb, cout, h, w = (case[d] for d in ("n", "k", "cb", "cout", "h", "w"))
-        branches = [randn((n, cb, h, w), gen, device, dtype, grad=True) for _ in range(k)]
+        branches = [randn((n, cb, h, w), gen, device, dtype, grad=True, memory_format=mf) for _ in range(k)]
         weight = randn((cout, k * cb), gen, device, dtype, (k * cb) ** -0.5, True)
         bias = randn((n, cout), gen, device, dtype, 0.1, True)
         scale = (torch.rand((cout,), generator=gen, device=device) + 0.5)
         shift = randn((cout,), gen, device, torch.float32, 0.1)
         return InputSet((branches, weight, bias, scale, shift, True), [*branches, weight, bias])
+    if op == "bn_relu":  # a bf16 conv output; fp32 weight, bias and running statistics (autocast keeps them)
+        n, c, h, w = case["n"], case["c"], case["h"], case["w"]
+        x = randn((n, c, h, w), gen, device, dtype, grad=True, memory_format=mf)
+        weight = (1 + randn((c,), gen, device, torch.float32, 0.1)).requires_grad_()
+        bias = randn((c,), gen, device, torch.float32, 0.1, True)
+        running_mean = randn((c,), gen, device, torch.float32, 0.1)
+        running_var = 1 + torch.rand((c,), generator=gen, device=device)
+        return InputSet((x, weight, bias, running_mean, running_var, 0.1, 1e-5), [x, weight, bias])
     # silog: log-depth predictions in the activation dtype, fp32 metric targets with invalid pixels
     n, h, w = case["n"], case["h"], case["w"]
     target = torch.rand((n, 1, h, w), generator=gen, device=device) * 79 + 1
     invalid = torch.rand((n, 1, h, w), generator=gen, device=device) < 0.1
-    target = torch.where(invalid, torch.zeros_like(target), target)
+    target = torch.where(invalid, torch.zeros_like(target), target).contiguous(memory_format=mf)
     pred = (target.clamp_min(1).log() + 0.1 * torch.randn((n, 1, h, w), generator=gen, device=device))
-    pred = pred.to(dtype).requires_grad_()
+    pred = pred.to(dtype).contiguous(memory_format=mf).requires_grad_()
     return InputSet((pred, target, None, None, 0.01, True), [pred])
 
 
@@ -238,6 +287,8 @@ def set_bytes(case: Case, dtype: torch.dtype) -> int:
         return 3 * case["n"] * case["c"] * case["h"] * case["w"] * s
     if case.op == "aspp":
         return case["n"] * case["k"] * case["cb"] * case["h"] * case["w"] * s
+    if case.op == "bn_relu":
+        return case["n"] * case["c"] * case["h"] * case["w"] * s
     return case["n"] * case["h"] * case["w"] * (s + 4)
 
 
@@ -252,6 +303,8 @@ def bytes_moved(case: Case, dtype: torch.dtype) -> Dict[str, int]:
         return sigmoid_gate_bytes(d["n"], d["c"], d["h"], d["w"], s, residual=True)
     if case.op == "aspp":
         return aspp_bytes(d["n"], d["k"], d["cb"], d["cout"], d["h"], d["w"], s, s, 4)
+    if case.op == "bn_relu":
+        return bn_relu_bytes(d["n"], d["c"], d["h"], d["w"], s, 4)
     return silog_bytes(d["n"], d["h"], d["w"], s, 4)
 
 

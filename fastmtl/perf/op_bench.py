@@ -1,14 +1,16 @@
 """``fastmtl bench``: time fastmtl's fused ops against eager and ``torch.compile`` references.
 
-For each op (``se_scale``, ``sigmoid_gate``, ``aspp``, ``silog``), each pass (``forward``,
-``backward``, ``full`` = forward + backward) and each implementation:
+For each op (``se_scale``, ``sigmoid_gate``, ``aspp``, ``silog``, ``bn_relu``), each pass
+(``forward``, ``backward``, ``full`` = forward + backward) and each implementation:
 
 * ``eager``: the unfused path as the model runs it under autocast (:mod:`fastmtl.perf.unfused`
-  for SE and the attention gate: half-precision activations, no fp32 upcast; the ASPP projection
-  and SI-log references of ``fastmtl.kernels``, which compute in the branches' dtype and, as the
-  loss does, in fp32), autograd for the backward;
+  for SE, the attention gate and BatchNorm + ReLU: half-precision activations, no fp32 upcast;
+  the ASPP projection and SI-log references of ``fastmtl.kernels``, which compute in the
+  branches' dtype and, as the loss does, in fp32), autograd for the backward;
 * ``compile``: ``torch.compile`` of that reference (inductor; its backward is the compiled one);
-* ``fused``: the op ``torch.ops.fastmtl.<op>`` (Triton kernels on CUDA);
+* ``fused``: the op ``torch.ops.fastmtl.<op>`` (Triton kernels on CUDA); for ``bn_relu``, which
+  has no autograd formula of its own (it updates the running statistics in place), its
+  differentiable entry point ``fastmtl.kernels.bn_relu.batch_norm_relu``;
 * ``fused_compile``: ``torch.compile`` of the op (inductor sees the custom op in its graph).
 
 Inputs are those of training: they require grad, so ``forward`` is timed with autograd recording
@@ -16,12 +18,15 @@ Inputs are those of training: they require grad, so ``forward`` is timed with au
 outside the timing, and ``full`` is both. Shapes and arguments follow the fused modules: SE with
 the residual tail and fp32 weights, the gate on the two channel halves of one conv output plus a
 residual, the ASPP projection with a folded (frozen) BatchNorm + ReLU epilogue, SI-log on
-log-depth predictions with fp32 metric targets (10% invalid).
+log-depth predictions with fp32 metric targets (10% invalid), BatchNorm + ReLU in training
+(batch statistics, fp32 weight, bias and running statistics) on channels_last activations (the
+case's ``layout``; every other case is NCHW). The backward's output gradient has the output's
+layout.
 
 Reported per row: the median time, the speed-up over ``eager`` and over ``compile``, the
 achieved GB/s counted from the *fewest bytes the pass must move* (each input read once, each
 output written once; the formulas of :mod:`fastmtl.perf.cases`: ``se_scale_bytes``,
-``sigmoid_gate_bytes``, ``aspp_bytes``, ``silog_bytes``), and that bandwidth as a fraction of the device's
+``sigmoid_gate_bytes``, ``aspp_bytes``, ``silog_bytes``, ``bn_relu_bytes``), and that bandwidth as a fraction of the device's
 copy bandwidth measured in the same run (a large ``dst.copy_(src)``, read + write bytes).
 
 Timing. CUDA: ``triton.testing.do_bench`` (CUDA events around each call, L2 flushed before each
@@ -42,6 +47,7 @@ anything; speed is never asserted).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import sys
@@ -52,6 +58,7 @@ import torch
 
 from fastmtl.config import ConfigError
 from fastmtl.kernels.aspp import aspp_project_reference
+from fastmtl.kernels.bn_relu import batch_norm_relu
 from fastmtl.kernels.dispatch import kernel_mode
 from fastmtl.kernels.silog import silog_stats_reference
 from fastmtl.runtime import AMP_DTYPES, amp_dtype_for
@@ -95,7 +102,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 REFERENCES = {"se_scale": unfused.se_block_tail, "sigmoid_gate": unfused.gated_residual,
-              "aspp": aspp_project_reference, "silog": silog_stats_reference}
+              "aspp": aspp_project_reference, "silog": silog_stats_reference, "bn_relu": unfused.batch_norm_then_relu}
 
 
 def reference_fn(op: str) -> Callable:
@@ -104,7 +111,11 @@ def reference_fn(op: str) -> Callable:
 
 
 def fused_fn(op: str) -> Callable:
-    """The registered op ``torch.ops.fastmtl.<op>`` (Triton kernels on CUDA)."""
+    """The registered op ``torch.ops.fastmtl.<op>`` (Triton kernels on CUDA); for ``bn_relu`` the
+    differentiable :func:`~fastmtl.kernels.bn_relu.batch_norm_relu` around it (the op, which
+    mutates the running statistics, has no autograd formula)."""
+    if op == "bn_relu":
+        return batch_norm_relu
     name = {"aspp": "aspp_project", "silog": "silog_stats"}.get(op, op)
     return getattr(torch.ops.fastmtl, name)
 
@@ -144,18 +155,20 @@ class OpRunner:
         f = flops(case)
         self.flops = f[mode] if f else None
         self.outputs: List[torch.Tensor] = []
-        for i, s in enumerate(self.sets):
-            out = self.fn(*s.args)
-            if i == 0:
-                self.outputs = [_first(out).detach().clone()]
-            if mode != "forward":
-                gen = torch.Generator(device=self.device).manual_seed(seed + 1000 + i)
-                s.grad_out = randn(_first(out).shape, gen, self.device, _first(out).dtype)
-                grads = torch.autograd.grad(out, s.leaves, s.grad_out, retain_graph=mode == "backward")
+        with _replayable_backward(mode == "backward"):  # the compiles happen here, at the first calls
+            for i, s in enumerate(self.sets):
+                out = self.fn(*s.args)
                 if i == 0:
-                    self.outputs += [g.detach().clone() for g in grads]
-                if mode == "backward":
-                    s.out = out
+                    self.outputs = [_first(out).detach().clone()]
+                if mode != "forward":
+                    gen = torch.Generator(device=self.device).manual_seed(seed + 1000 + i)
+                    g = randn(_first(out).shape, gen, self.device, _first(out).dtype)
+                    s.grad_out = torch.empty_like(_first(out)).copy_(g)  # in the output's layout, as autograd passes it
+                    grads = torch.autograd.grad(out, s.leaves, s.grad_out, retain_graph=mode == "backward")
+                    if i == 0:
+                        self.outputs += [g.detach().clone() for g in grads]
+                    if mode == "backward":
+                        s.out = out
         self._next = 0
         self.synchronize()
 
@@ -176,6 +189,19 @@ class OpRunner:
 
 def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+
+def _replayable_backward(replay: bool):
+    """With ``replay`` (the ``backward`` pass, which re-runs one retained graph), compile without
+    AOTAutograd's donated buffers: a compiled backward that donates its saved buffers (Inductor's
+    for ``F.batch_norm`` + ReLU does) refuses ``retain_graph=True``. Without ``replay``, or on a
+    torch without the setting, nothing changes."""
+    from torch._functorch import config  # loaded by torch.compile, not by import torch
+
+    if replay and hasattr(config, "donated_buffer"):
+        return config.patch(donated_buffer=False)
+    return contextlib.nullcontext()
 
 
 
@@ -214,7 +240,8 @@ def run_bench(opts: BenchOptions) -> Dict:
                 eager_outputs = None
                 for impl in listed:
                     f = flops(case)
-                    row = {"op": op, "case": case.name, "note": case.note, "dims": dict(case.dims), "mode": mode,
+                    row = {"op": op, "case": case.name, "note": case.note, "layout": case.layout, "dims": dict(case.dims),
+                           "mode": mode,
                            "impl": impl, "bytes": bytes_moved(case, dtype)[mode], "flops": f[mode] if f else None,
                            "ms": None, "rel_err": None, "skipped": None, "error": None}
                     rows.append(row)

@@ -51,6 +51,12 @@ def _silog_metres(s: op_cases.InputSet) -> op_cases.InputSet:
     return replace(s, args=s.args[:5] + (False,))
 
 
+def _bn_no_running(s: op_cases.InputSet) -> op_cases.InputSet:
+    """``track_running_stats=False``: no running statistics to update."""
+    x, weight, bias, _, _, momentum, eps = s.args
+    return replace(s, args=(x, weight, bias, None, None, momentum, eps))
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -68,6 +74,9 @@ VARIANTS: Dict[str, List[Variant]] = {
              Variant("train", "no epilogue (batch BN after, in torch)", _aspp_train)],
     "silog": [Variant("log_input", "log-depth predictions (bench)"),
               Variant("metres", "predictions in metres", _silog_metres)],
+    # not yet affine=False: its backward sums kernel spills on sm_100 (benchmarks/aot/results.md)
+    "bn_relu": [Variant("batch_stats", "batch statistics, affine, running statistics updated (bench)"),
+                Variant("no_running", "track_running_stats=False", _bn_no_running)],
 }
 
 
@@ -86,8 +95,10 @@ class AotCase:
         return f"{self.op} {self.shape.name} {self.variant.name} {self.dtype} {self.layout}"
 
     def inputs(self) -> op_cases.InputSet:
-        """The inputs (call on the fake device): the bench's, then the variant's change."""
-        s = op_cases.make_inputs(self.shape, torch.device("cuda"), DTYPES[self.dtype], torch.Generator().manual_seed(0))
+        """The inputs (call on the fake device): the bench's in this case's layout, then the
+        variant's change."""
+        shape = replace(self.shape, layout=self.layout)
+        s = op_cases.make_inputs(shape, torch.device("cuda"), DTYPES[self.dtype], torch.Generator().manual_seed(0))
         return self.variant.transform(s) if self.variant.transform else s
 
 

@@ -141,7 +141,8 @@ def fused_kernels(timeline: Timeline) -> List[KernelTraffic]:
 def min_bytes(case: AotCase) -> Dict[str, int]:
     """The bench's fewest bytes (:func:`fastmtl.perf.cases.bytes_moved`) for the bench's arguments; for
     the other variants the same formulas: without the residual (se_scale, sigmoid_gate ``plain``),
-    without scale, shift and the ReLU mask (aspp ``train``); aspp ``eval_bn_grad`` and silog
+    without scale, shift and the ReLU mask (aspp ``train``), without running statistics
+    (bn_relu ``no_running``); aspp ``eval_bn_grad`` and silog
     ``metres`` move the bench's bytes (plus two ``(Cout,)`` gradients, not counted)."""
     dtype = DTYPES[case.dtype]
     d, s = dict(case.shape.dims), dtype.itemsize
@@ -151,6 +152,8 @@ def min_bytes(case: AotCase) -> Dict[str, int]:
         return op_cases.se_scale_bytes(d["n"], d["c"], d["h"], d["w"], max(1, d["c"] // 16), s, 4, residual=False)
     if case.op == "sigmoid_gate":
         return op_cases.sigmoid_gate_bytes(d["n"], d["c"], d["h"], d["w"], s, residual=False)
+    if case.op == "bn_relu":
+        return op_cases.bn_relu_bytes(d["n"], d["c"], d["h"], d["w"], s, 4, running=False)
     if case.variant.name == "train":
         b = op_cases.aspp_bytes(d["n"], d["k"], d["cb"], d["cout"], d["h"], d["w"], s, s, 0)
         b["backward"] -= d["n"] * d["cout"] * d["h"] * d["w"] * s  # no ReLU mask to read
