@@ -30,7 +30,7 @@ def _empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device, chann
 
 
 def _new_like(like: Tensor, channels: int, dtype: torch.dtype) -> Tensor:
-    """``(N, channels, H, W)`` in ``like``'s layout (see :func:`_is_channels_last`)."""
+    """``(N, channels, H, W)`` in ``like``'s layout (see :func:`.reference._is_channels_last`)."""
     n, _, h, w = like.shape
     return _empty((n, channels, h, w), dtype, like.device, _is_channels_last(like))
 
@@ -124,7 +124,7 @@ def _launch_project(branches: Sequence[Tensor], weight: Tensor, bias: Optional[T
 def aspp_project_forward_triton(branches: Sequence[Tensor], weight: Tensor, bias: Tensor,
                                 scale: Optional[Tensor] = None, shift: Optional[Tensor] = None,
                                 relu: bool = False) -> Tensor:
-    """Triton ``aspp_project`` (arguments and result as :func:`aspp_project`)."""
+    """Triton ``aspp_project`` (arguments and result as :func:`.op.aspp_project`)."""
     out = _new_like(branches[0], weight.shape[0], branches[0].dtype)
     return _launch_project(branches, weight, bias, scale, shift, relu, out)
 
@@ -150,11 +150,11 @@ def _backward_blocks(dtype: torch.dtype, device: torch.device, cout: int, cb: in
 def aspp_project_backward_triton(grad: Tensor, out: Tensor, branches: Sequence[Tensor], weight: Tensor,
                                  bias: Tensor, scale: Optional[Tensor] = None, preact: Optional[Tensor] = None,
                                  relu: bool = False) -> Tuple[List[Tensor], Tensor, Tensor, Tensor]:
-    """Triton ``aspp_project_backward`` (arguments and results as :func:`aspp_project_backward`).
+    """Triton ``aspp_project_backward`` (arguments and results as :func:`.op.aspp_project_backward`).
 
     Three launches for up to 4 branches (two more per further 4): the branch gradients
-    (:func:`_branch_grad_kernel`, which also leaves the per-tile pixel sums), the weight-gradient
-    partials over pixel splits (:func:`_weight_grad_kernel`), and :func:`_finish_kernel`.
+    (:func:`.kernels._branch_grad_kernel`, which also leaves the per-tile pixel sums), the weight-gradient
+    partials over pixel splits (:func:`.kernels._weight_grad_kernel`), and :func:`.kernels._finish_kernel`.
     ``grad * relu'(out) * scale`` is never stored: both GEMM kernels make it while loading.
     """
     n, cb, h, w = branches[0].shape

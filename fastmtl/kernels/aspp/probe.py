@@ -10,7 +10,7 @@ from .reference import aspp_project_backward_reference, aspp_project_reference
 
 
 def aspp_project_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> Probe:
-    """The self-check problem (:mod:`.selfcheck`): four branches at odd sizes with the folded
+    """The self-check problem (:mod:`fastmtl.kernels.selfcheck`): four branches at odd sizes with the folded
     BatchNorm + ReLU epilogue and the scale gradient's ``preact``; the output then the branch
     weight, bias, shift and scale gradients."""
     k, cb, cout, shape = 4, 19, 21, (2, 19, 5, 7)

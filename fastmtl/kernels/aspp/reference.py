@@ -13,7 +13,7 @@ from .._utils import compute_dtype
 
 def _is_channels_last(t: Tensor) -> bool:
     """The output layout rule: channels_last iff ``t`` is channels_last and not NCHW-contiguous
-    (stricter than :func:`._utils.out_memory_format` of the other ops: e.g. a channel slice of a
+    (stricter than :func:`fastmtl.kernels._utils.out_memory_format` of the other ops: e.g. a channel slice of a
     channels_last tensor gives NCHW outputs here)."""
     return (not t.is_contiguous()) and t.is_contiguous(memory_format=torch.channels_last)
 
@@ -27,7 +27,7 @@ def aspp_project_reference(branches: Sequence[Tensor], weight: Tensor, bias: Ten
                            relu: bool = False) -> Tensor:
     """Plain PyTorch ``aspp_project``: 1x1 conv of the channel concat + bias (+ scale/shift) (+ ReLU).
 
-    Shapes as in :func:`aspp_project`; computed in the branches' dtype, output in the op's layout.
+    Shapes as in :func:`.op.aspp_project`; computed in the branches' dtype, output in the op's layout.
     """
     x = torch.cat(list(branches), dim=1)
     y = F.conv2d(x, weight[:, :, None, None]) + bias.to(x.dtype)[:, :, None, None]

@@ -9,7 +9,7 @@ from .reference import bn_relu_backward_reference, bn_relu_reference
 
 
 def bn_relu_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> Probe:
-    """The self-check problem (:mod:`.selfcheck`): odd shapes, channel means away from 0,
+    """The self-check problem (:mod:`fastmtl.kernels.selfcheck`): odd shapes, channel means away from 0,
     fp32 parameters and running statistics; the forward's results, the updated running
     statistics, then the three gradients."""
     c = 19

@@ -30,7 +30,7 @@ def _affine(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: T
 def bn_relu_reference(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
                       running_var: Optional[Tensor], momentum: float = 0.1, eps: float = 1e-5):
     """Plain-PyTorch ``bn_relu`` (same math, same compute dtype, running statistics updated in
-    place); results as :func:`bn_relu`."""
+    place); results as :func:`.op.bn_relu`."""
     dt = compute_dtype(x, weight)
     xa = x.to(dt)
     m = x.numel() // x.shape[1]
@@ -47,7 +47,7 @@ def bn_relu_reference(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor
 
 def bn_relu_backward_reference(grad: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                                mean: Tensor, invstd: Tensor):
-    """Plain-PyTorch ``bn_relu_backward`` (explicit formulas); results as :func:`bn_relu_backward`."""
+    """Plain-PyTorch ``bn_relu_backward`` (explicit formulas); results as :func:`.op.bn_relu_backward`."""
     xhat, y, scale = _affine(x, weight, bias, mean, invstd)
     gz = torch.where(y <= 0, 0, grad.to(mean.dtype))
     m = x.numel() // x.shape[1]

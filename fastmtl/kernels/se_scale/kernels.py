@@ -99,7 +99,7 @@ if HAS_TRITON:
 
     @triton.jit
     def _act(u, ACT: tl.constexpr):
-        """The excitation's hidden activation (see :data:`ACTIVATIONS`), elementwise in u's dtype."""
+        """The excitation's hidden activation (see :data:`.reference.ACTIVATIONS`), elementwise in u's dtype."""
         if ACT == "relu":
             return tl.where(u > 0, u, 0.0)
         elif ACT == "silu":
@@ -124,7 +124,7 @@ if HAS_TRITON:
 
     @triton.jit
     def _gate(z, GATE: tl.constexpr):
-        """The channel gate (see :data:`GATES`) of the excitation's output ``z``."""
+        """The channel gate (see :data:`.reference.GATES`) of the excitation's output ``z``."""
         if GATE == "sigmoid":
             return tl.sigmoid(z)
         else:  # hardsigmoid

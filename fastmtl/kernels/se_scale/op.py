@@ -55,9 +55,10 @@ def se_scale(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Option
              identity: Optional[Tensor] = None, act: str = "relu", gate: str = "sigmoid") -> Tensor:
     """``x * gate(W2 act(W1 mean_hw(x) + b1) + b2)``, or ``relu(that + identity)``.
 
-    ``x``, ``identity`` ``(N, C, H, W)``; weights as in the module docstring, biases optional;
-    ``act`` one of :data:`ACTIVATIONS`, ``gate`` one of :data:`GATES`. Returns ``(N, C, H, W)``
-    in x's dtype, channels_last iff x's channels are innermost.
+    ``x``, ``identity`` ``(N, C, H, W)``; weights as in the package docstring
+    (:mod:`fastmtl.kernels.se_scale`), biases optional; ``act`` one of
+    :data:`.reference.ACTIVATIONS`, ``gate`` one of :data:`.reference.GATES`. Returns
+    ``(N, C, H, W)`` in x's dtype, channels_last iff x's channels are innermost.
     """
     _check_inputs(x, w1, b1, w2, b2, identity, act, gate)
     if use_triton(x) and passes("se_scale", x):
@@ -81,7 +82,7 @@ def se_scale_backward(
     ``out`` is se_scale's output when it was called with ``identity`` (its sign gives the
     ReLU mask), else None; ``d_identity`` is then an empty tensor, as are ``db1``/``db2`` for
     missing biases. ``dx``/``d_identity`` are ``(N, C, H, W)`` in x's dtype and
-    :func:`out_memory_format`; weight grads have the weights' shapes and dtypes.
+    :func:`fastmtl.kernels._utils.out_memory_format`; weight grads have the weights' shapes and dtypes.
     """
     if use_triton(grad_out) and passes("se_scale", x):
         return launch.se_scale_backward_triton(grad_out, x, out, w1, b1, w2, b2, act, gate)

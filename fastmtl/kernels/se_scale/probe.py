@@ -9,7 +9,7 @@ from .reference import se_scale_backward_reference, se_scale_reference
 
 
 def se_scale_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> Probe:
-    """The self-check problem (:mod:`.selfcheck`): the residual tail at odd shapes, fp32
+    """The self-check problem (:mod:`fastmtl.kernels.selfcheck`): the residual tail at odd shapes, fp32
     weights; forward output then all six gradients, launchers against references."""
     c, cr = 19, 5
     x, identity = (randn((2, c, 5, 7), gen, device, dtype, channels_last) for _ in range(2))

@@ -29,7 +29,7 @@ def _excite_reference(s: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b
 def se_scale_reference(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
                        identity: Optional[Tensor] = None, act: str = "relu", gate: str = "sigmoid") -> Tensor:
     """Plain-PyTorch ``se_scale`` (same math, same compute dtype); output in x's dtype and
-    :func:`out_memory_format`."""
+    :func:`fastmtl.kernels._utils.out_memory_format`."""
     dt = compute_dtype(x, w1)
     xa = x.to(dt)
     y = xa * _excite_reference(xa.mean(dim=(2, 3)), w1, b1, w2, b2, act, gate)[:, :, None, None]
@@ -59,7 +59,7 @@ def _gate_grad_reference(z: Tensor, g: Tensor, gate: str) -> Tensor:
 
 def se_scale_backward_reference(grad_out: Tensor, x: Tensor, out: Optional[Tensor], w1: Tensor, b1: Optional[Tensor],
                                 w2: Tensor, b2: Optional[Tensor], act: str = "relu", gate: str = "sigmoid"):
-    """Plain-PyTorch ``se_scale_backward`` (explicit formulas; results as :func:`se_scale_backward`)."""
+    """Plain-PyTorch ``se_scale_backward`` (explicit formulas; results as :func:`.op.se_scale_backward`)."""
     dt = compute_dtype(x, w1)
     fmt = out_memory_format(x)
     dy = grad_out.to(dt)

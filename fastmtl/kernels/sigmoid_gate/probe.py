@@ -9,7 +9,7 @@ from .reference import sigmoid_gate_backward_reference, sigmoid_gate_reference
 
 
 def sigmoid_gate_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> Probe:
-    """The self-check problem (:mod:`.selfcheck`): ``f``, ``a`` the channel halves of one
+    """The self-check problem (:mod:`fastmtl.kernels.selfcheck`): ``f``, ``a`` the channel halves of one
     tensor, plus a residual, at odd shapes; the output then ``(df, da)``."""
     y = randn((2, 22, 5, 7), gen, device, dtype, channels_last)
     r, grad = (randn((2, 11, 5, 7), gen, device, dtype, channels_last) for _ in range(2))

@@ -16,7 +16,7 @@ if HAS_TRITON:
     def _log_ratio(p, t, LO, HI, EPS, INF, LOG_INPUT: tl.constexpr):
         """``(d, valid, pc)`` per pixel: ``valid = t finite and > 0``, ``pc = clamp(p, LO, HI)``
         (NaN kept), ``d = log(max(t, EPS)) - log(pc)`` (``- pc`` when LOG_INPUT), 0 where not
-        valid. Mirrors :func:`_log_ratio_reference`."""
+        valid. Mirrors :func:`.reference._log_ratio_reference`."""
         valid = (t > 0) & (t < INF)
         t = tl.where(valid, t, 1.0)
         pc = tl.where(p < LO, LO, tl.where(p > HI, HI, p))

@@ -37,8 +37,9 @@ def silog_stats(
     pred: Tensor, target: Tensor, min_depth: Optional[float] = None, max_depth: Optional[float] = None,
     eps: float = 0.01, log_input: bool = False,
 ) -> Tensor:
-    """Per-image ``(sum d, sum d^2, count)`` ``(N, 3)`` over valid pixels (see the module docstring);
-    fp32, or fp64 if an input is fp64. Differentiable wrt ``pred``."""
+    """Per-image ``(sum d, sum d^2, count)`` ``(N, 3)`` over valid pixels (see the package
+    docstring, :mod:`fastmtl.kernels.silog`); fp32, or fp64 if an input is fp64. Differentiable
+    wrt ``pred``."""
     _check_inputs(pred, target, eps)
     if use_triton(pred) and passes("silog_stats", pred):
         return launch.silog_stats_triton(pred, target, min_depth, max_depth, eps, log_input)

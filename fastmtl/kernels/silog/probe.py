@@ -9,7 +9,7 @@ from .reference import silog_stats_backward_reference, silog_stats_reference
 
 
 def silog_stats_probe(device, dtype: torch.dtype, channels_last: bool, gen: torch.Generator) -> Probe:
-    """The self-check problem (:mod:`.selfcheck`): log-depth ``pred`` in ``dtype`` with fp32
+    """The self-check problem (:mod:`fastmtl.kernels.selfcheck`): log-depth ``pred`` in ``dtype`` with fp32
     metric targets (a fifth invalid, some outside the clamp) at an odd shape; the stats then
     d(pred). ``channels_last`` changes nothing: an (N, 1, H, W) tensor has one memory layout."""
     target = torch.rand((3, 1, 9, 13), generator=gen, device=device) * 79 + 1
