@@ -34,7 +34,7 @@ def test_gate_compiles_every_specialisation_for_every_target_without_spills(gate
 def _jit_kernels():
     """Every @triton.jit function of fastmtl.kernels that no other one calls: the kernels."""
     found = {}
-    for mod in (aspp, bn_relu, se_scale, sigmoid_gate, silog):
+    for mod in (aspp.kernels, bn_relu.kernels, se_scale.kernels, sigmoid_gate.kernels, silog.kernels):
         for name, v in vars(mod).items():
             if hasattr(v, "fn") and inspect.isfunction(v.fn) and v.fn.__module__ == mod.__name__:
                 found[name] = v.fn

@@ -59,7 +59,7 @@ def test_a_failing_kernel_is_reported_and_exits_1(triton_mode, monkeypatch, caps
     def broken(*args, **kwargs):
         raise RuntimeError("forced launcher failure")
 
-    monkeypatch.setattr(sigmoid_gate, "sigmoid_gate_backward_triton", broken)
+    monkeypatch.setattr(sigmoid_gate.launch, "sigmoid_gate_backward_triton", broken)  # where the op and its probe look it up
     rc, report = _doctor_json(capsys)
     assert rc == 1 and not report["ok"] and report["ops"]["fallback_ops"] == ["sigmoid_gate"]
     for c in report["ops"]["checks"]:

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastmtl.kernels import aspp as K
+from fastmtl.kernels.aspp import launch as aspp_launch, reference as aspp_reference
 from fastmtl.kernels._utils import cdiv
 from fastmtl.kernels.dispatch import interpreter_enabled
 from fastmtl import layers
@@ -23,12 +24,12 @@ needs_kernels = pytest.mark.skipif(not (interpreter_enabled() or torch.cuda.is_a
 def _triton_mode(monkeypatch):
     """Triton kernels everywhere, and every buffer the launchers allocate starts as NaN."""
     monkeypatch.setenv("FASTMTL_KERNELS", "triton")
-    real_empty = K._empty
+    real_empty = aspp_launch._empty
 
     def poisoned(shape, dtype, device, channels_last=False):
         return real_empty(shape, dtype, device, channels_last).fill_(float("nan"))
 
-    monkeypatch.setattr(K, "_empty", poisoned)
+    monkeypatch.setattr(aspp_launch, "_empty", poisoned)
 
 
 def _layout(t, channels_last):
@@ -70,7 +71,7 @@ def _compare_modules(ref, fused, x, atol, rtol):
     y, gx = _run(fused, x, grad)
     _close(y, y_ref, atol, rtol, "output")
     # the fused output keeps the input's layout (the reference's concat falls back to NCHW)
-    assert y.is_contiguous(memory_format=torch.channels_last) == K._is_channels_last(x)
+    assert y.is_contiguous(memory_format=torch.channels_last) == aspp_reference._is_channels_last(x)
     _close(gx, gx_ref, atol, rtol, "grad x")
     ref_params = dict(ref.named_parameters())
     for name, p in fused.named_parameters():
@@ -293,10 +294,8 @@ def test_flop_formulas():
 def test_op_backward_many_tiles(affine):
     """Several row, pixel and split tiles per launch (the tiny cases above fit one of each) and two
     branch groups (k=5 > 4 pointers per launch): outputs and every gradient against fp64."""
-    from fastmtl.kernels import aspp as mod
-
     n, cb, cout, h, w, k = 2, 70, 20, 9, 9, 5
-    blocks = mod._backward_blocks(torch.float32, torch.device("cpu"), cout, cb, h * w, n * h * w)
+    blocks = aspp_launch._backward_blocks(torch.float32, torch.device("cpu"), cout, cb, h * w, n * h * w)
     assert cdiv(cb, blocks[0]["BLOCK_M"]) > 1 and cdiv(h * w, blocks[0]["BLOCK_P"]) > 1
     inputs = _op_inputs(n=n, cb=cb, cout=cout, h=h, w=w, k=k, affine=affine)
     grad = torch.randn(n, cout, h, w)

@@ -34,12 +34,12 @@ def _bn_relu_call():
     return lambda: bn_relu.bn_relu(x, weight, bias, None, None)
 
 
-OPS = [  # (module, its forward launcher, a builder of the op call)
-    (se_scale, "se_scale_forward_triton", _se_scale_call),
-    (sigmoid_gate, "sigmoid_gate_forward_triton", _sigmoid_gate_call),
-    (silog, "silog_stats_triton", _silog_stats_call),
-    (aspp, "aspp_project_forward_triton", _aspp_project_call),
-    (bn_relu, "bn_relu_forward_triton", _bn_relu_call),
+OPS = [  # (the op's launch module, where the op looks its launchers up; its forward launcher; a builder of the op call)
+    (se_scale.launch, "se_scale_forward_triton", _se_scale_call),
+    (sigmoid_gate.launch, "sigmoid_gate_forward_triton", _sigmoid_gate_call),
+    (silog.launch, "silog_stats_triton", _silog_stats_call),
+    (aspp.launch, "aspp_project_forward_triton", _aspp_project_call),
+    (bn_relu.launch, "bn_relu_forward_triton", _bn_relu_call),
 ]
 
 

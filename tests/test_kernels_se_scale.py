@@ -5,7 +5,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import fastmtl.kernels.se_scale as se_mod
-from fastmtl.kernels.se_scale import merge_hw, se_scale, se_scale_backward
+from fastmtl.kernels._utils import merge_hw
+from fastmtl.kernels.se_scale import se_scale, se_scale_backward
 from fastmtl import layers
 from fastmtl.nn import FusedSqueezeExcitation
 

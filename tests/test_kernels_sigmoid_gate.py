@@ -4,7 +4,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import fastmtl.kernels.sigmoid_gate as gate_mod
-from fastmtl.kernels.se_scale import merge_hw
+from fastmtl.kernels._utils import merge_hw
 from fastmtl.kernels.sigmoid_gate import (
     sigmoid_gate, sigmoid_gate_backward, sigmoid_gate_halves, sigmoid_gate_halves_backward,
 )

@@ -14,13 +14,13 @@ import torch
 from fastmtl.kernels import aspp, bn_relu, se_scale, selfcheck, sigmoid_gate, silog
 from fastmtl.kernels.selfcheck import SelfCheckWarning
 
-# op -> (module, forward launcher, backward launcher)
+# op -> (its launch module, where the op and its probe look the launchers up; forward launcher, backward launcher)
 LAUNCHERS = {
-    "se_scale": (se_scale, "se_scale_forward_triton", "se_scale_backward_triton"),
-    "sigmoid_gate": (sigmoid_gate, "sigmoid_gate_forward_triton", "sigmoid_gate_backward_triton"),
-    "aspp_project": (aspp, "aspp_project_forward_triton", "aspp_project_backward_triton"),
-    "silog_stats": (silog, "silog_stats_triton", "silog_stats_backward_triton"),
-    "bn_relu": (bn_relu, "bn_relu_forward_triton", "bn_relu_backward_triton"),
+    "se_scale": (se_scale.launch, "se_scale_forward_triton", "se_scale_backward_triton"),
+    "sigmoid_gate": (sigmoid_gate.launch, "sigmoid_gate_forward_triton", "sigmoid_gate_backward_triton"),
+    "aspp_project": (aspp.launch, "aspp_project_forward_triton", "aspp_project_backward_triton"),
+    "silog_stats": (silog.launch, "silog_stats_triton", "silog_stats_backward_triton"),
+    "bn_relu": (bn_relu.launch, "bn_relu_forward_triton", "bn_relu_backward_triton"),
 }
 
 

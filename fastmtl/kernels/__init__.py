@@ -16,16 +16,25 @@ Importing the package registers every op in the ``torch.ops.fastmtl`` namespace:
 * ``aspp_project``: the ASPP projection ``relu?((W @ concat(branches) + bias) * scale + shift)``
   without the concat; ``aspp_project_backward``: its gradients.
 
-One module per op, exported here under its file name (:mod:`.se_scale`, :mod:`.sigmoid_gate`,
-:mod:`.silog`, :mod:`.aspp`, :mod:`.bn_relu`; the op functions keep to their modules, e.g.
-``fastmtl.kernels.se_scale.se_scale``, since an op named like its module would hide it): Triton
-kernels, launchers (``*_forward_triton`` / ``*_backward_triton``, ``silog_stats_triton``),
-``torch.library`` registration (forward, backward, fake, autograd, FLOP formula where it
-counts) and the plain-PyTorch references (``*_reference``). :mod:`.dispatch` picks the
-implementation per call (``FASTMTL_KERNELS``) and is re-exported here; :mod:`._utils` holds
-the helpers the ops share; :mod:`.selfcheck` checks each op's kernels against its reference on
-their first call per (device, dtype, layout) and makes the op fall back to the reference where
-they fail (``FASTMTL_SELFCHECK=0`` turns that off).
+One package per op, exported here under its name (:mod:`.se_scale`, :mod:`.sigmoid_gate`,
+:mod:`.silog`, :mod:`.aspp`, :mod:`.bn_relu`; the op functions keep to their packages, e.g.
+``fastmtl.kernels.se_scale.se_scale``, since an op named like its package would hide it), each
+with the same modules, one job each:
+
+* ``reference.py``: the plain-PyTorch references (``*_reference``), the CPU path and the
+  numerical reference of the kernels;
+* ``kernels.py``: the ``@triton.jit`` kernels (defined only when triton imports);
+* ``launch.py``: their launchers (``*_forward_triton`` / ``*_backward_triton``,
+  ``silog_stats_triton``): tile sizes, grids, the buffers they write;
+* ``op.py``: the ``torch.library`` registration (input checks, dispatch, fake kernels,
+  autograd, FLOP formula where it counts) and the public functions;
+* ``probe.py``: the op's self-check problem;
+* ``__init__.py``: the op's documentation, re-exporting its public names.
+
+:mod:`.dispatch` picks the implementation per call (``FASTMTL_KERNELS``) and is re-exported
+here; :mod:`._utils` holds the helpers the ops share; :mod:`.selfcheck` checks each op's
+kernels against its reference on their first call per (device, dtype, layout) and makes the
+op fall back to the reference where they fail (``FASTMTL_SELFCHECK=0`` turns that off).
 """
 from . import aspp, bn_relu, se_scale, sigmoid_gate, silog  # noqa: F401  (registers the ops)
 from .dispatch import HAS_TRITON, kernel_mode, kernels_available, use_triton

@@ -30,8 +30,9 @@ Triton's on-disk cache). Never checked (the kernels are trusted): fake and meta 
 same thread. A check holds a process-wide lock, so two threads never probe at once. A CUDA
 error that corrupts the context (an illegal address) cannot be recovered from by any fallback.
 
-Each op module provides its probe next to its reference (``<op>_probe(device, dtype,
-channels_last, gen) -> Probe``); this module holds the shared harness only.
+Each op package provides its probe in its ``probe`` module (``<op>_probe(device, dtype,
+channels_last, gen) -> Probe``, e.g. :func:`fastmtl.kernels.aspp.probe.aspp_project_probe`);
+this module holds the shared harness only.
 """
 from __future__ import annotations
 
@@ -50,13 +51,13 @@ from ._utils import out_memory_format
 
 ENV_VAR = "FASTMTL_SELFCHECK"
 
-# op name -> (module of fastmtl.kernels, probe function in it)
+# op name -> (probe module of fastmtl.kernels, probe function in it)
 PROBES: Dict[str, Tuple[str, str]] = {
-    "se_scale": ("se_scale", "se_scale_probe"),
-    "sigmoid_gate": ("sigmoid_gate", "sigmoid_gate_probe"),
-    "aspp_project": ("aspp", "aspp_project_probe"),
-    "silog_stats": ("silog", "silog_stats_probe"),
-    "bn_relu": ("bn_relu", "bn_relu_probe"),
+    "se_scale": ("se_scale.probe", "se_scale_probe"),
+    "sigmoid_gate": ("sigmoid_gate.probe", "sigmoid_gate_probe"),
+    "aspp_project": ("aspp.probe", "aspp_project_probe"),
+    "silog_stats": ("silog.probe", "silog_stats_probe"),
+    "bn_relu": ("bn_relu.probe", "bn_relu_probe"),
 }
 OPS = tuple(PROBES)
 LAYOUTS = ("nchw", "channels_last")
