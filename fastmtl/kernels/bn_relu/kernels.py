@@ -88,6 +88,19 @@ if HAS_TRITON:
         return mean, m2, count
 
     @triton.jit
+    def _scale_shift(W, B, invstd, c, c_mask, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACC: tl.constexpr,
+                     BLOCK_C: tl.constexpr):
+        """``(scale, shift)`` of channels ``c``: ``invstd * W`` (``invstd`` without a weight) and
+        ``B`` (0 without a bias), so ``y = (x - mean) * scale + shift``."""
+        scale = invstd
+        if HAS_W:
+            scale = invstd * tl.load(W + c, mask=c_mask, other=0).to(ACC)
+        shift = tl.zeros([BLOCK_C], ACC)
+        if HAS_B:
+            shift = tl.load(B + c, mask=c_mask, other=0).to(ACC)
+        return scale, shift
+
+    @triton.jit
     def _bn_relu_apply_kernel(
         X, OUT, W, B, PMEAN, PM2, PCOUNT, MEAN, INVSTD, RMEAN, RVAR,
         C, P, TP, TILES, CHUNK, S,
@@ -106,12 +119,7 @@ if HAS_TRITON:
         mean, m2, count = _bn_merge(PMEAN, PM2, PCOUNT, c, c_mask, C, S, ACC, BLOCK_C, BLOCK_S)
         eps = tl.zeros([BLOCK_C], ACC) + eps_hi + eps_lo  # in ACC: fp64 kernels add them exactly
         invstd = tl.rsqrt(m2 / count + eps)
-        scale = invstd
-        if HAS_W:
-            scale = invstd * tl.load(W + c, mask=c_mask, other=0).to(ACC)
-        shift = tl.zeros([BLOCK_C], ACC)
-        if HAS_B:
-            shift = tl.load(B + c, mask=c_mask, other=0).to(ACC)
+        scale, shift = _scale_shift(W, B, invstd, c, c_mask, HAS_W, HAS_B, ACC, BLOCK_C)
         if s == 0:
             tl.store(MEAN + c, mean, mask=c_mask)
             tl.store(INVSTD + c, invstd, mask=c_mask)
@@ -147,12 +155,7 @@ if HAS_TRITON:
         c_mask = c < C
         mean = tl.load(MEAN + c, mask=c_mask, other=0)
         invstd = tl.load(INVSTD + c, mask=c_mask, other=0)
-        scale = invstd
-        if HAS_W:
-            scale = invstd * tl.load(W + c, mask=c_mask, other=0).to(ACC)
-        shift = tl.zeros([BLOCK_C], ACC)
-        if HAS_B:
-            shift = tl.load(B + c, mask=c_mask, other=0).to(ACC)
+        scale, shift = _scale_shift(W, B, invstd, c, c_mask, HAS_W, HAS_B, ACC, BLOCK_C)
         acc_g = tl.zeros([BLOCK_C, BLOCK_P], ACC)
         acc_gx = tl.zeros([BLOCK_C, BLOCK_P], ACC)
         pr = tl.arange(0, BLOCK_P)
@@ -193,12 +196,7 @@ if HAS_TRITON:
             sum_gx += tl.sum(tl.load(PSUM_GX + sp[:, None] * C + c[None, :], mask=mask, other=0), axis=0)
         mean = tl.load(MEAN + c, mask=c_mask, other=0)
         invstd = tl.load(INVSTD + c, mask=c_mask, other=0)
-        scale = invstd
-        if HAS_W:
-            scale = invstd * tl.load(W + c, mask=c_mask, other=0).to(ACC)
-        shift = tl.zeros([BLOCK_C], ACC)
-        if HAS_B:
-            shift = tl.load(B + c, mask=c_mask, other=0).to(ACC)
+        scale, shift = _scale_shift(W, B, invstd, c, c_mask, HAS_W, HAS_B, ACC, BLOCK_C)
         if s == 0:
             if HAS_W:
                 tl.store(DW + c, sum_gx.to(DW.dtype.element_ty), mask=c_mask)
