@@ -156,8 +156,8 @@ if HAS_TRITON:
         mean = tl.load(MEAN + c, mask=c_mask, other=0)
         invstd = tl.load(INVSTD + c, mask=c_mask, other=0)
         scale, shift = _scale_shift(W, B, invstd, c, c_mask, HAS_W, HAS_B, ACC, BLOCK_C)
-        acc_g = tl.zeros([BLOCK_C, BLOCK_P], ACC)
-        acc_gx = tl.zeros([BLOCK_C, BLOCK_P], ACC)
+        acc_g = tl.zeros([BLOCK_C], ACC)
+        acc_gx = tl.zeros([BLOCK_C], ACC)
         pr = tl.arange(0, BLOCK_P)
         t0 = s * CHUNK
         for t in range(t0, tl.minimum(t0 + CHUNK, TILES)):
@@ -166,12 +166,16 @@ if HAS_TRITON:
             mask = c_mask[:, None] & (p < P)[None, :]
             x = tl.load(X + n * sxn + c[:, None] * sxc + p[None, :] * sxp, mask=mask, other=0).to(ACC)
             dy = tl.load(DY + n * sdn + c[:, None] * sdc + p[None, :] * sdp, mask=mask, other=0).to(ACC)
-            y = (x - mean[:, None]) * scale[:, None] + shift[:, None]  # the forward's, bit for bit
+            xc = x - mean[:, None]
+            xhat = xc * invstd[:, None]
+            y = xhat  # affine=False: the forward's y, up to the sign of a zero
+            if HAS_W or HAS_B:
+                y = xc * scale[:, None] + shift[:, None]  # the forward's, bit for bit
             gz = tl.where(y <= 0, 0.0, dy)
-            acc_g += gz
-            acc_gx += gz * ((x - mean[:, None]) * invstd[:, None])
-        tl.store(PSUM_G + s * C + c, tl.sum(acc_g, axis=1), mask=c_mask)
-        tl.store(PSUM_GX + s * C + c, tl.sum(acc_gx, axis=1), mask=c_mask)
+            acc_g += tl.sum(gz, axis=1)
+            acc_gx += tl.sum(gz * xhat, axis=1)
+        tl.store(PSUM_G + s * C + c, acc_g, mask=c_mask)
+        tl.store(PSUM_GX + s * C + c, acc_gx, mask=c_mask)
 
     @triton.jit
     def _bn_relu_dx_kernel(

@@ -57,6 +57,12 @@ def _bn_no_running(s: op_cases.InputSet) -> op_cases.InputSet:
     return replace(s, args=(x, weight, bias, None, None, momentum, eps))
 
 
+def _bn_no_affine(s: op_cases.InputSet) -> op_cases.InputSet:
+    """``affine=False``: no weight and bias (nor their gradients)."""
+    x, weight, bias, *rest = s.args
+    return replace(s, args=(x, None, None, *rest), leaves=[t for t in s.leaves if t is not weight and t is not bias])
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -74,9 +80,9 @@ VARIANTS: Dict[str, List[Variant]] = {
              Variant("train", "no epilogue (batch BN after, in torch)", _aspp_train)],
     "silog": [Variant("log_input", "log-depth predictions (bench)"),
               Variant("metres", "predictions in metres", _silog_metres)],
-    # not yet affine=False: its backward sums kernel spills on sm_100 (benchmarks/aot/results.md)
     "bn_relu": [Variant("batch_stats", "batch statistics, affine, running statistics updated (bench)"),
-                Variant("no_running", "track_running_stats=False", _bn_no_running)],
+                Variant("no_running", "track_running_stats=False", _bn_no_running),
+                Variant("no_affine", "affine=False", _bn_no_affine)],
 }
 
 
