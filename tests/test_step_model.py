@@ -29,6 +29,10 @@ def test_report_is_labelled_a_model_with_every_scenario(report):
     floor = report["bounds"]["conv_floor_ms"]
     assert 0 < floor < min(s["ms"] for s in report["scenarios"].values())
     assert report["bounds"]["max_x_eager"] == pytest.approx(report["scenarios"]["eager"]["ms"] / floor, rel=1e-2)
+    best, free = report["scenarios"]["fused_compile_graphs"], report["bounds"]["forward_free_ms"]
+    assert floor < free < best["ms"]  # the forward's non-conv kernels cost something; the backward's stay
+    assert 0 < report["bounds"]["forward_free_bytes_outside_convs"] < best["bytes_outside_convs"]
+    assert report["bounds"]["forward_free_x_eager"] == pytest.approx(report["scenarios"]["eager"]["ms"] / free, rel=1e-2)
     assert report["scenarios"]["compile"]["launches"] < report["scenarios"]["eager"]["launches"]
     groups = {g["group"] for g in report["groups"]}
     assert {"backbone convs", "ASPP", "decoder convs", "attention", "norm", "casts", "optimizer", "losses"} <= groups
@@ -121,3 +125,20 @@ def test_compile_path_covers_the_encoder_and_heads_called_apart():
     norms = [sum(o.name == "native_batch_norm" for o in t.ops) for t in (fused, compiled)]
     assert pairs > 0 and norms[1] == norms[0] + pairs
     assert not any("bn_relu" in o.name for o in compiled.ops)
+
+
+def test_forward_free_bound_drops_exactly_the_forward_kernels_outside_the_convolutions():
+    """On a hand-made step: a forward conv, a forward norm, a backward conv and norm, an optimizer op."""
+    from fastmtl.perf.step_model import GPUS, Kernel, Scenario, _forward_free
+    from fastmtl.perf.step_model_trace import OpRecord, StepTrace
+
+    phases = ["forward", "forward", "backward", "backward", "optimizer"]
+    trace = StepTrace(ops=[OpRecord("op", "g", p, 0, 0, 1) for p in phases])
+    gpu = GPUS["h200"]
+    kernels = [Kernel("backbone convs", 10 ** 12, 10 ** 9, 1, 0), Kernel("norm", 0, 4 * 10 ** 9, 1, 1),
+               Kernel("decoder convs", 2 * 10 ** 12, 10 ** 9, 1, 2), Kernel("norm", 0, 3 * 10 ** 9, 1, 3),
+               Kernel("optimizer", 0, 10 ** 9, 1, 4)]
+    ms, outside = _forward_free(Scenario(trace, kernels, True), gpu)
+    expected_s = 1e12 / gpu.flops + 2e12 / gpu.flops + 4e9 / gpu.bandwidth + gpu.launch_s
+    assert ms == pytest.approx(expected_s * 1e3)
+    assert outside == 4 * 10 ** 9  # the backward norm and the optimizer; the forward norm is free
