@@ -101,6 +101,24 @@ if HAS_TRITON:
         return scale, shift
 
     @triton.jit
+    def _tile(t, TP, P, pr, c_mask, BLOCK_P: tl.constexpr):
+        """``(n, p, mask)`` of tile ``t``: image ``n = t // TP``, its pixels ``p`` (int64) and the
+        ``(BLOCK_C, BLOCK_P)`` mask of the channels ``c_mask`` and pixels in range."""
+        n = (t // TP).to(tl.int64)
+        p = ((t - n * TP) * BLOCK_P + pr).to(tl.int64)
+        return n, p, c_mask[:, None] & (p < P)[None, :]
+
+    @triton.jit
+    def _relu_grad_tile(DY, X, n, p, c, mask, mean, invstd, scale, shift,
+                        sdn, sdc, sdp, sxn, sxc, sxp, ACC: tl.constexpr):
+        """``(gz, xhat)`` of one tile: ``DY`` masked by the ReLU of the forward's ``y`` (recomputed
+        bit for bit) and ``xhat = (X - mean) * invstd``, both in ``ACC``."""
+        x = tl.load(X + n * sxn + c[:, None] * sxc + p[None, :] * sxp, mask=mask, other=0).to(ACC)
+        dy = tl.load(DY + n * sdn + c[:, None] * sdc + p[None, :] * sdp, mask=mask, other=0).to(ACC)
+        y = (x - mean[:, None]) * scale[:, None] + shift[:, None]
+        return tl.where(y <= 0, 0.0, dy), (x - mean[:, None]) * invstd[:, None]
+
+    @triton.jit
     def _bn_relu_apply_kernel(
         X, OUT, W, B, PMEAN, PM2, PCOUNT, MEAN, INVSTD, RMEAN, RVAR,
         C, P, TP, TILES, CHUNK, S,
@@ -132,9 +150,7 @@ if HAS_TRITON:
         pr = tl.arange(0, BLOCK_P)
         t0 = s * CHUNK
         for t in range(t0, tl.minimum(t0 + CHUNK, TILES)):
-            n = (t // TP).to(tl.int64)
-            p = ((t - n * TP) * BLOCK_P + pr).to(tl.int64)
-            mask = c_mask[:, None] & (p < P)[None, :]
+            n, p, mask = _tile(t, TP, P, pr, c_mask, BLOCK_P)
             x = tl.load(X + n * sxn + c[:, None] * sxc + p[None, :] * sxp, mask=mask, other=0).to(ACC)
             y = (x - mean[:, None]) * scale[:, None] + shift[:, None]
             y = tl.where(y < 0, 0.0, y)  # ReLU that keeps NaN, like torch.relu
@@ -161,17 +177,9 @@ if HAS_TRITON:
         pr = tl.arange(0, BLOCK_P)
         t0 = s * CHUNK
         for t in range(t0, tl.minimum(t0 + CHUNK, TILES)):
-            n = (t // TP).to(tl.int64)
-            p = ((t - n * TP) * BLOCK_P + pr).to(tl.int64)
-            mask = c_mask[:, None] & (p < P)[None, :]
-            x = tl.load(X + n * sxn + c[:, None] * sxc + p[None, :] * sxp, mask=mask, other=0).to(ACC)
-            dy = tl.load(DY + n * sdn + c[:, None] * sdc + p[None, :] * sdp, mask=mask, other=0).to(ACC)
-            xc = x - mean[:, None]
-            xhat = xc * invstd[:, None]
-            y = xhat  # affine=False: the forward's y, up to the sign of a zero
-            if HAS_W or HAS_B:
-                y = xc * scale[:, None] + shift[:, None]  # the forward's, bit for bit
-            gz = tl.where(y <= 0, 0.0, dy)
+            n, p, mask = _tile(t, TP, P, pr, c_mask, BLOCK_P)
+            gz, xhat = _relu_grad_tile(DY, X, n, p, c, mask, mean, invstd, scale, shift,
+                                       sdn, sdc, sdp, sxn, sxc, sxp, ACC)
             acc_g += tl.sum(gz, axis=1)
             acc_gx += tl.sum(gz * xhat, axis=1)
         tl.store(PSUM_G + s * C + c, acc_g, mask=c_mask)
@@ -212,13 +220,8 @@ if HAS_TRITON:
         pr = tl.arange(0, BLOCK_P)
         t0 = s * CHUNK
         for t in range(t0, tl.minimum(t0 + CHUNK, TILES)):
-            n = (t // TP).to(tl.int64)
-            p = ((t - n * TP) * BLOCK_P + pr).to(tl.int64)
-            mask = c_mask[:, None] & (p < P)[None, :]
-            x = tl.load(X + n * sxn + c[:, None] * sxc + p[None, :] * sxp, mask=mask, other=0).to(ACC)
-            dy = tl.load(DY + n * sdn + c[:, None] * sdc + p[None, :] * sdp, mask=mask, other=0).to(ACC)
-            y = (x - mean[:, None]) * scale[:, None] + shift[:, None]
-            gz = tl.where(y <= 0, 0.0, dy)
-            xhat = (x - mean[:, None]) * invstd[:, None]
+            n, p, mask = _tile(t, TP, P, pr, c_mask, BLOCK_P)
+            gz, xhat = _relu_grad_tile(DY, X, n, p, c, mask, mean, invstd, scale, shift,
+                                       sdn, sdc, sdp, sxn, sxc, sxp, ACC)
             dx = scale[:, None] * (gz - mean_g[:, None] - xhat * mean_gx[:, None])
             tl.store(DX + n * son + c[:, None] * soc + p[None, :] * sop, dx.to(DX.dtype.element_ty), mask=mask)
